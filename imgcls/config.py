@@ -1,0 +1,162 @@
+"""Default configuration shared by every recipe in `configs/`, and its checks.
+
+A recipe's `get_config()` starts from `default_config()` and changes what it needs, so every
+run has every key and a command-line override of a key that does not exist fails at once.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+import ml_collections
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Every configurable key of imgcls with its default value."""
+  c = ml_collections.ConfigDict()
+  c.seed = 42  # Drives the split, the shuffle, initialisation and dropout.
+
+  c.data = ml_collections.ConfigDict()
+  # A class-per-folder tree, or a folder holding train/ (and val/, test/) class-per-folder trees.
+  c.data.dir = ""
+  c.data.class_names = ()  # Empty: inferred from the sorted subfolder names.
+  c.data.validation_split = 0.2  # Fraction held out when there is no val/ folder (0: none).
+  c.data.image_size = (90, 90)  # (height, width).
+  c.data.color_mode = "rgb"  # rgb | grayscale.
+  c.data.label_mode = "int"  # int | binary | categorical.
+  c.data.interpolation = "bilinear"  # bilinear | nearest.
+  c.data.rescale = 1.0  # Pixels are multiplied by this after resizing (1/255 gives [0, 1]).
+  c.data.batch_size = 32
+  c.data.eval_batch_size = 0  # 0: same as batch_size.
+  c.data.shuffle = True  # Reshuffle the training set every epoch.
+  c.data.num_threads = 4  # Worker threads that decode and resize.
+  c.data.prefetch = 8  # Elements prefetched by the workers.
+  c.data.skip_bad_images = False  # Skip corrupt images (listed in a warning) instead of failing.
+  c.data.follow_links = False
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "bn_cnn"  # See imgcls.models.MODELS.
+  c.model.filters = 0  # Width of the simple CNNs (0: the model's own default).
+  c.model.head = ml_collections.ConfigDict()
+  c.model.head.pooling = ""  # flatten | avg | max; empty: the model's own default.
+  c.model.head.hidden = (-1,)  # Dense sizes before the output; (-1,): the model's own default.
+  c.model.head.dropout = -1.0  # Dropout before the output layer; -1: the model's default.
+  c.model.head.batch_norm = False  # BatchNorm after each hidden Dense.
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "adam"  # adam | adamw | sgd.
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.schedule = "constant"  # constant | cosine | warmup_cosine | warmup_constant.
+  c.optimizer.warmup_epochs = 0.0
+  c.optimizer.min_learning_rate = 0.0  # Floor of the cosine schedules.
+  c.optimizer.momentum = 0.9  # sgd only.
+  c.optimizer.nesterov = False  # sgd only.
+  c.optimizer.weight_decay = 1e-4  # adamw only.
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.999
+  c.optimizer.eps = 1e-7  # Keras's default epsilon.
+  c.optimizer.grad_clip_norm = 0.0  # 0: no clipping.
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.class_weights = ()  # One weight per class; empty: none.
+  c.loss.balanced = False  # Weights n_samples / (n_classes * count) from the training set.
+  c.loss.label_smoothing = 0.0
+
+  c.train = ml_collections.ConfigDict()
+  c.train.epochs = 10
+  c.train.threshold = 0.5  # Decision threshold of binary (one sigmoid unit) models.
+  c.train.progress = True  # Progress bar with ETA and running loss/accuracy.
+  c.train.log_every_steps = 10  # Per-batch metrics in metrics.jsonl and TensorBoard.
+
+  c.reduce_on_plateau = ml_collections.ConfigDict()
+  c.reduce_on_plateau.enabled = False
+  c.reduce_on_plateau.monitor = "val_loss"
+  c.reduce_on_plateau.mode = "min"
+  c.reduce_on_plateau.factor = 0.8
+  c.reduce_on_plateau.patience = 2
+  c.reduce_on_plateau.cooldown = 0
+  c.reduce_on_plateau.min_delta = 1e-4
+  c.reduce_on_plateau.min_learning_rate = 1e-8
+
+  c.early_stopping = ml_collections.ConfigDict()
+  c.early_stopping.enabled = False
+  c.early_stopping.monitor = "val_loss"
+  c.early_stopping.mode = "min"
+  c.early_stopping.patience = 5
+  c.early_stopping.min_delta = 0.0
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.monitor = "val_accuracy"  # Metric that picks the best checkpoint.
+  c.checkpoint.mode = "max"  # max | min.
+  c.checkpoint.max_to_keep = 2  # Latest checkpoints kept (the best is kept besides).
+  c.checkpoint.every_steps = 0  # Also save mid-epoch every N steps (0: at epoch ends only).
+  c.checkpoint.async_save = True
+
+  # Start a new run from another run's weights: a workdir (its best checkpoint) or a checkpoint.
+  c.init_from = ""
+  return c
+
+
+def nearest_keys(key: str, valid: Iterable[str], n: int = 3) -> list[str]:
+  """The valid dotted keys closest to `key`, best first."""
+  valid = list(valid)
+  leaf = key.rsplit(".", 1)[-1]
+  close = difflib.get_close_matches(key, valid, n=n, cutoff=0.5)
+  close += [v for v in valid if v.rsplit(".", 1)[-1] == leaf and v not in close]
+  close += [v for v in difflib.get_close_matches(leaf, valid, n=n, cutoff=0.5) if v not in close]
+  return close[:n]
+
+
+def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  """All dotted keys of a config, nested ones included."""
+  keys = []
+  for name, value in config.items():
+    dotted = f"{prefix}{name}"
+    keys.append(dotted)
+    if isinstance(value, ml_collections.ConfigDict):
+      keys += flat_keys(value, dotted + ".")
+  return keys
+
+
+def check_overrides(config: ml_collections.ConfigDict, argv: Iterable[str], flag: str = "config") -> None:
+  """Fails naming the key and its nearest valid keys if an override names no config key."""
+  valid = flat_keys(config)
+  for arg in argv:
+    if not arg.startswith(f"--{flag}."):
+      continue
+    key = arg[len(flag) + 3 :].split("=", 1)[0]
+    if key not in valid:
+      near = nearest_keys(key, valid)
+      hint = f" Did you mean: {', '.join(near)}?" if near else ""
+      raise ValueError(f"Unknown config key '{key}' in {arg!r}.{hint}")
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Fails if a config (from any recipe) has keys the defaults do not know, or bad values."""
+  valid = set(flat_keys(default_config()))
+  for key in flat_keys(config):
+    if key not in valid:
+      near = nearest_keys(key, valid)
+      hint = f" Did you mean: {', '.join(near)}?" if near else ""
+      raise ValueError(f"Unknown config key '{key}'.{hint}")
+  choices = {
+    "data.color_mode": ("rgb", "grayscale"),
+    "data.label_mode": ("int", "binary", "categorical"),
+    "data.interpolation": ("bilinear", "nearest"),
+    "optimizer.name": ("adam", "adamw", "sgd"),
+    "optimizer.schedule": ("constant", "cosine", "warmup_cosine", "warmup_constant"),
+    "checkpoint.mode": ("max", "min"),
+    "reduce_on_plateau.mode": ("max", "min"),
+    "early_stopping.mode": ("max", "min"),
+  }
+  for key, allowed in choices.items():
+    value = config
+    for part in key.split("."):
+      value = value[part]
+    if value not in allowed:
+      raise ValueError(f"config.{key}={value!r} is not one of {', '.join(allowed)}.")
+  if not 0.0 <= config.data.validation_split < 1.0:
+    raise ValueError(f"config.data.validation_split={config.data.validation_split} must be in [0, 1).")
+  if config.data.batch_size < 1:
+    raise ValueError(f"config.data.batch_size={config.data.batch_size} must be at least 1.")

@@ -1,0 +1,89 @@
+"""The simple CNNs of the seed tutorials, as backbones (their Dense layers live in the head)."""
+
+from __future__ import annotations
+
+import jax
+from flax import nnx
+
+# Keras's default initialisers, so a recipe trains as it does in Keras.
+_KERNEL_INIT = nnx.initializers.glorot_uniform()
+
+
+def _conv(cin: int, cout: int, kernel: int, rngs: nnx.Rngs, *, strides: int = 1, padding: str = "SAME") -> nnx.Conv:
+  return nnx.Conv(cin, cout, (kernel, kernel), strides=strides, padding=padding, kernel_init=_KERNEL_INIT, rngs=rngs)
+
+
+def _max_pool(x: jax.Array) -> jax.Array:
+  return nnx.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+
+
+class SimpleBackbone(nnx.Module):
+  """Base for the seed CNNs: their input is the pipeline's pixels as they come."""
+
+  def preprocess(self, images: jax.Array, pixel_scale: float) -> jax.Array:
+    del pixel_scale
+    return images
+
+
+class InsectsCNN(SimpleBackbone):
+  """Seed 001: Conv(16)-Pool-Conv(32)-Pool-Conv(64)-Pool, 3x3 'same' convolutions with ReLU.
+
+  Its head: Flatten, Dense(128, relu), Dense(classes).
+  """
+
+  default_head = dict(pooling="flatten", hidden=(128,), dropout=0.0)
+
+  def __init__(self, channels: int, *, filters: int = 16, rngs: nnx.Rngs):
+    self.conv1 = _conv(channels, filters, 3, rngs)
+    self.conv2 = _conv(filters, filters * 2, 3, rngs)
+    self.conv3 = _conv(filters * 2, filters * 4, 3, rngs)
+
+  def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
+    for conv in (self.conv1, self.conv2, self.conv3):
+      x = _max_pool(nnx.relu(conv(x)))
+    return x
+
+
+class BatchNormCNN(SimpleBackbone):
+  """Seed 003: Conv(7x7, stride 2)-BN-Pool, then twice Conv(3x3)-BN-Pool, all 'valid', ReLU.
+
+  BatchNorm as in the seed: Keras momentum 0.1, epsilon 1e-5. Its head: Dropout(0.3), Flatten,
+  Dense(image width, relu), BatchNorm, Dense(classes).
+  """
+
+  def __init__(self, channels: int, *, filters: int = 32, image_width: int = 256, rngs: nnx.Rngs):
+    self.conv1 = _conv(channels, filters, 7, rngs, strides=2, padding="VALID")
+    self.conv2 = _conv(filters, filters, 3, rngs, padding="VALID")
+    self.conv3 = _conv(filters, filters, 3, rngs, padding="VALID")
+    self.norms = nnx.List([nnx.BatchNorm(filters, momentum=0.1, epsilon=1e-5, rngs=rngs) for _ in range(3)])
+    self.default_head = dict(
+      pooling="flatten", hidden=(image_width,), dropout=0.0, input_dropout=0.3,
+      batch_norm=True, bn_momentum=0.1, bn_epsilon=1e-5,
+    )
+
+  def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
+    for conv, norm in zip((self.conv1, self.conv2, self.conv3), self.norms):
+      x = _max_pool(norm(nnx.relu(conv(x))))
+    return x
+
+
+class DropoutCNN(SimpleBackbone):
+  """Seed 004: Conv(32)-Conv(64)-Pool-Dropout(.25)-Conv(64)-Pool-Dropout(.25), 3x3 'valid', ReLU.
+
+  Its head: Flatten, Dense(64, relu), Dropout(0.5), Dense(classes).
+  """
+
+  default_head = dict(pooling="flatten", hidden=(64,), dropout=0.5)
+
+  def __init__(self, channels: int, *, filters: int = 32, rngs: nnx.Rngs):
+    self.conv1 = _conv(channels, filters, 3, rngs, padding="VALID")
+    self.conv2 = _conv(filters, filters * 2, 3, rngs, padding="VALID")
+    self.conv3 = _conv(filters * 2, filters * 2, 3, rngs, padding="VALID")
+    self.drop1 = nnx.Dropout(0.25)
+    self.drop2 = nnx.Dropout(0.25)
+
+  def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
+    x = nnx.relu(self.conv2(nnx.relu(self.conv1(x))))
+    x = self.drop1(_max_pool(x), rngs=rngs)
+    x = self.drop2(_max_pool(nnx.relu(self.conv3(x))), rngs=rngs)
+    return x

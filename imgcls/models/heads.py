@@ -1,0 +1,78 @@
+"""The classification head that sits on any backbone: pool or flatten, Dense layers, output."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+class Head(nnx.Module):
+  """Pool (or flatten) the features, then Dense(+BatchNorm)+ReLU layers, dropout, output Dense.
+
+  `pooling`: "flatten", "avg", "max" or "none" (features are already a vector).
+  `input_dropout` is applied to the features before pooling (the BN CNN of seed 003 does this).
+  The output layer has `num_outputs` units and returns logits.
+  """
+
+  def __init__(
+    self,
+    in_shape: Sequence[int],
+    num_outputs: int,
+    *,
+    pooling: str = "flatten",
+    hidden: Sequence[int] = (),
+    dropout: float = 0.0,
+    input_dropout: float = 0.0,
+    batch_norm: bool = False,
+    bn_momentum: float = 0.99,
+    bn_epsilon: float = 1e-3,
+    rngs: nnx.Rngs,
+  ):
+    if pooling not in ("flatten", "avg", "max", "none"):
+      raise ValueError(f"Head pooling must be flatten, avg, max or none, not {pooling!r}.")
+    self.pooling = pooling
+    if pooling == "flatten" or pooling == "none":
+      width = 1
+      for d in in_shape:
+        width *= int(d)
+    else:
+      width = int(in_shape[-1])
+    self.input_dropout = nnx.Dropout(input_dropout) if input_dropout > 0 else None
+    layers = []
+    norms = []
+    for units in hidden:
+      layers.append(nnx.Linear(width, int(units), rngs=rngs))
+      norms.append(
+        nnx.BatchNorm(int(units), momentum=bn_momentum, epsilon=bn_epsilon, rngs=rngs) if batch_norm else None
+      )
+      width = int(units)
+    self.hidden = nnx.List(layers)
+    self.norms = nnx.List(norms)
+    self.dropout = nnx.Dropout(dropout) if dropout > 0 else None
+    self.output = nnx.Linear(width, num_outputs, rngs=rngs)
+
+  def pool(self, x: jax.Array) -> jax.Array:
+    if self.pooling == "avg":
+      return jnp.mean(x, axis=tuple(range(1, x.ndim - 1)))
+    if self.pooling == "max":
+      return jnp.max(x, axis=tuple(range(1, x.ndim - 1)))
+    return x.reshape(x.shape[0], -1)
+
+  def embed(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
+    """The penultimate representation: what the output layer sees."""
+    if self.input_dropout is not None:
+      x = self.input_dropout(x, rngs=rngs)
+    x = self.pool(x)
+    for layer, norm in zip(self.hidden, self.norms):
+      x = nnx.relu(layer(x))
+      if norm is not None:
+        x = norm(x)
+    if self.dropout is not None:
+      x = self.dropout(x, rngs=rngs)
+    return x
+
+  def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
+    return self.output(self.embed(x, rngs=rngs))
