@@ -1,0 +1,1 @@
+"""Input: find labelled images (`sources`), read them (`images`), feed batches (`pipeline`)."""

@@ -1,0 +1,99 @@
+"""Reading one image: decode, orient, convert colour, resize. Plain numpy and Pillow."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps
+
+# Extensions read as images (those Keras's image_dataset_from_directory lists, plus tiff/webp).
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
+# Refuse images above this many pixels (decompression bombs); Pillow's own limit is 89M.
+MAX_PIXELS = 178_956_970
+
+
+class BadImageError(ValueError):
+  """An image file that cannot be decoded."""
+
+
+def is_image_file(name: str) -> bool:
+  base = os.path.basename(name)
+  return base.lower().endswith(IMAGE_EXTENSIONS) and not base.startswith(".")
+
+
+def decode(path: str, color_mode: str = "rgb", draft_size: tuple[int, int] | None = None) -> np.ndarray:
+  """Decoded pixels, HxWxC uint8 (C=3 for rgb, 1 for grayscale), EXIF orientation applied.
+
+  `draft_size` (height, width) lets JPEG decoding scale down by a power of two while staying at
+  least that large, which is much faster for big photos.
+  """
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("error", Image.DecompressionBombWarning)
+      with Image.open(path) as img:
+        if img.width * img.height > MAX_PIXELS:
+          raise BadImageError(f"{path}: {img.width}x{img.height} pixels is over the {MAX_PIXELS} limit")
+        if draft_size is not None and img.format == "JPEG":
+          img.draft("RGB" if color_mode == "rgb" else "L", (draft_size[1], draft_size[0]))
+        img = ImageOps.exif_transpose(img)
+        img = _convert(img, color_mode)
+        pixels = np.asarray(img)
+  except BadImageError:
+    raise
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    raise BadImageError(f"{path}: {e}") from e
+  if pixels.ndim == 2:
+    pixels = pixels[:, :, None]
+  return pixels
+
+
+def _convert(img: Image.Image, color_mode: str) -> Image.Image:
+  if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit: scale to 8 bits before converting.
+    arr = np.asarray(img, dtype=np.float64)
+    scale = 255.0 / 65535.0 if arr.max() > 255 else 1.0
+    img = Image.fromarray(np.clip(arr * scale + 0.5, 0, 255).astype(np.uint8), mode="L")
+  if img.mode in ("P", "PA", "LA", "RGBA") and ("transparency" in img.info or img.mode.endswith("A")):
+    img = img.convert("RGBA")
+    background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+    img = Image.alpha_composite(background, img)
+  target = "RGB" if color_mode == "rgb" else "L"
+  return img.convert(target) if img.mode != target else img
+
+
+def resize(pixels: np.ndarray, size: tuple[int, int], interpolation: str = "bilinear") -> np.ndarray:
+  """Resize HxWxC to `size` (height, width) as float32, like `tf.image.resize` (no antialiasing).
+
+  Bilinear uses half-pixel centres, so results match Keras's `image_dataset_from_directory`.
+  """
+  height, width = pixels.shape[:2]
+  out_h, out_w = size
+  if (height, width) == (out_h, out_w):
+    return pixels.astype(np.float32)
+  if interpolation == "nearest":
+    rows = np.minimum(np.floor((np.arange(out_h) + 0.5) * height / out_h).astype(np.int64), height - 1)
+    cols = np.minimum(np.floor((np.arange(out_w) + 0.5) * width / out_w).astype(np.int64), width - 1)
+    return pixels[rows][:, cols].astype(np.float32)
+  if interpolation != "bilinear":
+    raise ValueError(f"Unknown interpolation {interpolation!r}: use bilinear or nearest.")
+  y0, y1, wy = _linear_taps(height, out_h)
+  x0, x1, wx = _linear_taps(width, out_w)
+  src = pixels.astype(np.float32)
+  top = src[y0] * (1 - wy)[:, None, None] + src[y1] * wy[:, None, None]
+  return top[:, x0] * (1 - wx)[None, :, None] + top[:, x1] * wx[None, :, None]
+
+
+def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  centre = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+  centre = np.clip(centre, 0, n_in - 1)
+  lo = np.floor(centre).astype(np.int64)
+  hi = np.minimum(lo + 1, n_in - 1)
+  return lo, hi, (centre - lo).astype(np.float32)
+
+
+def load_image(
+  path: str, image_size: tuple[int, int], color_mode: str = "rgb", interpolation: str = "bilinear"
+) -> np.ndarray:
+  """One image as the pipeline feeds it before rescaling: HxWxC float32 in [0, 255]."""
+  return resize(decode(path, color_mode), tuple(image_size), interpolation)
