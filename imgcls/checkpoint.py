@@ -1,0 +1,118 @@
+"""Orbax checkpoints of a run: the latest N and the best by a validation metric.
+
+`<workdir>/checkpoints/latest/<step>` and `<workdir>/checkpoints/best/<step>` each hold `state`
+(the train state pytree) and `meta` (JSON: epoch, data-iterator position, schedules, metrics).
+Saving is asynchronous; an interrupted save leaves no committed checkpoint, so the previous one
+is what a resumed run restores.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that cannot be used for this run; the message names what differs."""
+
+
+def _abstract(tree: Any) -> Any:
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), tree)
+
+
+class Checkpoints:
+  """The latest and best checkpoints of one workdir."""
+
+  def __init__(self, workdir: str, max_to_keep: int = 2, async_save: bool = True):
+    root = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self.latest_dir = os.path.join(root, "latest")
+    self.best_dir = os.path.join(root, "best")
+    self._latest = ocp.CheckpointManager(
+      self.latest_dir,
+      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True),
+    )
+    self._best = ocp.CheckpointManager(
+      self.best_dir,
+      options=ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=async_save, create=True),
+    )
+
+  def save(self, step: int, state: Any, meta: dict, *, best: bool = False) -> None:
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+    self._latest.save(step, args=args, force=True)
+    if best:
+      self._best.save(step, args=args, force=True)
+
+  def latest_step(self) -> int | None:
+    return self._latest.latest_step()
+
+  def best_step(self) -> int | None:
+    return self._best.latest_step()
+
+  def restore(self, state_like: Any, step: int | None = None, *, best: bool = False) -> tuple[Any, dict]:
+    """The state (shaped like `state_like`) and meta of `step` (default: the latest)."""
+    manager = self._best if best else self._latest
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointError(f"No checkpoint in {self.best_dir if best else self.latest_dir}.")
+    restored = manager.restore(
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(state_like)), meta=ocp.args.JsonRestore())
+    )
+    return restored.state, restored.meta
+
+  def wait(self) -> None:
+    self._latest.wait_until_finished()
+    self._best.wait_until_finished()
+
+  def close(self) -> None:
+    self._latest.close()
+    self._best.close()
+
+
+def resolve(path: str, step: int | None = None) -> str:
+  """A checkpoint folder (one holding `state/`) from a workdir, a checkpoints folder or itself.
+
+  A workdir resolves to its best checkpoint (or its latest when it has no best), or to `step`.
+  """
+  path = os.path.abspath(os.path.expanduser(path))
+  if os.path.isdir(os.path.join(path, "state")):
+    return path
+  for candidates in (["best", "latest"], ["checkpoints/best", "checkpoints/latest"]):
+    if step is not None:
+      candidates = [c for c in candidates if c.endswith("latest")] + [c for c in candidates if c.endswith("best")]
+    for sub in candidates:
+      folder = os.path.join(path, sub)
+      steps = _committed_steps(folder)
+      if step is not None:
+        if step in steps:
+          return os.path.join(folder, str(step))
+      elif steps:
+        return os.path.join(folder, str(max(steps)))
+  what = f"step {step}" if step is not None else "a checkpoint"
+  raise CheckpointError(f"Found no {what} under {path!r} (expected a workdir, or a folder holding state/).")
+
+
+def _committed_steps(folder: str) -> list[int]:
+  if not os.path.isdir(folder):
+    return []
+  return [int(d) for d in os.listdir(folder) if d.isdigit() and os.path.isdir(os.path.join(folder, d, "state"))]
+
+
+def read_state(checkpoint_dir: str) -> dict:
+  """The raw state pytree of a checkpoint folder, as nested dicts of numpy arrays."""
+  state_dir = os.path.join(checkpoint_dir, "state")
+  with ocp.StandardCheckpointer() as checkpointer:
+    metadata = checkpointer.metadata(state_dir)
+    tree = metadata.item_metadata.tree if hasattr(metadata, "item_metadata") else metadata
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree)
+    return checkpointer.restore(state_dir, target)
+
+
+def read_meta(checkpoint_dir: str) -> dict:
+  import json
+
+  with open(os.path.join(checkpoint_dir, "meta", "metadata")) as f:
+    return json.load(f)

@@ -1,0 +1,108 @@
+"""grain pipelines: a `Split` becomes batches of {"image", "label", "mask", "index"} numpy arrays.
+
+Training batches are reshuffled every epoch from (seed, epoch), so any epoch can be rebuilt, and
+the position inside an epoch is the grain iterator's state: a resumed run sees exactly the
+batches an uninterrupted one would. Evaluation batches are padded to the batch size, with
+`mask` 0 on padding, so every eval batch has one shape and nothing recompiles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import grain
+import numpy as np
+
+from imgcls.data import images
+from imgcls.data.sources import Split
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSpec:
+  """How every image is read: size (height, width), colour mode, resize method, pixel scale."""
+
+  image_size: tuple[int, int]
+  color_mode: str = "rgb"
+  interpolation: str = "bilinear"
+  rescale: float = 1.0
+
+  @classmethod
+  def from_config(cls, data_config) -> ImageSpec:
+    return cls(tuple(data_config.image_size), data_config.color_mode, data_config.interpolation, data_config.rescale)
+
+  @property
+  def channels(self) -> int:
+    return 1 if self.color_mode == "grayscale" else 3
+
+
+class _Load(grain.transforms.Map):
+  """Record (path, label, index) -> example with decoded, resized, rescaled pixels."""
+
+  def __init__(self, spec: ImageSpec):
+    self.spec = spec
+
+  def map(self, record: tuple[str, int, int]) -> dict[str, np.ndarray]:
+    path, label, index = record
+    pixels = images.decode(path, self.spec.color_mode, draft_size=self.spec.image_size)
+    pixels = images.resize(pixels, self.spec.image_size, self.spec.interpolation)
+    if self.spec.rescale != 1.0:
+      pixels *= np.float32(self.spec.rescale)
+    return {"image": pixels, "label": np.int32(label), "mask": np.float32(1.0), "index": np.int32(index)}
+
+
+def _records(split: Split) -> list[tuple[str, int, int]]:
+  return [(p, int(l), i) for i, (p, l) in enumerate(zip(split.paths, split.labels))]
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+  """The shuffle seed of one epoch."""
+  return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def train_dataset(split: Split, spec: ImageSpec, batch_size: int, seed: int, epoch: int, shuffle: bool = True) -> grain.MapDataset:
+  """One epoch of training batches (the last one may be smaller), shuffled by (seed, epoch)."""
+  ds = grain.MapDataset.source(_records(split))
+  if shuffle:
+    ds = ds.shuffle(seed=epoch_seed(seed, epoch))
+  return ds.map(_Load(spec)).batch(batch_size, drop_remainder=False)
+
+
+class _Pad(grain.transforms.Map):
+  """Pads a batch to `batch_size` rows with zeros (mask 0)."""
+
+  def __init__(self, batch_size: int):
+    self.batch_size = batch_size
+
+  def map(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    missing = self.batch_size - len(batch["mask"])
+    if missing <= 0:
+      return batch
+    return {k: np.concatenate([v, np.zeros((missing,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
+
+
+def eval_dataset(split: Split, spec: ImageSpec, batch_size: int) -> grain.MapDataset:
+  """Batches of a split in file order, each padded to `batch_size`."""
+  ds = grain.MapDataset.source(_records(split)).map(_Load(spec))
+  return ds.batch(batch_size, drop_remainder=False).map(_Pad(batch_size))
+
+
+def iterate(ds: grain.MapDataset, num_threads: int, prefetch: int, state: dict[str, Any] | None = None) -> grain.DatasetIterator:
+  """An iterator over `ds` decoding with `num_threads` threads, optionally resumed from `state`."""
+  options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
+  iterator = iter(ds.to_iter_dataset(options))
+  if state is not None:
+    iterator.set_state(state)
+  return iterator
+
+
+def num_batches(split: Split, batch_size: int) -> int:
+  return -(-len(split) // batch_size)
+
+
+def eval_batches(split: Split, data_config) -> Iterator[dict[str, np.ndarray]]:
+  """All of `split` as padded batches, with the config's image spec and threads."""
+  batch_size = data_config.eval_batch_size or data_config.batch_size
+  ds = eval_dataset(split, ImageSpec.from_config(data_config), batch_size)
+  return iterate(ds, data_config.num_threads, data_config.prefetch)

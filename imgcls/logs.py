@@ -1,0 +1,111 @@
+"""What a run writes besides checkpoints: console lines, a progress bar, metrics.jsonl,
+TensorBoard events, config.json and summary.json. Only process 0 writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+
+
+class _NoBar:
+  def update(self, n: int = 1) -> None: ...
+  def set_postfix(self, **kwargs) -> None: ...
+  def close(self) -> None: ...
+
+
+class RunLog:
+  """The run's human- and machine-readable record in `workdir`."""
+
+  def __init__(self, workdir: str, config: ml_collections.ConfigDict, enabled: bool = True):
+    self.workdir = workdir
+    self.config = config
+    self.enabled = enabled
+    self.metrics_path = os.path.join(workdir, "metrics.jsonl")
+    self._tb = None
+
+  def message(self, text: str) -> None:
+    if self.enabled:
+      print(text, flush=True)
+
+  def start(self, step: int, splits: dict, class_names: list[str], model: Any) -> None:
+    """Writes config.json, trims records past `step` (a resumed run), prints the data summary."""
+    if not self.enabled:
+      return
+    with open(os.path.join(self.workdir, "config.json"), "w") as f:
+      f.write(self.config.to_json_best_effort(indent=2, sort_keys=True))
+    if os.path.exists(self.metrics_path):
+      with open(self.metrics_path) as f:
+        kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+      with open(self.metrics_path, "w") as f:
+        f.writelines(kept)
+    from tensorboardX import SummaryWriter
+
+    self._tb = SummaryWriter(os.path.join(self.workdir, "tensorboard"), purge_step=step + 1 if step else None)
+    sizes = ", ".join(f"{name} {len(s)}" for name, s in splits.items())
+    params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(_params(model)))
+    self.message(f"Classes ({len(class_names)}): {', '.join(class_names)}. Images: {sizes}.")
+    self.message(f"Model {self.config.model.name}: {params:,} parameters. Workdir: {self.workdir}")
+    if step:
+      self.message(f"Resuming from step {step}.")
+
+  def progress(self, epoch: int, epochs: int, steps: int, initial: int = 0):
+    """A progress bar for one epoch (ETA, running loss/accuracy); silent when not on a terminal."""
+    if not self.enabled or not self.config.train.progress:
+      return _NoBar()
+    return tqdm.tqdm(
+      total=steps, initial=initial, desc=f"Epoch {epoch + 1}/{epochs}", unit="step", leave=False,
+      disable=None, file=sys.stderr, dynamic_ncols=True,
+    )
+
+  def _write(self, record: dict) -> None:
+    with open(self.metrics_path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+
+  def batch(self, step: int, epoch: int, metrics: dict[str, float], learning_rate: float) -> None:
+    """Training metrics of the last few batches (config.train.log_every_steps)."""
+    if not self.enabled:
+      return
+    self._write({"type": "batch", "step": step, "epoch": epoch + 1, "learning_rate": learning_rate, **metrics})
+    for name in ("loss", "accuracy"):
+      self._tb.add_scalar(f"batch/{name}", metrics[name], step)
+
+  def epoch(self, record: dict, is_best: bool) -> None:
+    if not self.enabled:
+      return
+    self._write({"type": "epoch", **record})
+    for key, value in record.items():
+      if key.startswith(("train_", "val_")):
+        split, name = key.split("_", 1)
+        self._tb.add_scalar(f"{split}/{name}", value, record["step"])
+    self._tb.add_scalar("learning_rate", record["learning_rate"], record["step"])
+    self._tb.flush()
+    shown = " ".join(f"{k}={v:.4f}" for k, v in record.items() if k.endswith(("_loss", "_accuracy", "_f1")))
+    self.message(f"Epoch {record['epoch']} step {record['step']}: {shown}{' (best)' if is_best else ''}")
+
+  def finish(self, summary: dict) -> None:
+    if not self.enabled:
+      return
+    path = os.path.join(self.workdir, "summary.json")
+    with open(path, "w") as f:
+      json.dump(summary, f, indent=2)
+    if self._tb is not None:
+      self._tb.close()
+    final, best = summary["final"] or {}, summary["best"]
+    if best:
+      self.message(f"Best {best['monitor']} {best['value']:.4f} at epoch {best['epoch']} (step {best['step']}).")
+    if "val_accuracy" in final:
+      self.message(f"Final val_accuracy {final['val_accuracy']:.4f}.")
+    self.message(f"Results in {os.path.abspath(self.workdir)}: summary.json, metrics.jsonl, tensorboard/, checkpoints/")
+
+
+def _params(model: Any):
+  from flax import nnx
+
+  return nnx.state(model, nnx.Param)

@@ -1,0 +1,216 @@
+"""Finding, splitting, decoding and batching images: Keras semantics and bad input."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from keras.src.utils import dataset_utils
+
+from conftest import FLOWERS, POLLEN, class_pattern, needs, tiny_config, write_image, write_tree
+from imgcls.data import images, pipeline, sources
+
+KERAS_FORMATS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
+
+
+def keras_subsets(root: Path, split: float, seed: int) -> tuple[list[str], list[str]]:
+  paths, labels, _ = dataset_utils.index_directory(str(root), "inferred", formats=KERAS_FORMATS, shuffle=True, seed=seed)
+  train, _ = dataset_utils.get_training_or_validation_split(paths, labels, split, "training")
+  val, _ = dataset_utils.get_training_or_validation_split(paths, labels, split, "validation")
+  return train, val
+
+
+@needs(POLLEN)
+@pytest.mark.parametrize("seed", [42, 7])
+def test_split_matches_keras_on_pollen(seed):
+  config = tiny_config(POLLEN, **{"data.validation_split": 0.2, "data.label_mode": "binary"})
+  splits = sources.find_splits(config.data, seed)
+  keras_train, keras_val = keras_subsets(POLLEN, 0.2, seed)
+  assert splits["train"].paths == keras_train
+  assert splits["val"].paths == keras_val
+  assert (len(splits["train"]), len(splits["val"])) == (572, 142)
+  assert splits["train"].class_names == ["NP", "P"]
+  # Labels follow the folder each file is in.
+  for path, label in zip(splits["val"].paths, splits["val"].labels):
+    assert Path(path).parent.name == ["NP", "P"][label]
+
+
+def test_split_matches_keras_on_nested_tree(tmp_path):
+  root = write_tree(tmp_path / "t", classes=3, per_class=7)
+  write_image(root / "class_1" / "sub" / "deep.png", class_pattern(1, 99))
+  for seed in (0, 1, 123):
+    splits = sources.find_splits(tiny_config(root, **{"data.validation_split": 0.3}).data, seed)
+    keras_train, keras_val = keras_subsets(root, 0.3, seed)
+    assert splits["train"].paths == keras_train and splits["val"].paths == keras_val
+
+
+@needs(FLOWERS)
+def test_train_test_folders_on_flowers17():
+  config = tiny_config(FLOWERS, **{"data.validation_split": 0.0})
+  splits = sources.find_splits(config.data, 0)
+  assert len(splits["train"]) == 17 * 64 and len(splits["test"]) == 17 * 16
+  assert splits["val"].paths == splits["test"].paths  # No val/ folder: validate on test/.
+  assert splits["train"].class_names[:3] == ["bluebell", "buttercup", "colts_foot"]
+  assert all(np.bincount(splits["test"].labels) == 16)
+
+
+def test_train_val_test_folders_and_class_names(tmp_path):
+  for split, n in (("train", 6), ("val", 2), ("test", 3)):
+    write_tree(tmp_path / split, classes=3, per_class=n)
+  splits = sources.find_splits(tiny_config(tmp_path).data, 0)
+  assert [len(splits[s]) for s in ("train", "val", "test")] == [18, 6, 9]
+  # Choosing classes keeps their given order as label order.
+  config = tiny_config(tmp_path, **{"data.class_names": ("class_2", "class_0")})
+  splits = sources.find_splits(config.data, 0)
+  assert splits["train"].class_names == ["class_2", "class_0"] and len(splits["train"]) == 12
+  assert all(Path(p).parent.name == ["class_2", "class_0"][l] for p, l in zip(splits["train"].paths, splits["train"].labels))
+
+
+def test_train_and_val_with_different_classes_fail(tmp_path):
+  write_tree(tmp_path / "train", classes=3, per_class=2)
+  write_tree(tmp_path / "val", classes=2, per_class=2)
+  with pytest.raises(sources.DataError, match="val folder's classes"):
+    sources.find_splits(tiny_config(tmp_path).data, 0)
+
+
+@pytest.mark.parametrize(
+  "make, message",
+  [
+    (lambda root: None, "does not exist"),
+    (lambda root: root.mkdir(), "no class subfolders"),
+    (lambda root: write_image(root / "loose.png", class_pattern(0, 0)), "loose images"),
+    (lambda root: (write_tree(root, classes=2, per_class=2), (root / "empty_class").mkdir()), r"\['empty_class'\].*hold no images"),
+    (lambda root: write_tree(root, classes=1, per_class=3), "single class"),
+  ],
+  ids=["missing", "empty", "loose-files", "empty-class", "single-class"],
+)
+def test_bad_folders_fail_clearly(tmp_path, make, message):
+  root = tmp_path / "data"
+  make(root)
+  with pytest.raises(sources.DataError, match=message):
+    sources.find_splits(tiny_config(root).data, 0)
+
+
+def test_binary_needs_two_classes(tree):
+  with pytest.raises(sources.DataError, match="exactly 2 classes"):
+    sources.find_splits(tiny_config(tree, **{"data.label_mode": "binary"}).data, 0)
+
+
+def test_non_images_skipped_and_reported_once(tmp_path, caplog):
+  root = write_tree(tmp_path / "d", classes=2, per_class=4)
+  (root / "class_0" / "notes.txt").write_text("not an image")
+  (root / "class_1" / "labels.csv").write_text("a,b")
+  (root / "class_1" / ".DS_Store").write_bytes(b"\0\1")
+  (root / "class_1" / "._img_000.png").write_bytes(b"\0\1")
+  with caplog.at_level(logging.WARNING):
+    splits = sources.find_splits(tiny_config(root, **{"data.validation_split": 0.0}).data, 0)
+  assert len(splits["train"]) == 8
+  warnings = [r.getMessage() for r in caplog.records if "non-image" in r.getMessage()]
+  assert len(warnings) == 1 and "Skipped 2 non-image file(s)" in warnings[0]
+  assert "notes.txt" in warnings[0] and ".DS_Store" not in warnings[0]
+
+
+def _add_bad_images(root: Path) -> list[Path]:
+  good = root / "class_0" / "img_000.png"
+  truncated = root / "class_0" / "truncated.jpg"
+  write_image(truncated, class_pattern(0, 50, 64))
+  truncated.write_bytes(truncated.read_bytes()[:300])
+  fake = root / "class_1" / "fake.png"
+  fake.write_text("this is not a png")
+  empty = root / "class_2" / "empty.jpg"
+  empty.write_bytes(b"")
+  assert good.exists()
+  return [truncated, fake, empty]
+
+
+def test_corrupt_images_fail_listing_them_or_are_skipped(tmp_path):
+  root = write_tree(tmp_path / "d", classes=3, per_class=4)
+  bad = _add_bad_images(root)
+  config = tiny_config(root, **{"data.validation_split": 0.25})
+  with pytest.raises(sources.DataError) as error:
+    sources.find_splits(config.data, 0)
+  assert "3 image file(s) cannot be decoded" in str(error.value)
+  for path in bad:
+    assert str(path) in str(error.value)
+  config.data.skip_bad_images = True
+  splits = sources.find_splits(config.data, 0)
+  kept = splits["train"].paths + splits["val"].paths
+  assert len(kept) == 12 and not any(str(p) in kept for p in bad)
+  # And the pipeline then reads every remaining image.
+  batches = list(pipeline.iterate(pipeline.train_dataset(splits["train"], pipeline.ImageSpec((8, 8)), 4, 0, 0), 2, 2))
+  assert sum(len(b["label"]) for b in batches) == len(splits["train"])
+
+
+def test_resize_matches_keras_bilinear():
+  import keras
+
+  rng = np.random.default_rng(0)
+  pixels = rng.integers(0, 256, (37, 53, 3)).astype(np.uint8)
+  for size in ((90, 90), (16, 64), (37, 53), (100, 20)):
+    ours = images.resize(pixels, size)
+    ref = np.asarray(keras.ops.image.resize(pixels.astype(np.float32)[None], size, interpolation="bilinear", antialias=False))[0]
+    np.testing.assert_allclose(ours, ref, atol=2e-3)
+
+
+def test_decode_modes(tmp_path):
+  rgb = class_pattern(1, 0, 20)
+  path = write_image(tmp_path / "x.png", rgb)
+  assert images.decode(str(path)).shape == (20, 20, 3)
+  grey = images.decode(str(path), "grayscale")
+  assert grey.shape == (20, 20, 1) and grey.dtype == np.uint8
+  np.testing.assert_array_equal(images.decode(str(path)), rgb)
+
+
+def test_batches_have_the_configured_shape_dtype_and_scale(binary_tree):
+  config = tiny_config(binary_tree, **{"data.image_size": (12, 20), "data.label_mode": "binary", "data.color_mode": "grayscale"})
+  splits = sources.find_splits(config.data, 3)
+  batch = next(pipeline.iterate(pipeline.train_dataset(splits["train"], pipeline.ImageSpec.from_config(config.data), 8, 3, 0), 2, 2))
+  assert batch["image"].shape == (8, 12, 20, 1) and batch["image"].dtype == np.float32
+  assert 0.0 <= batch["image"].min() and batch["image"].max() <= 1.0 and batch["image"].max() > 0.5
+  assert batch["label"].dtype == np.int32 and set(batch["label"]) <= {0, 1}
+  assert np.all(batch["mask"] == 1)
+
+
+def _epoch_indices(split, epoch, seed=5, state=None):
+  ds = pipeline.train_dataset(split, pipeline.ImageSpec((8, 8)), 5, seed, epoch)
+  return [b["index"].tolist() for b in pipeline.iterate(ds, 2, 4, state)]
+
+
+def test_shuffle_is_deterministic_per_seed_and_epoch_and_resumable(tree):
+  split = sources.find_splits(tiny_config(tree, **{"data.validation_split": 0.0}).data, 0)["train"]
+  epoch0, epoch1 = _epoch_indices(split, 0), _epoch_indices(split, 1)
+  assert epoch0 == _epoch_indices(split, 0)
+  assert epoch0 != epoch1
+  assert sorted(sum(epoch0, [])) == list(range(len(split)))  # Every example once per epoch.
+  assert [len(b) for b in epoch0] == [5] * 7 + [1]  # The last partial batch is kept.
+  assert _epoch_indices(split, 0, seed=6) != epoch0
+  # Resuming from an iterator state yields exactly the remaining batches.
+  ds = pipeline.train_dataset(split, pipeline.ImageSpec((8, 8)), 5, 5, 1)
+  iterator = pipeline.iterate(ds, 2, 4)
+  for _ in range(3):
+    next(iterator)
+  assert _epoch_indices(split, 1, state=iterator.get_state()) == epoch1[3:]
+
+
+def test_eval_batches_are_padded_and_masked(tree):
+  config = tiny_config(tree, **{"data.validation_split": 0.0, "data.eval_batch_size": 10})
+  split = sources.find_splits(config.data, 0)["train"]
+  batches = list(pipeline.eval_batches(split, config.data))
+  assert [b["image"].shape[0] for b in batches] == [10, 10, 10, 10]
+  assert [int(b["mask"].sum()) for b in batches] == [10, 10, 10, 6]
+  order = np.concatenate([b["index"][b["mask"] > 0] for b in batches])
+  np.testing.assert_array_equal(order, np.arange(36))
+
+
+def test_digits_builtin_is_a_folder_tree(imgcls_cache):
+  config = tiny_config("builtin:digits", **{"data.color_mode": "grayscale"})
+  splits = sources.find_splits(config.data, 0)
+  assert splits["train"].class_names == [str(d) for d in range(10)]
+  assert len(splits["train"]) + len(splits["val"]) == 1797
+  root = Path(imgcls_cache) / "digits"
+  assert len(list(root.glob("*/*.png"))) == 1797
+  assert images.decode(splits["train"].paths[0], "grayscale").shape == (8, 8, 1)
