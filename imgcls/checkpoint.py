@@ -58,9 +58,17 @@ class Checkpoints:
     step = manager.latest_step() if step is None else step
     if step is None:
       raise CheckpointError(f"No checkpoint in {self.best_dir if best else self.latest_dir}.")
-    restored = manager.restore(
-      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(state_like)), meta=ocp.args.JsonRestore())
-    )
+    try:
+      restored = manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(state_like)), meta=ocp.args.JsonRestore())
+      )
+    except (ValueError, KeyError) as e:
+      folder = os.path.join(self.best_dir if best else self.latest_dir, str(step))
+      raise CheckpointError(
+        f"The checkpoint {folder} does not fit this run: its model or optimizer differ from this config's "
+        f"({str(e)[:300]}). Use another workdir, with --config.init_from={os.path.dirname(os.path.dirname(folder))} "
+        "to start from its weights."
+      ) from e
     return restored.state, restored.meta
 
   def wait(self) -> None:

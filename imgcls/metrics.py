@@ -26,9 +26,9 @@ def probabilities(logits: np.ndarray) -> np.ndarray:
   return e / e.sum(axis=-1, keepdims=True)
 
 
-def predicted_labels(probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-  """Argmax, or for two-class probabilities from a sigmoid, positive when p >= threshold."""
-  if probs.shape[-1] == 2 and threshold != 0.5:
+def predicted_labels(probs: np.ndarray, threshold: float | None = None) -> np.ndarray:
+  """Argmax; with a `threshold` (binary models), positive when p(class 1) >= threshold."""
+  if threshold is not None:
     return (probs[:, 1] >= threshold).astype(np.int64)
   return np.argmax(probs, axis=-1)
 

@@ -316,7 +316,7 @@ def load_weights(state: TrainState, path: str) -> TrainState:
   theirs: dict[str, np.ndarray] = {}
   for group in ("params", "frozen", "stats"):
     for keys, value in flax.traverse_util.flatten_dict(source.get(group, {}), sep="/").items():
-      theirs[keys] = value
+      theirs[keys.removesuffix("/value")] = value
   problems = []
   wanted = set()
 
@@ -332,10 +332,9 @@ def load_weights(state: TrainState, path: str) -> TrainState:
     return jnp.asarray(theirs[key], variable.dtype)
 
   def load(group: nnx.State) -> nnx.State:
-    pure = group.to_pure_dict()
-    flat = flax.traverse_util.flatten_dict(pure)
+    flat = flax.traverse_util.flatten_dict(nnx.to_pure_dict(group))
     flat = {k: take(k, v) for k, v in flat.items()}
-    group.replace_by_pure_dict(flax.traverse_util.unflatten_dict(flat))
+    nnx.replace_by_pure_dict(group, flax.traverse_util.unflatten_dict(flat))
     return group
 
   params, frozen, stats = load(state.params), load(state.frozen), load(state.stats)

@@ -91,6 +91,8 @@ def build_model(config: ml_collections.ConfigDict, num_outputs: int, *, rngs: nn
   example = jnp.zeros((1, height, width, channels), jnp.float32)
   backbone.eval()
   feature_shape = jax.eval_shape(lambda x: backbone(backbone.preprocess(x, config.data.rescale)), example).shape
+  if min(feature_shape[1:]) < 1:
+    raise ValueError(f"config.data.image_size={tuple(config.data.image_size)} is too small for {name}: its features would be {feature_shape[1:]}.")
   head = Head(feature_shape[1:], num_outputs, **head_options(config, backbone), rngs=rngs)
   model = Classifier(backbone, head, pixel_scale=config.data.rescale)
   model.train()

@@ -1,0 +1,117 @@
+"""The seed CNNs equal their Keras definitions: same parameter count, same outputs with the same weights."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+import pytest
+from flax import nnx
+from keras import layers
+
+from conftest import class_pattern, tiny_config
+from imgcls.models import build_model
+
+
+def keras_insects(size, classes):  # Seed 001.
+  return keras.Sequential([
+    keras.Input((size, size, 3)),
+    layers.Conv2D(16, 3, padding="same", activation="relu"), layers.MaxPooling2D(),
+    layers.Conv2D(32, 3, padding="same", activation="relu"), layers.MaxPooling2D(),
+    layers.Conv2D(64, 3, padding="same", activation="relu"), layers.MaxPooling2D(),
+    layers.Flatten(), layers.Dense(128, activation="relu"), layers.Dense(classes),
+  ])
+
+
+def keras_bn_cnn(size, classes, filters=32):  # Seed 003 (its softmax is our logits).
+  bn = dict(momentum=0.1, epsilon=0.00001)
+  return keras.Sequential([
+    keras.Input((size, size, 3)),
+    layers.Conv2D(filters, (7, 7), strides=(2, 2), activation="relu"), layers.BatchNormalization(**bn),
+    layers.MaxPooling2D((2, 2), strides=(2, 2)),
+    layers.Conv2D(filters, (3, 3), activation="relu"), layers.BatchNormalization(**bn), layers.MaxPooling2D((2, 2)),
+    layers.Conv2D(filters, (3, 3), activation="relu"), layers.BatchNormalization(**bn), layers.MaxPooling2D((2, 2)),
+    layers.Dropout(0.3), layers.Flatten(), layers.Dense(size, activation="relu"), layers.BatchNormalization(**bn),
+    layers.Dense(classes),
+  ])
+
+
+def keras_dropout_cnn(size, classes):  # Seed 004.
+  return keras.Sequential([
+    keras.Input((size, size, 3)),
+    layers.Conv2D(32, kernel_size=(3, 3), activation="relu"), layers.Conv2D(64, (3, 3), activation="relu"),
+    layers.MaxPooling2D(pool_size=(2, 2)), layers.Dropout(0.25),
+    layers.Conv2D(64, (3, 3), activation="relu"), layers.MaxPooling2D(pool_size=(2, 2)), layers.Dropout(0.25),
+    layers.Flatten(), layers.Dense(64, activation="relu"), layers.Dropout(0.5), layers.Dense(classes),
+  ])
+
+
+def our_layers(model):
+  """Our weighted layers in Keras's order."""
+  b, h = model.backbone, model.head
+  convs = [b.conv1, b.conv2, b.conv3]
+  if hasattr(b, "norms"):
+    convs = [x for pair in zip(convs, b.norms) for x in pair]
+  head = [x for pair in zip(h.hidden, h.norms) for x in pair if x is not None]
+  return convs + head + [h.output]
+
+
+def copy_keras_weights(keras_model, model):
+  keras_layers = [l for l in keras_model.layers if l.weights]
+  ours = our_layers(model)
+  assert len(keras_layers) == len(ours)
+  for kl, ol in zip(keras_layers, ours):
+    w = [np.asarray(v) for v in kl.weights]
+    if isinstance(ol, nnx.BatchNorm):
+      for var, value in zip((ol.scale, ol.bias, ol.mean, ol.var), w):
+        var[...] = jnp.asarray(value)
+    else:
+      assert ol.kernel.shape == w[0].shape, kl.name
+      ol.kernel[...], ol.bias[...] = jnp.asarray(w[0]), jnp.asarray(w[1])
+
+
+@pytest.mark.parametrize(
+  "name, keras_fn, size, classes",
+  [("insects_cnn", keras_insects, 180, 3), ("bn_cnn", keras_bn_cnn, 64, 2), ("dropout_cnn", keras_dropout_cnn, 40, 2)],
+)
+def test_seed_cnn_matches_keras(name, keras_fn, size, classes):
+  config = tiny_config("unused", **{"model.name": name, "data.image_size": (size, size), "data.rescale": 1.0})
+  config.model.filters = 0
+  config.model.head.hidden = (-1,)
+  model = build_model(config, classes, rngs=nnx.Rngs(0))
+  reference = keras_fn(size, classes)
+  count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  keras_count = sum(int(np.prod(w.shape)) for w in reference.trainable_weights)
+  assert count == keras_count
+  if name == "insects_cnn":
+    assert count == 3_989_027  # The seed's model.summary().
+
+  rng = np.random.default_rng(0)
+  for w in reference.weights:  # Random weights, BatchNorm statistics included.
+    value = rng.normal(0, 0.2, w.shape)
+    if "variance" in w.path:
+      value = np.abs(value) + 0.5
+    w.assign(value.astype("float32"))
+  copy_keras_weights(reference, model)
+  images = np.stack([class_pattern(i % 3, i, size) for i in range(4)]).astype(np.float32) / 255.0
+  model.eval()
+  ours = np.asarray(model(jnp.asarray(images)))
+  theirs = np.asarray(reference(images, training=False))
+  np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * np.abs(theirs).max())
+
+
+def test_batchnorm_updates_statistics_only_in_training():
+  config = tiny_config("unused", **{"model.name": "bn_cnn", "data.image_size": (32, 32)})
+  with pytest.raises(ValueError, match="too small for bn_cnn"):
+    build_model(config, 2, rngs=nnx.Rngs(0))
+  config.data.image_size = (48, 48)
+  model = build_model(config, 2, rngs=nnx.Rngs(0))
+  x = jnp.asarray(np.random.default_rng(0).random((4, 48, 48, 3)), jnp.float32)
+  before = np.asarray(model.backbone.norms[0].mean[...]).copy()
+  model.eval()
+  model(x)
+  np.testing.assert_array_equal(model.backbone.norms[0].mean[...], before)
+  model.train()
+  model(x, rngs=nnx.Rngs(dropout=0))
+  assert not np.allclose(model.backbone.norms[0].mean[...], before)

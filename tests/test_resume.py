@@ -1,0 +1,69 @@
+"""A run killed with SIGKILL and resumed ends exactly like one never interrupted (real subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import REPO
+
+ARGS = [
+  "--config=configs/digits.py",
+  "--config.train.epochs=3",
+  "--config.checkpoint.every_steps=7",  # Mid-epoch checkpoints (an epoch is 45 steps).
+  "--config.data.image_size=(24, 24)",
+  "--config.model.filters=24",
+  "--config.train.log_every_steps=5",
+]
+
+
+def start(workdir: Path) -> subprocess.Popen:
+  return subprocess.Popen(
+    [sys.executable, "-m", "imgcls.main", *ARGS, f"--workdir={workdir}"], cwd=REPO,
+    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+  )
+
+
+def committed_steps(workdir: Path) -> list[int]:
+  folder = workdir / "checkpoints" / "latest"
+  if not folder.exists():
+    return []
+  return sorted(int(d) for d in os.listdir(folder) if d.isdigit())
+
+
+def epochs(workdir: Path) -> list[dict]:
+  lines = (workdir / "metrics.jsonl").read_text().splitlines()
+  return [r for r in map(json.loads, lines) if r["type"] == "epoch"]
+
+
+def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path):
+  reference = start(tmp_path / "reference")
+  out, _ = reference.communicate(timeout=600)
+  assert reference.returncode == 0, out
+
+  killed = tmp_path / "killed"
+  process = start(killed)
+  deadline = time.time() + 300
+  while time.time() < deadline and not any(s % 45 and s > 45 for s in committed_steps(killed)):
+    time.sleep(0.02)
+  process.send_signal(signal.SIGKILL)
+  process.communicate(timeout=60)
+  assert process.returncode == -signal.SIGKILL
+  assert not (killed / "summary.json").exists(), "the run ended before it could be killed"
+  kill_step = max(committed_steps(killed))
+
+  resumed = start(killed)
+  out, _ = resumed.communicate(timeout=600)
+  assert resumed.returncode == 0, out
+  assert "Resuming from step" in out and kill_step > 45
+
+  expected = json.loads((tmp_path / "reference" / "summary.json").read_text())
+  actual = json.loads((killed / "summary.json").read_text())
+  assert actual["final"] == expected["final"]
+  assert actual["best"] == expected["best"]
+  assert epochs(killed) == epochs(tmp_path / "reference")

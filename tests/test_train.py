@@ -1,0 +1,158 @@
+"""Training end to end on small real image trees: logs, checkpoints, resume, init_from, NaN."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import jax
+import keras
+import numpy as np
+import pytest
+
+from conftest import POLLEN, needs, tiny_config, write_tree
+from imgcls import checkpoint as ckpt_lib
+from imgcls import train
+
+
+@pytest.fixture(scope="session")
+def run(tree, tmp_path_factory):
+  """A 3-epoch run on the 3-class tree; returns (config, workdir, summary)."""
+  workdir = tmp_path_factory.mktemp("run")
+  config = tiny_config(tree, **{"train.epochs": 3, "data.validation_split": 0.25, "optimizer.learning_rate": 3e-3})
+  summary = train.train_and_evaluate(config, str(workdir))
+  return config, workdir, summary
+
+
+def read_jsonl(path: Path) -> list[dict]:
+  return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_run_writes_summary_metrics_tensorboard_and_checkpoints(run):
+  config, workdir, summary = run
+  on_disk = json.loads((workdir / "summary.json").read_text())
+  assert on_disk["final"] == summary["final"] and on_disk["epochs"] == 3
+  assert summary["final"]["step"] == 3 * 4  # 27 train images, batch 8.
+  for key in ("train_loss", "train_accuracy", "train_precision", "train_recall", "train_f1", "val_loss", "val_accuracy", "val_f1"):
+    assert 0 <= summary["final"][key] < 10
+  assert summary["best"]["monitor"] == "val_accuracy"
+  history = [r for r in read_jsonl(workdir / "metrics.jsonl") if r["type"] == "epoch"]
+  assert [r["epoch"] for r in history] == [1, 2, 3]
+  assert summary["best"]["value"] == max(r["val_accuracy"] for r in history)
+  batches = [r for r in read_jsonl(workdir / "metrics.jsonl") if r["type"] == "batch"]
+  assert [r["step"] for r in batches] == [2, 4, 6, 8, 10, 12]
+  assert json.loads((workdir / "config.json").read_text())["model"]["name"] == "insects_cnn"
+  assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+  assert ckpt_lib.resolve(str(workdir)).endswith(f"best/{summary['best']['step']}")
+  assert sorted(os.listdir(workdir / "checkpoints" / "latest")) == ["12", "8"]  # max_to_keep=2
+
+
+def test_training_learns(run):
+  _, _, summary = run
+  history = summary["final"]
+  assert history["train_loss"] < 1.0986  # Below chance-level cross-entropy for 3 classes (ln 3).
+
+
+def test_rerun_of_finished_run_changes_nothing(run):
+  config, workdir, summary = run
+  again = train.train_and_evaluate(config, str(workdir))
+  assert again["final"] == summary["final"] and again["best"] == summary["best"]
+  assert len([r for r in read_jsonl(workdir / "metrics.jsonl") if r["type"] == "epoch"]) == 3
+
+
+def test_resume_continues_from_latest_checkpoint(run, tmp_path):
+  config, workdir, summary = run
+  # A run of 2 epochs, then the same run asked for 3: it resumes at epoch 3 from step 8.
+  short = config.copy_and_resolve_references()
+  short.train.epochs = 2
+  train.train_and_evaluate(short, str(tmp_path))
+  resumed = train.train_and_evaluate(config, str(tmp_path))
+  assert resumed["final"]["step"] == 12
+  # The schedule is constant, so two epochs then one equals three epochs.
+  np.testing.assert_allclose(resumed["final"]["val_loss"], summary["final"]["val_loss"], rtol=1e-6)
+  assert [r["epoch"] for r in read_jsonl(tmp_path / "metrics.jsonl") if r["type"] == "epoch"] == [1, 2, 3]
+
+
+def test_init_from_loads_weights_and_rejects_other_shapes(run, tmp_path, tree):
+  config, workdir, summary = run
+  fresh = config.copy_and_resolve_references()
+  fresh.init_from = str(workdir)
+  fresh.train.epochs = 1
+  fresh.optimizer.learning_rate = 1e-9  # Barely moves: the metrics are those of the loaded weights.
+  result = train.train_and_evaluate(fresh, str(tmp_path / "a"))
+  assert result["final"]["val_accuracy"] == pytest.approx(summary["best"]["metrics"]["val_accuracy"])
+  other = tiny_config(write_tree(tmp_path / "five", classes=5, per_class=4), **{"init_from": str(workdir), "train.epochs": 1})
+  with pytest.raises(ckpt_lib.CheckpointError, match=r"head/output/kernel: checkpoint \(16, 3\), model \(16, 5\)"):
+    train.train_and_evaluate(other, str(tmp_path / "b"))
+
+
+def test_nan_loss_stops_with_message_and_keeps_checkpoints(tree, tmp_path):
+  config = tiny_config(tree, **{"train.epochs": 1})
+  train.train_and_evaluate(config, str(tmp_path))
+  latest = sorted(os.listdir(tmp_path / "checkpoints" / "latest"))
+  config.train.epochs = 3
+  config.optimizer.learning_rate = 1e38
+  with pytest.raises(train.TrainingDiverged, match="loss became (nan|inf)"):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert sorted(os.listdir(tmp_path / "checkpoints" / "latest")) == latest
+  state = ckpt_lib.read_state(ckpt_lib.resolve(str(tmp_path)))
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["params"]))
+  # A checkpoint that does not fit the config (another optimizer) is a clear error, not a crash.
+  config.optimizer.name = "sgd"
+  with pytest.raises(ckpt_lib.CheckpointError, match="model or optimizer differ"):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_class_weights_balanced_and_checked(tree):
+  config = tiny_config(tree)
+  split = train.sources.find_splits(config.data, 0)["train"]
+  config.loss.balanced = True
+  weights = train.class_weights(config, split)
+  counts = split.class_counts()
+  np.testing.assert_allclose(np.array(weights) * counts, len(split) / 3)
+  config.loss.balanced = False
+  config.loss.class_weights = (1.0, 2.0)
+  with pytest.raises(ValueError, match="2 values for 3 classes"):
+    train.class_weights(config, split)
+
+
+class _Model:
+  """Enough of a Keras model for Keras's callbacks."""
+
+  def __init__(self):
+    self.optimizer = keras.optimizers.SGD(learning_rate=1.0)
+    self.stop_training = False
+
+
+@pytest.mark.parametrize("patience,cooldown", [(2, 0), (1, 2), (3, 1)])
+def test_plateau_and_early_stopping_match_keras(patience, cooldown):
+  values = [1.0, 0.9, 0.95, 0.92, 0.91, 0.95, 0.7, 0.8, 0.8, 0.8, 0.69, 0.9, 0.9, 0.9, 0.9]
+  config = tiny_config("unused")
+  config.reduce_on_plateau.update(patience=patience, cooldown=cooldown, factor=0.5, min_delta=1e-4, min_learning_rate=0.01)
+  config.early_stopping.update(patience=patience, min_delta=0.0)
+  plateau, early = train.Plateau(config.reduce_on_plateau), train.EarlyStopping(config.early_stopping)
+  reference = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=patience, cooldown=cooldown, min_delta=1e-4, min_lr=0.01)
+  stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience)
+  model = _Model()
+  for callback in (reference, stopper):
+    callback.set_model(model)
+    callback.on_train_begin()
+  for epoch, value in enumerate(values):
+    plateau.update(value, 1.0)
+    stop = early.update(value)
+    reference.on_epoch_end(epoch, {"val_loss": value})
+    stopper.on_epoch_end(epoch, {"val_loss": value})
+    assert plateau.scale == pytest.approx(float(model.optimizer.learning_rate)), epoch
+    assert stop == model.stop_training, epoch
+    if stop:
+      break
+
+
+@needs(POLLEN)
+def test_trains_on_real_pollen_images(tmp_path):
+  config = tiny_config(POLLEN, **{"data.label_mode": "binary", "data.image_size": (24, 24), "train.epochs": 1, "data.batch_size": 64})
+  summary = train.train_and_evaluate(config, str(tmp_path))
+  assert summary["final"]["step"] == 9  # 572 training images of 714, batch 64.
+  assert summary["class_names"] == ["NP", "P"]
+  assert 0.0 <= summary["final"]["val_f1"] <= 1.0
