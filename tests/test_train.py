@@ -156,3 +156,37 @@ def test_trains_on_real_pollen_images(tmp_path):
   assert summary["final"]["step"] == 9  # 572 training images of 714, batch 64.
   assert summary["class_names"] == ["NP", "P"]
   assert 0.0 <= summary["final"]["val_f1"] <= 1.0
+
+
+def test_plateau_lowers_learning_rate_and_early_stopping_ends_run(tree, tmp_path):
+  config = tiny_config(tree, **{"train.epochs": 6, "optimizer.learning_rate": 1e-3})
+  config.reduce_on_plateau.update(enabled=True, monitor="train_accuracy", mode="max", patience=1, factor=0.5, min_delta=1.0)
+  config.early_stopping.update(enabled=True, monitor="val_loss", patience=3, min_delta=10.0)
+  summary = train.train_and_evaluate(config, str(tmp_path))
+  # min_delta is so large that nothing counts as improving after the first epoch.
+  assert summary["stopped_early"] and summary["epochs"] == 4
+  rates = [r["learning_rate"] for r in read_jsonl(tmp_path / "metrics.jsonl") if r["type"] == "epoch"]
+  # Each epoch's rate is the one it trained with: the first epoch sets the best value, the
+  # second does not improve (patience 1), so the third trains at half the rate, and so on.
+  np.testing.assert_allclose(rates, [1e-3, 1e-3, 5e-4, 2.5e-4])
+
+
+@pytest.mark.parametrize(
+  "schedule, expected",
+  [("constant", [1.0, 1.0, 1.0]), ("cosine", [1.0, 0.5, 0.0]), ("warmup_constant", [0.0, 1.0, 1.0]), ("warmup_cosine", [0.0, 1.0, 0.0])],
+)
+def test_schedules(schedule, expected):
+  config = tiny_config("unused", **{"optimizer.schedule": schedule, "optimizer.learning_rate": 1.0, "optimizer.warmup_epochs": 1.0})
+  lr = train.learning_rate_schedule(config.optimizer, steps_per_epoch=10, epochs=2)
+  np.testing.assert_allclose([float(lr(s)) for s in (0, 10, 20)], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_optimizers_take_a_step(name):
+  import jax.numpy as jnp
+
+  config = tiny_config("unused", **{"optimizer.name": name, "optimizer.grad_clip_norm": 1.0})
+  tx = train.make_optimizer(config.optimizer, train.learning_rate_schedule(config.optimizer, 1, 1))
+  params = {"w": jnp.ones(3)}
+  updates, _ = tx.update({"w": jnp.full(3, 10.0)}, tx.init(params), params)
+  assert np.all(np.asarray(updates["w"]) < 0)
