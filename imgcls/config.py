@@ -34,6 +34,24 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.prefetch = 8  # Elements prefetched by the workers.
   c.data.skip_bad_images = False  # Skip corrupt images (listed in a warning) instead of failing.
   c.data.follow_links = False
+  # How validation_split holds out data: "shuffle" (Keras: shuffle with the seed, hold out the
+  # last fraction) or "ordered" (the last fraction of the rows/files as listed, no shuffle; seed
+  # 003's `validation_split=0.7` training fraction is validation_split=0.3, split_order="ordered").
+  c.data.split_order = "shuffle"
+  # A CSV or Excel (.xlsx) index instead of folders: one row per image, a path column (relative
+  # to data.dir, else to the index's folder, or absolute) and a label column or one-hot columns.
+  c.data.index = ""
+  c.data.val_index = ""  # Optional index of validation images.
+  c.data.test_index = ""  # Optional index of test images.
+  c.data.path_column = "path"
+  c.data.label_column = "label"  # Class names or integers.
+  c.data.class_columns = ()  # One-hot columns, one per class (used instead of label_column).
+  # TFDS: data.dir = "tfds:NAME" reads a prepared TFDS dataset (array_record) from
+  # data.tfds_data_dir or $TFDS_DATA_DIR, no TensorFlow needed. Split strings as in TFDS.
+  c.data.tfds_split = "train"
+  c.data.tfds_val_split = ""
+  c.data.tfds_test_split = ""
+  c.data.tfds_data_dir = ""
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "bn_cnn"  # See imgcls.models.MODELS.
@@ -144,6 +162,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     "data.color_mode": ("rgb", "grayscale"),
     "data.label_mode": ("int", "binary", "categorical"),
     "data.interpolation": ("bilinear", "nearest"),
+    "data.split_order": ("shuffle", "ordered"),
     "optimizer.name": ("adam", "adamw", "sgd"),
     "optimizer.schedule": ("constant", "cosine", "warmup_cosine", "warmup_constant"),
     "checkpoint.mode": ("max", "min"),

@@ -73,7 +73,7 @@ def test_train_val_test_folders_and_class_names(tmp_path):
 def test_train_and_val_with_different_classes_fail(tmp_path):
   write_tree(tmp_path / "train", classes=3, per_class=2)
   write_tree(tmp_path / "val", classes=2, per_class=2)
-  with pytest.raises(sources.DataError, match="val folder's classes"):
+  with pytest.raises(sources.DataError, match="val subset's classes"):
     sources.find_splits(tiny_config(tmp_path).data, 0)
 
 

@@ -29,6 +29,11 @@ def decode(path: str, color_mode: str = "rgb", draft_size: tuple[int, int] | Non
   `draft_size` (height, width) lets JPEG decoding scale down by a power of two while staying at
   least that large, which is much faster for big photos.
   """
+  if path.startswith("tfds:"):
+    from imgcls.data import tfds_source
+
+    pixels = np.asarray(_convert(Image.fromarray(np.squeeze(tfds_source.read(path))), color_mode))
+    return pixels[:, :, None] if pixels.ndim == 2 else pixels
   try:
     with warnings.catch_warnings():
       warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -106,12 +106,14 @@ def _walk_images(directory: str, follow_links: bool) -> tuple[list[str], list[st
   return found, skipped
 
 
-def keras_split(scan: Scan, validation_split: float, seed: int) -> tuple[Split, Split | None]:
-  """Shuffles once with `seed` and holds out the last `validation_split` fraction, as Keras does."""
+def holdout_split(scan: Scan, validation_split: float, seed: int, order: str = "shuffle") -> tuple[Split, Split | None]:
+  """Holds out the last `validation_split` fraction, after one shuffle with `seed` as Keras does
+  (`order="shuffle"`), or of the files/rows as listed (`order="ordered"`)."""
   paths = list(scan.paths)
   labels = scan.labels.copy()
-  np.random.RandomState(seed).shuffle(paths)
-  np.random.RandomState(seed).shuffle(labels)
+  if order == "shuffle":
+    np.random.RandomState(seed).shuffle(paths)
+    np.random.RandomState(seed).shuffle(labels)
   num_val = int(validation_split * len(paths))
   if not validation_split or num_val == 0:
     return Split(paths, labels, scan.class_names, "train"), None
@@ -141,6 +143,55 @@ def without(split: Split, bad: dict[str, str]) -> Split:
   return Split([p for p, k in zip(split.paths, keep) if k], split.labels[keep], split.class_names, split.name)
 
 
+def scan_index(index: str, data_config, class_names: Sequence[str] = ()) -> Scan:
+  """Images listed in a CSV or Excel file: a path column plus a label column or one-hot columns."""
+  import pandas as pd
+
+  if not os.path.isfile(index):
+    raise DataError(f"Index file {index!r} does not exist.")
+  try:
+    table = pd.read_excel(index) if index.lower().endswith((".xlsx", ".xls")) else pd.read_csv(index)
+  except Exception as e:  # pandas raises many types for unreadable files.
+    raise DataError(f"Cannot read index {index!r}: {e}") from e
+  columns = list(table.columns)
+  one_hot = list(data_config.class_columns)
+  needed = [data_config.path_column] + (one_hot or [data_config.label_column])
+  missing = [c for c in needed if c not in columns]
+  if missing:
+    raise DataError(f"Index {index!r} has no column(s) {missing}; its columns are {columns}. Set data.path_column and data.label_column or data.class_columns.")
+  if one_hot:
+    values = table[one_hot].to_numpy()
+    bad_rows = [i + 2 for i, row in enumerate(values) if sorted(row.tolist()) != [0] * (len(one_hot) - 1) + [1]]
+    if bad_rows:
+      raise DataError(f"Rows {bad_rows[:10]} of {index!r} do not have exactly one 1 in {one_hot} (row numbers as in a spreadsheet).")
+    names, labels = one_hot, values.argmax(axis=1)
+  else:
+    raw = table[data_config.label_column]
+    if raw.isna().any():
+      raise DataError(f"Rows {[i + 2 for i in np.flatnonzero(raw.isna())][:10]} of {index!r} have no {data_config.label_column!r}.")
+    if pd.api.types.is_integer_dtype(raw):
+      found = [str(v) for v in sorted(set(raw.tolist()))]
+    else:
+      found = sorted(set(raw.astype(str)))
+    names = list(class_names) or found
+    unknown = sorted(set(raw.astype(str)) - set(names))
+    if unknown:
+      raise DataError(f"Labels {unknown} in {index!r} are not among the classes {names}.")
+    labels = np.asarray([names.index(v) for v in raw.astype(str)])
+  root = data_config.dir or os.path.dirname(os.path.abspath(index))
+  paths = [p if os.path.isabs(p) else os.path.join(root, p) for p in table[data_config.path_column].astype(str)]
+  if len(names) < 2:
+    raise DataError(f"Index {index!r} has a single class ({names}); a classifier needs at least two.")
+  return Scan(paths, np.asarray(labels, np.int32), list(names), [])
+
+
+def scan_tfds(name: str, split: str, data_dir: str) -> Scan:
+  from imgcls.data import tfds_source
+
+  uris, labels, names = tfds_source.uris_and_labels(name, split, data_dir)
+  return Scan(uris, labels, names, [])
+
+
 def _resolve_root(data_dir: str) -> str:
   if data_dir.startswith("builtin:"):
     from imgcls.data import builtin  # Writes the tree on first use.
@@ -159,32 +210,50 @@ def _split_folder(root: str, split: str) -> str | None:
   return None
 
 
+def _scans(data_config) -> tuple[str, dict[str, Scan]]:
+  """Where the data is (for messages) and what each of its subsets lists, before any split."""
+  class_names = list(data_config.class_names)
+  scans: dict[str, Scan] = {}
+  if data_config.dir.startswith("tfds:"):
+    name = data_config.dir.removeprefix("tfds:")
+    for split, key in (("train", "tfds_split"), ("val", "tfds_val_split"), ("test", "tfds_test_split")):
+      if data_config[key]:
+        scans[split] = scan_tfds(name, data_config[key], data_config.tfds_data_dir)
+    return data_config.dir, scans
+  if data_config.index:
+    for split, key in (("train", "index"), ("val", "val_index"), ("test", "test_index")):
+      if data_config[key]:
+        given = class_names or (scans["train"].class_names if scans else [])
+        scans[split] = scan_index(data_config[key], data_config, given)
+    return data_config.index, scans
+  root = _resolve_root(data_config.dir)
+  train_root = _split_folder(root, "train") if os.path.isdir(root) else None
+  if train_root is None:
+    return root, {"train": scan_folder(root, class_names, data_config.follow_links)}
+  scans["train"] = scan_folder(train_root, class_names, data_config.follow_links)
+  for split in ("val", "test"):
+    folder = _split_folder(root, split)
+    if folder is not None:
+      scans[split] = scan_folder(folder, class_names, data_config.follow_links)
+  return root, scans
+
+
 def find_splits(data_config, seed: int) -> dict[str, Split]:
   """The run's subsets: {"train": ..., "val": ... (if any), "test": ... (if any)}.
 
-  `data_config.dir` is either one class-per-folder tree, split with `validation_split` and
-  `seed`, or a folder with `train/` and optionally `val/` and `test/` trees. Without `val/`, the
-  train tree is split if `validation_split` > 0, else `test/` is used for validation.
+  The data is a class-per-folder tree `data_config.dir`, split with `validation_split` and
+  `seed`; or a folder with `train/` and optionally `val/` and `test/` trees; or CSV/Excel
+  indexes (`data_config.index`, `val_index`, `test_index`); or a TFDS dataset (`tfds:NAME`).
+  Without a validation subset, the training one is split if `validation_split` > 0, else the
+  test subset is used for validation.
   """
-  root = _resolve_root(data_config.dir)
-  class_names = list(data_config.class_names)
-  follow = data_config.follow_links
-  train_root = _split_folder(root, "train") if os.path.isdir(root) else None
-  scans: dict[str, Scan] = {}
-  if train_root is None:
-    scans["train"] = scan_folder(root, class_names, follow)
-  else:
-    scans["train"] = scan_folder(train_root, class_names, follow)
-    for split in ("val", "test"):
-      folder = _split_folder(root, split)
-      if folder is not None:
-        scans[split] = scan_folder(folder, class_names, follow)
-    for split, scan in scans.items():
-      if scan.class_names != scans["train"].class_names:
-        raise DataError(
-          f"The {split} folder's classes {scan.class_names} differ from train's {scans['train'].class_names}. "
-          "Make the class folders match or set config.data.class_names."
-        )
+  root, scans = _scans(data_config)
+  for split, scan in scans.items():
+    if scan.class_names != scans["train"].class_names:
+      raise DataError(
+        f"The {split} subset's classes {scan.class_names} differ from train's {scans['train'].class_names}. "
+        "Make the class folders (or labels) match or set config.data.class_names."
+      )
   skipped = [p for s in scans.values() for p in s.skipped]
   if skipped:
     shown = ", ".join(os.path.relpath(p, root) for p in skipped[:5])
@@ -192,7 +261,8 @@ def find_splits(data_config, seed: int) -> dict[str, Split]:
     logging.warning("Skipped %d non-image file(s) under %s: %s%s.", len(skipped), root, shown, more)
 
   splits: dict[str, Split] = {}
-  train, val = keras_split(scans["train"], data_config.validation_split if "val" not in scans else 0.0, seed)
+  holdout = data_config.validation_split if "val" not in scans else 0.0
+  train, val = holdout_split(scans["train"], holdout, seed, data_config.split_order)
   splits["train"] = train
   if "val" in scans:
     splits["val"] = Split(scans["val"].paths, scans["val"].labels, scans["val"].class_names, "val")
@@ -201,11 +271,12 @@ def find_splits(data_config, seed: int) -> dict[str, Split]:
   if "test" in scans:
     splits["test"] = Split(scans["test"].paths, scans["test"].labels, scans["test"].class_names, "test")
     if "val" not in splits:
-      logging.info("No val/ folder and validation_split=0: validating on %s.", _split_folder(root, "test"))
+      logging.info("No validation subset and validation_split=0: validating on the test subset.")
       splits["val"] = dataclasses.replace(splits["test"], name="val")
 
-  all_paths = sorted({p for s in splits.values() for p in s.paths})
-  bad = find_bad_images(all_paths, data_config.color_mode, data_config.num_threads)
+  files = sorted({p for s in splits.values() for p in s.paths if not p.startswith("tfds:")})
+  bad = {p: "file not found" for p in files if not os.path.isfile(p)}
+  bad.update(find_bad_images([p for p in files if p not in bad], data_config.color_mode, data_config.num_threads))
   if bad:
     listing = "\n".join(f"  {p}: {r}" for p, r in sorted(bad.items()))
     if not data_config.skip_bad_images:
