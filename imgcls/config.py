@@ -34,6 +34,17 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.prefetch = 8  # Elements prefetched by the workers.
   c.data.skip_bad_images = False  # Skip corrupt images (listed in a warning) instead of failing.
   c.data.follow_links = False
+  # Training augmentation, ops separated by "|", e.g. "flip_lr|rotate(20)|zoom(0.1)" (see
+  # imgcls/data/augment.py for the ops); run on the device in the train step or on the host.
+  c.data.augment = ""
+  c.data.augment_on = "device"  # device | host.
+  c.data.fill_mode = "nearest"  # nearest | constant | reflect | wrap: pixels from outside the image.
+  c.data.fill_value = 0.0  # The constant of fill_mode="constant" (in rescaled pixel units).
+  # Normalisation as Keras's ImageDataGenerator (feature-wise stats from the training set).
+  c.data.featurewise_center = False
+  c.data.featurewise_std_normalization = False
+  c.data.samplewise_center = False
+  c.data.samplewise_std_normalization = False
   # How validation_split holds out data: "shuffle" (Keras: shuffle with the seed, hold out the
   # last fraction) or "ordered" (the last fraction of the rows/files as listed, no shuffle; seed
   # 003's `validation_split=0.7` training fraction is validation_split=0.3, split_order="ordered").
@@ -163,6 +174,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     "data.label_mode": ("int", "binary", "categorical"),
     "data.interpolation": ("bilinear", "nearest"),
     "data.split_order": ("shuffle", "ordered"),
+    "data.augment_on": ("device", "host"),
+    "data.fill_mode": ("nearest", "constant", "reflect", "wrap"),
     "optimizer.name": ("adam", "adamw", "sgd"),
     "optimizer.schedule": ("constant", "cosine", "warmup_cosine", "warmup_constant"),
     "checkpoint.mode": ("max", "min"),
@@ -177,5 +190,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.{key}={value!r} is not one of {', '.join(allowed)}.")
   if not 0.0 <= config.data.validation_split < 1.0:
     raise ValueError(f"config.data.validation_split={config.data.validation_split} must be in [0, 1).")
+  from imgcls.data import augment  # Fails naming an unknown op or bad arguments.
+
+  augment.parse(config.data.augment, config.data.fill_mode, config.data.fill_value)
   if config.data.batch_size < 1:
     raise ValueError(f"config.data.batch_size={config.data.batch_size} must be at least 1.")

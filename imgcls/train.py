@@ -26,7 +26,7 @@ from flax import nnx
 from imgcls import checkpoint as ckpt_lib
 from imgcls import metrics as metrics_lib
 from imgcls import models
-from imgcls.data import pipeline, sources
+from imgcls.data import augment, pipeline, sources
 from imgcls.logs import RunLog
 
 
@@ -147,17 +147,34 @@ class StepConfig:
   class_weights: tuple[float, ...]
 
 
-def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, scales: nnx.State, cfg: StepConfig):
-  """A jitted `step(state, batch, dropout_key, lr_scale) -> state` (the state is donated)."""
+def identity_prepare(images: jax.Array, key: jax.Array | None) -> jax.Array:
+  return images
+
+
+def make_prepare(aug: augment.Augment, normalize: augment.Normalize, pixel_max: float, on_device: bool):
+  """`prepare(images, key)`: device augmentation (when `key` is given) then normalisation."""
+
+  def prepare(images: jax.Array, key: jax.Array | None) -> jax.Array:
+    if key is not None and on_device:
+      images = augment.apply_device(aug, images, key, pixel_max)
+    return normalize(images) if normalize.enabled else images
+
+  return prepare
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, scales: nnx.State, cfg: StepConfig, prepare=identity_prepare):
+  """A jitted `step(state, batch, key, lr_scale) -> state` (the state is donated)."""
   weights = jnp.asarray(cfg.class_weights or (1.0,) * cfg.num_classes, jnp.float32)
 
   @functools.partial(jax.jit, donate_argnums=0)
-  def train_step(state: TrainState, batch: dict, dropout_key: jax.Array, lr_scale: jax.Array) -> TrainState:
+  def train_step(state: TrainState, batch: dict, key: jax.Array, lr_scale: jax.Array) -> TrainState:
     labels, mask = batch["label"], batch["mask"]
+    dropout_key, augment_key = jax.random.split(key)
+    images = prepare(batch["image"], augment_key)
 
     def loss_fn(params, frozen, stats):
       model = nnx.merge(graphdef, params, frozen, stats, copy=True)
-      logits = model(batch["image"], rngs=nnx.Rngs(dropout=dropout_key))
+      logits = model(images, rngs=nnx.Rngs(dropout=dropout_key))
       losses = loss_per_example(logits, labels, cfg.num_classes, cfg.label_smoothing)
       loss = jnp.sum(losses * weights[labels] * mask) / jnp.maximum(jnp.sum(mask), 1.0)
       return loss, (logits, losses, nnx.state(model, nnx.Not(nnx.Param)))
@@ -178,13 +195,13 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
   return train_step
 
 
-def make_eval_step(eval_graphdef: nnx.GraphDef):
+def make_eval_step(eval_graphdef: nnx.GraphDef, prepare=identity_prepare):
   """A jitted `step(state, images) -> logits` with the model in inference mode."""
 
   @jax.jit
   def eval_step(state: TrainState, images: jax.Array) -> jax.Array:
     model = nnx.merge(eval_graphdef, state.params, state.frozen, state.stats)
-    return model(images)
+    return model(prepare(images, None))
 
   return eval_step
 
@@ -369,9 +386,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     step=jnp.zeros((), jnp.int32), params=params, frozen=frozen, stats=stats, opt_state=tx.init(params),
     epoch_sums=zero_sums(num_classes), window_sums=zero_sums(num_classes),
   )
-  train_step = make_train_step(graphdef, tx, update_scales(params, config), step_cfg)
-  eval_step = make_eval_step(eval_graphdef)
-
   checkpoints = ckpt_lib.Checkpoints(workdir, config.checkpoint.max_to_keep, config.checkpoint.async_save)
   plateau = Plateau(config.reduce_on_plateau)
   early = EarlyStopping(config.early_stopping)
@@ -384,6 +398,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     best.best = meta["best"]["value"] if meta["best"] else None
   elif config.init_from:
     state = load_weights(state, config.init_from)
+
+  aug = augment.from_config(config.data)
+  normalize = augment.make_normalize(config.data, lambda: pipeline.eval_batches(train_split, config.data), meta.get("normalization"))
+  meta["normalization"] = {"mean": normalize.mean, "std": normalize.std}
+  prepare = make_prepare(aug, normalize, 255.0 * config.data.rescale, config.data.augment_on == "device")
+  train_step = make_train_step(graphdef, tx, update_scales(params, config), step_cfg, prepare)
+  eval_step = make_eval_step(eval_graphdef, prepare)
 
   log = RunLog(workdir, config, enabled=jax.process_index() == 0)
   resumed_step = int(state.step)
@@ -398,12 +419,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     checkpoints.save(
       int(state.step), state,
       {"epoch": epoch, "data_state": data_state, "best": meta["best"], "history": history,
-       "plateau": plateau.to_json(), "early_stopping": early.to_json(), "class_names": class_names},
+       "plateau": plateau.to_json(), "early_stopping": early.to_json(), "class_names": class_names,
+       "normalization": meta["normalization"]},
       best=is_best,
     )
 
   for epoch in range(meta["epoch"], epochs):
-    ds = pipeline.train_dataset(train_split, pipeline.ImageSpec.from_config(data), batch_size, config.seed, epoch, data.shuffle)
+    host_aug = aug if data.augment_on == "host" else None
+    ds = pipeline.train_dataset(train_split, pipeline.ImageSpec.from_config(data), batch_size, config.seed, epoch, data.shuffle, host_aug)
     resume_state = meta["data_state"] if meta["data_state"] and epoch == meta["epoch"] else None
     iterator = pipeline.iterate(ds, data.num_threads, data.prefetch, resume_state)
     if resume_state is None:

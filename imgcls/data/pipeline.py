@@ -15,7 +15,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from imgcls.data import images
+from imgcls.data import augment, images
 from imgcls.data.sources import Split
 
 
@@ -61,12 +61,29 @@ def epoch_seed(seed: int, epoch: int) -> int:
   return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
-def train_dataset(split: Split, spec: ImageSpec, batch_size: int, seed: int, epoch: int, shuffle: bool = True) -> grain.MapDataset:
-  """One epoch of training batches (the last one may be smaller), shuffled by (seed, epoch)."""
+class _HostAugment(grain.transforms.RandomMap):
+  """Augments one example on the host (grain seeds `rng` per example)."""
+
+  def __init__(self, aug: augment.Augment, pixel_max: float):
+    self.aug, self.pixel_max = aug, pixel_max
+
+  def random_map(self, example: dict, rng: np.random.Generator) -> dict:
+    return {**example, "image": augment.apply_host(self.aug, example["image"], rng, self.pixel_max)}
+
+
+def train_dataset(
+  split: Split, spec: ImageSpec, batch_size: int, seed: int, epoch: int, shuffle: bool = True,
+  host_augment: augment.Augment | None = None,
+) -> grain.MapDataset:
+  """One epoch of training batches (the last one may be smaller), shuffled by (seed, epoch),
+  optionally augmented on the host, deterministically per (seed, epoch, example)."""
   ds = grain.MapDataset.source(_records(split))
   if shuffle:
     ds = ds.shuffle(seed=epoch_seed(seed, epoch))
-  return ds.map(_Load(spec)).batch(batch_size, drop_remainder=False)
+  ds = ds.map(_Load(spec))
+  if host_augment is not None and host_augment.enabled:
+    ds = ds.random_map(_HostAugment(host_augment, 255.0 * spec.rescale), seed=epoch_seed(seed + 1, epoch))
+  return ds.batch(batch_size, drop_remainder=False)
 
 
 class _Pad(grain.transforms.Map):

@@ -1,0 +1,124 @@
+"""Augmentation and normalisation: Keras's geometry, host = device, deterministic, identity when off."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from keras.src.legacy.preprocessing import image as keras_image
+
+from conftest import POLLEN, class_pattern, needs, tiny_config
+from imgcls import train
+from imgcls.data import augment, pipeline, sources
+
+ALL = "flip_lr|flip_ud|rotate(30)|shift(0.1, 0.2)|shear(10)|zoom(0.2)|brightness(0.8, 1.2)|channel_shift(20)"
+
+
+def image(seed=0, shape=(20, 24, 3)) -> np.ndarray:
+  return np.random.default_rng(seed).random(shape).astype(np.float32)
+
+
+def fixed(aug, **values) -> dict:
+  params = augment.sample(aug, lambda low, high: np.float32(1.0 if low == high == 1.0 else 0.0), 20, 24)
+  params.update({"zx": np.float32(1), "zy": np.float32(1), "brightness": np.float32(1), "flip_lr": False, "flip_ud": False})
+  params.update({k: np.asarray(v) for k, v in values.items()})
+  return {k: np.asarray(v) for k, v in params.items()}
+
+
+@pytest.mark.parametrize("mode", ["nearest", "reflect", "wrap", "constant"])
+def test_geometry_matches_keras_apply_affine_transform(mode):
+  aug = augment.parse("rotate(1)|shift(1)|shear(1)|zoom(0.1)", mode, fill_value=0.25)
+  x = image()
+  p = fixed(aug, theta=23.0, tx=2.5, ty=-3.0, shear=7.0, zx=1.1, zy=0.9)
+  ours = augment.transform_host(aug, x, p, 1.0)
+  # Keras hands fill_mode to scipy; ours are scipy's grid modes for constant and wrap (they
+  # interpolate towards the fill value / wrap periodically, as Keras 3's preprocessing layers do).
+  keras_mode = {"constant": "grid-constant", "wrap": "grid-wrap"}.get(mode, mode)
+  theirs = keras_image.apply_affine_transform(
+    x, theta=23.0, tx=2.5, ty=-3.0, shear=7.0, zx=1.1, zy=0.9, row_axis=0, col_axis=1, channel_axis=2, fill_mode=keras_mode, cval=0.25
+  )
+  np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "constant", "reflect", "wrap"])
+def test_device_equals_host_with_the_same_parameters(mode):
+  aug = augment.parse(ALL, mode, 0.3)
+  x = image(1)
+  rng = np.random.default_rng(2)
+  for _ in range(3):
+    p = {k: np.asarray(v) for k, v in augment.sample(aug, lambda low, high: rng.uniform(low, high), 20, 24).items()}
+    host = augment.transform_host(aug, x, p, 1.0)
+    device = np.asarray(augment.transform_device(aug, jnp.asarray(x), {k: jnp.asarray(v) for k, v in p.items()}, 1.0))
+    np.testing.assert_allclose(host, device, atol=1e-4)
+
+
+def test_simple_ops_do_what_they_say():
+  aug = augment.parse(ALL)
+  x = image(3, (16, 16, 3))
+  run = lambda **v: augment.transform_host(aug, x, fixed(aug, **v), 1.0)
+  np.testing.assert_allclose(run(), x, atol=1e-6)  # Neutral parameters: identity.
+  np.testing.assert_allclose(run(flip_lr=True), x[:, ::-1], atol=1e-6)
+  np.testing.assert_allclose(run(flip_ud=True), x[::-1], atol=1e-6)
+  np.testing.assert_allclose(run(theta=90.0), np.rot90(x, k=1, axes=(0, 1)), atol=1e-4)
+  np.testing.assert_allclose(run(tx=2.0)[:, :-2], x[:, 2:], atol=1e-5)  # Width shift: 2 columns left.
+  np.testing.assert_allclose(run(ty=-3.0)[3:], x[:-3], atol=1e-5)  # Height shift: 3 rows down.
+  np.testing.assert_allclose(run(brightness=0.5), x * 0.5, atol=1e-6)
+  shifted = run(channel_shift=255.0 * 0.1)
+  np.testing.assert_allclose(shifted, np.clip(x + 0.1, x.min(), x.max()), atol=1e-6)
+
+
+def test_parse_errors_and_identity():
+  assert not augment.parse("").enabled
+  with pytest.raises(ValueError, match="Unknown augmentation 'rotat'"):
+    augment.parse("flip_lr|rotat(10)")
+  with pytest.raises(ValueError, match="Wrong arguments for 'brightness\\(0.5\\)'"):
+    augment.parse("brightness(0.5)")
+  x = jnp.asarray(image(4, (2, 8, 8, 3)))
+  assert augment.apply_device(augment.parse(""), x, jax.random.key(0), 1.0) is x
+
+
+def test_device_augmentation_is_deterministic_per_key():
+  aug = augment.parse(ALL)
+  x = jnp.asarray(image(5, (4, 20, 24, 3)))
+  a = augment.apply_device(aug, x, jax.random.key(1), 1.0)
+  b = augment.apply_device(aug, x, jax.random.key(1), 1.0)
+  c = augment.apply_device(aug, x, jax.random.key(2), 1.0)
+  np.testing.assert_array_equal(a, b)
+  assert not np.allclose(a, c)
+  assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0
+
+
+def test_normalisation_matches_keras_image_data_generator(tree):
+  config = tiny_config(tree, **{"data.validation_split": 0.0, "data.featurewise_center": True, "data.featurewise_std_normalization": True})
+  split = sources.find_splits(config.data, 0)["train"]
+  normalize = augment.make_normalize(config.data, lambda: pipeline.eval_batches(split, config.data))
+  x = np.concatenate([b["image"][b["mask"] > 0] for b in pipeline.eval_batches(split, config.data)])
+  generator = keras_image.ImageDataGenerator(featurewise_center=True, featurewise_std_normalization=True)
+  generator.fit(x)
+  np.testing.assert_allclose(normalize.mean, generator.mean.ravel(), rtol=1e-4)  # Keras sums in float32.
+  np.testing.assert_allclose(normalize.std, generator.std.ravel(), rtol=1e-4)
+  np.testing.assert_allclose(np.asarray(normalize(jnp.asarray(x[:4]))), generator.standardize(x[:4].copy()), atol=1e-4)
+  samplewise = augment.Normalize(samplewise_center=True, samplewise_std=True)
+  keras_sample = keras_image.ImageDataGenerator(samplewise_center=True, samplewise_std_normalization=True)
+  ours = np.asarray(samplewise(jnp.asarray(x[:4])))
+  np.testing.assert_allclose(ours, np.stack([keras_sample.standardize(im.copy()) for im in x[:4]]), atol=1e-4)
+
+
+@pytest.mark.parametrize("where", ["device", "host"])
+def test_training_with_augmentation_is_reproducible(tree, tmp_path, where):
+  config = tiny_config(tree, **{"data.augment": ALL, "data.augment_on": where, "train.epochs": 1, "data.featurewise_center": True})
+  first = train.train_and_evaluate(config, str(tmp_path / "a"))
+  second = train.train_and_evaluate(config, str(tmp_path / "b"))
+  assert first["final"] == second["final"]
+  plain = train.train_and_evaluate(tiny_config(tree, **{"train.epochs": 1, "data.featurewise_center": True}), str(tmp_path / "c"))
+  assert plain["final"]["train_loss"] != first["final"]["train_loss"]
+
+
+def test_host_augmentation_differs_per_epoch_and_repeats_per_seed(tree):
+  split = sources.find_splits(tiny_config(tree, **{"data.validation_split": 0.0}).data, 0)["train"]
+  aug = augment.parse("rotate(40)|flip_lr")
+  spec = pipeline.ImageSpec((16, 16), rescale=1 / 255)
+  first = lambda epoch: pipeline.train_dataset(split, spec, 4, 7, epoch, shuffle=False, host_augment=aug)[0]["image"]
+  np.testing.assert_array_equal(first(0), first(0))
+  assert not np.allclose(first(0), first(1))
