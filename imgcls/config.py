@@ -34,6 +34,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.prefetch = 8  # Elements prefetched by the workers.
   c.data.skip_bad_images = False  # Skip corrupt images (listed in a warning) instead of failing.
   c.data.follow_links = False
+  c.data.cache = ""  # "", memory or disk: keep decoded, resized images (like Keras's .cache()).
+  c.data.cache_dir = ""  # Where disk caches go (default $IMGCLS_CACHE/pixels).
   # Training augmentation, ops separated by "|", e.g. "flip_lr|rotate(20)|zoom(0.1)" (see
   # imgcls/data/augment.py for the ops); run on the device in the train step or on the host.
   c.data.augment = ""
@@ -175,6 +177,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     "data.interpolation": ("bilinear", "nearest"),
     "data.split_order": ("shuffle", "ordered"),
     "data.augment_on": ("device", "host"),
+    "data.cache": ("", "memory", "disk"),
     "data.fill_mode": ("nearest", "constant", "reflect", "wrap"),
     "optimizer.name": ("adam", "adamw", "sgd"),
     "optimizer.schedule": ("constant", "cosine", "warmup_cosine", "warmup_constant"),

@@ -373,8 +373,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   train_split, val_split = splits["train"], splits.get("val")
   class_names = train_split.class_names
   num_classes = len(class_names)
-  batch_size = config.data.batch_size
-  steps_per_epoch = pipeline.num_batches(train_split, batch_size)
+  hosts = jax.process_count()
+  if config.data.batch_size % hosts:
+    raise ValueError(f"config.data.batch_size={config.data.batch_size} must divide evenly over {hosts} processes.")
+  batch_size = config.data.batch_size // hosts  # Each process reads its shard of every batch.
+  shard = (jax.process_index(), hosts)
+  steps_per_epoch = -(-(len(train_split) // hosts) // batch_size)
   epochs = config.train.epochs
   step_cfg = StepConfig(num_classes, config.train.threshold, config.loss.label_smoothing, class_weights(config, train_split))
 
@@ -426,7 +430,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   for epoch in range(meta["epoch"], epochs):
     host_aug = aug if data.augment_on == "host" else None
-    ds = pipeline.train_dataset(train_split, pipeline.ImageSpec.from_config(data), batch_size, config.seed, epoch, data.shuffle, host_aug)
+    ds = pipeline.train_dataset(
+      train_split, pipeline.ImageSpec.from_config(data), batch_size, config.seed, epoch, data.shuffle, host_aug, shard
+    )
     resume_state = meta["data_state"] if meta["data_state"] and epoch == meta["epoch"] else None
     iterator = pipeline.iterate(ds, data.num_threads, data.prefetch, resume_state)
     if resume_state is None:

@@ -214,3 +214,36 @@ def test_digits_builtin_is_a_folder_tree(imgcls_cache):
   root = Path(imgcls_cache) / "digits"
   assert len(list(root.glob("*/*.png"))) == 1797
   assert images.decode(splits["train"].paths[0], "grayscale").shape == (8, 8, 1)
+
+
+def test_host_shards_are_disjoint_even_and_cover_the_epoch(tree):
+  split = sources.find_splits(tiny_config(tree, **{"data.validation_split": 0.0}).data, 0)["train"]
+  spec = pipeline.ImageSpec((8, 8))
+  shards = []
+  for index in range(3):
+    ds = pipeline.train_dataset(split, spec, 4, 9, 2, shard=(index, 3))
+    shards.append([i for b in (ds[k] for k in range(len(ds))) for i in b["index"].tolist()])
+  assert [len(s) for s in shards] == [12, 12, 12]
+  assert sorted(sum(shards, [])) == list(range(36))
+  whole = _epoch_indices(split, 2, seed=9)
+  assert sum(whole, []) != shards[0]
+
+
+@pytest.mark.parametrize("mode", ["memory", "disk"])
+def test_pixel_cache_gives_the_same_batches(tree, tmp_path, mode):
+  config = tiny_config(tree, **{"data.validation_split": 0.0, "data.cache": mode, "data.cache_dir": str(tmp_path)})
+  split = sources.find_splits(config.data, 0)["train"]
+  plain = list(pipeline.eval_batches(split, tiny_config(tree, **{"data.validation_split": 0.0}).data))
+  first = list(pipeline.eval_batches(split, config.data))
+  again = list(pipeline.eval_batches(split, config.data))
+  for a, b, c in zip(plain, first, again):
+    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(a["image"], c["image"])
+  if mode == "disk":
+    files = sorted(os.listdir(tmp_path))
+    assert len(files) == 2 and files[0].endswith(".npy")
+    from imgcls.data import cache
+
+    cached = cache.PixelCache(len(split), (16, 16, 3), str(tmp_path / files[0]))  # As a later run opens it.
+    assert cached.fraction_filled() == 1.0
+    np.testing.assert_array_equal(cached.get(0) * np.float32(1 / 255), plain[0]["image"][0])

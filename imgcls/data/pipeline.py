@@ -16,6 +16,7 @@ import grain
 import numpy as np
 
 from imgcls.data import augment, images
+from imgcls.data import cache as pixel_cache
 from imgcls.data.sources import Split
 
 
@@ -27,10 +28,15 @@ class ImageSpec:
   color_mode: str = "rgb"
   interpolation: str = "bilinear"
   rescale: float = 1.0
+  cache: str = ""  # "", memory or disk: keep decoded, resized pixels.
+  cache_dir: str = ""
 
   @classmethod
   def from_config(cls, data_config) -> ImageSpec:
-    return cls(tuple(data_config.image_size), data_config.color_mode, data_config.interpolation, data_config.rescale)
+    return cls(
+      tuple(data_config.image_size), data_config.color_mode, data_config.interpolation, data_config.rescale,
+      data_config.cache, data_config.cache_dir,
+    )
 
   @property
   def channels(self) -> int:
@@ -40,13 +46,22 @@ class ImageSpec:
 class _Load(grain.transforms.Map):
   """Record (path, label, index) -> example with decoded, resized, rescaled pixels."""
 
-  def __init__(self, spec: ImageSpec):
+  def __init__(self, spec: ImageSpec, split: Split):
     self.spec = spec
+    self.cache = None
+    if spec.cache:
+      fields = {"size": list(spec.image_size), "color": spec.color_mode, "interpolation": spec.interpolation}
+      shape = (*spec.image_size, spec.channels)
+      self.cache = pixel_cache.for_paths(split.paths, shape, spec.cache, fields, spec.cache_dir)
 
   def map(self, record: tuple[str, int, int]) -> dict[str, np.ndarray]:
     path, label, index = record
-    pixels = images.decode(path, self.spec.color_mode, draft_size=self.spec.image_size)
-    pixels = images.resize(pixels, self.spec.image_size, self.spec.interpolation)
+    pixels = self.cache.get(index) if self.cache is not None else None
+    if pixels is None:
+      pixels = images.decode(path, self.spec.color_mode, draft_size=self.spec.image_size)
+      pixels = images.resize(pixels, self.spec.image_size, self.spec.interpolation)
+      if self.cache is not None:
+        self.cache.put(index, pixels)
     if self.spec.rescale != 1.0:
       pixels *= np.float32(self.spec.rescale)
     return {"image": pixels, "label": np.int32(label), "mask": np.float32(1.0), "index": np.int32(index)}
@@ -73,14 +88,21 @@ class _HostAugment(grain.transforms.RandomMap):
 
 def train_dataset(
   split: Split, spec: ImageSpec, batch_size: int, seed: int, epoch: int, shuffle: bool = True,
-  host_augment: augment.Augment | None = None,
+  host_augment: augment.Augment | None = None, shard: tuple[int, int] = (0, 1),
 ) -> grain.MapDataset:
   """One epoch of training batches (the last one may be smaller), shuffled by (seed, epoch),
-  optionally augmented on the host, deterministically per (seed, epoch, example)."""
+  optionally augmented on the host, deterministically per (seed, epoch, example).
+
+  `shard=(index, count)`: this host's share of every epoch (`jax.process_index/count`); every
+  host gets the same number of examples (the epoch's last `len % count` are left out).
+  """
   ds = grain.MapDataset.source(_records(split))
   if shuffle:
     ds = ds.shuffle(seed=epoch_seed(seed, epoch))
-  ds = ds.map(_Load(spec))
+  index, count = shard
+  if count > 1:
+    ds = ds[: len(ds) // count * count][index::count]
+  ds = ds.map(_Load(spec, split))
   if host_augment is not None and host_augment.enabled:
     ds = ds.random_map(_HostAugment(host_augment, 255.0 * spec.rescale), seed=epoch_seed(seed + 1, epoch))
   return ds.batch(batch_size, drop_remainder=False)
@@ -101,7 +123,7 @@ class _Pad(grain.transforms.Map):
 
 def eval_dataset(split: Split, spec: ImageSpec, batch_size: int) -> grain.MapDataset:
   """Batches of a split in file order, each padded to `batch_size`."""
-  ds = grain.MapDataset.source(_records(split)).map(_Load(spec))
+  ds = grain.MapDataset.source(_records(split)).map(_Load(spec, split))
   return ds.batch(batch_size, drop_remainder=False).map(_Pad(batch_size))
 
 
