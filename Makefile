@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 WORKDIR ?= runs/digits
 
-.PHONY: demo test install install-test clean
+.PHONY: demo test install install-test browser clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,13 @@ install-test: $(BIN)/python
 demo: install
 	$(BIN)/python -m imgcls.main --config=configs/digits.py --workdir=$(WORKDIR)
 
-test: install-test
+# Debian's chromium for the report's browser test (skipped where it cannot be installed).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
+	  echo "chromium is not installed: the browser test of report.html will be skipped"
+
+test: install-test browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 clean:

@@ -97,12 +97,16 @@ class RunLog:
       json.dump(summary, f, indent=2)
     if self._tb is not None:
       self._tb.close()
+    from imgcls.report import html
+
+    report = html.write_report(self.workdir)
     final, best = summary["final"] or {}, summary["best"]
     if best:
       self.message(f"Best {best['monitor']} {best['value']:.4f} at epoch {best['epoch']} (step {best['step']}).")
     if "val_accuracy" in final:
       self.message(f"Final val_accuracy {final['val_accuracy']:.4f}.")
-    self.message(f"Results in {os.path.abspath(self.workdir)}: summary.json, metrics.jsonl, tensorboard/, checkpoints/")
+    self.message(f"Results in {os.path.abspath(self.workdir)}: summary.json, report.html, metrics.jsonl, tensorboard/, checkpoints/")
+    self.message(f"Report: {os.path.abspath(report)}")
 
 
 def _params(model: Any):

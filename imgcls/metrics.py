@@ -61,3 +61,85 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: i
   out = np.zeros((num_classes, num_classes), np.int64)
   np.add.at(out, (np.asarray(labels), np.asarray(predictions)), 1)
   return out
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> tuple[float, dict]:
+  """ECE of the top-class confidence, and the reliability table (per-bin confidence, accuracy, count)."""
+  confidence = probs.max(axis=1)
+  correct = (probs.argmax(axis=1) == labels).astype(np.float64)
+  edges = np.linspace(0.0, 1.0, bins + 1)
+  which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+  table = {"confidence": [], "accuracy": [], "count": [], "edges": edges.tolist()}
+  ece = 0.0
+  for b in range(bins):
+    inside = which == b
+    n = int(inside.sum())
+    conf = float(confidence[inside].mean()) if n else 0.0
+    acc = float(correct[inside].mean()) if n else 0.0
+    ece += n / max(len(labels), 1) * abs(acc - conf)
+    table["confidence"].append(conf)
+    table["accuracy"].append(acc)
+    table["count"].append(n)
+  return float(ece), table
+
+
+def evaluation_report(labels: np.ndarray, probs: np.ndarray, class_names: list[str], threshold: float | None = None) -> dict:
+  """Everything eval reports, computed with scikit-learn from labels and class probabilities.
+
+  `threshold` applies to binary (one sigmoid unit) models. Returns plain JSON-able data:
+  accuracy, the classification report (per class and macro/weighted averages), confusion matrix
+  (counts and row-normalised), ROC AUC (binary; one-vs-rest macro), average precision, log loss,
+  expected calibration error, and the curves for plotting.
+  """
+  from sklearn import metrics as skm
+
+  labels = np.asarray(labels)
+  probs = np.asarray(probs, np.float64)
+  k = len(class_names)
+  predictions = predicted_labels(probs, threshold)
+  present = np.unique(labels)
+  report = skm.classification_report(
+    labels, predictions, labels=list(range(k)), target_names=class_names, output_dict=True, zero_division=0
+  )
+  text = skm.classification_report(labels, predictions, labels=list(range(k)), target_names=class_names, digits=4, zero_division=0)
+  confusion = skm.confusion_matrix(labels, predictions, labels=list(range(k)))
+  rows = confusion.sum(axis=1, keepdims=True)
+  out = {
+    "count": int(len(labels)),
+    "accuracy": float(skm.accuracy_score(labels, predictions)),
+    "macro_precision": report["macro avg"]["precision"],
+    "macro_recall": report["macro avg"]["recall"],
+    "macro_f1": report["macro avg"]["f1-score"],
+    "weighted_f1": report["weighted avg"]["f1-score"],
+    "log_loss": float(skm.log_loss(labels, np.clip(probs, 1e-15, 1.0), labels=list(range(k)))),
+    "classification_report": report,
+    "classification_report_text": text,
+    "confusion_matrix": confusion.tolist(),
+    "confusion_matrix_normalized": np.divide(confusion, rows, out=np.zeros(confusion.shape), where=rows > 0).tolist(),
+    "threshold": threshold,
+    "curves": {"roc": {}, "pr": {}},
+  }
+  if k == 2:
+    positive = probs[:, 1]
+    out["precision"] = report[class_names[1]]["precision"]
+    out["recall"] = report[class_names[1]]["recall"]
+    out["f1"] = report[class_names[1]]["f1-score"]
+  if len(present) > 1:
+    if k == 2:
+      out["roc_auc"] = float(skm.roc_auc_score(labels, positive))
+      out["average_precision"] = float(skm.average_precision_score(labels, positive))
+      curves = {class_names[1]: (labels == 1, positive)}
+    else:
+      onehot = np.eye(k)[labels]
+      out["roc_auc"] = float(skm.roc_auc_score(onehot[:, present], probs[:, present], average="macro"))
+      out["average_precision"] = float(skm.average_precision_score(onehot[:, present], probs[:, present], average="macro"))
+      curves = {class_names[c]: (labels == c, probs[:, c]) for c in present}
+    for name, (truth, score) in curves.items():
+      fpr, tpr, _ = skm.roc_curve(truth, score)
+      precision, recall, _ = skm.precision_recall_curve(truth, score)
+      out["curves"]["roc"][name] = {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "auc": float(skm.auc(fpr, tpr))}
+      out["curves"]["pr"][name] = {
+        "precision": precision.tolist(), "recall": recall.tolist(), "ap": float(skm.average_precision_score(truth, score))
+      }
+  out["ece"], out["reliability"] = expected_calibration_error(probs, labels)
+  return out

@@ -487,6 +487,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     "epochs": len(history),
     "stopped_early": stopped_early,
     "class_names": class_names,
+    "data": {
+      "sizes": {name: len(split) for name, split in splits.items()},
+      "class_counts": {name: split.class_counts().tolist() for name, split in splits.items()},
+    },
     "checkpoints": {"latest": checkpoints.latest_dir, "best": checkpoints.best_dir},
     "wall_seconds": time.time() - start_time,
   }

@@ -13,4 +13,4 @@ def test_digits_demo_reaches_target(tmp_path):
   summary = json.loads((tmp_path / "summary.json").read_text())
   assert summary["final"]["val_accuracy"] >= 0.95
   assert summary["epochs"] == 10
-  assert f"Results in {tmp_path}" in result.stdout
+  assert f"Results in {tmp_path}" in result.stdout and (tmp_path / "report.html").exists()
