@@ -21,11 +21,11 @@ install-test: $(BIN)/python
 demo: install
 	$(BIN)/python -m imgcls.main --config=configs/digits.py --workdir=$(WORKDIR)
 
-# Debian's chromium for the report's browser test (skipped where it cannot be installed).
+# Debian's chromium and shellcheck for the report and launch-script tests (skipped without them).
 browser:
-	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
-	  echo "chromium is not installed: the browser test of report.html will be skipped"
+	@command -v chromium >/dev/null 2>&1 && command -v shellcheck >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium shellcheck >/dev/null) ; } || \
+	  echo "chromium or shellcheck is not installed: the tests that need them will be skipped"
 
 test: install-test browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
