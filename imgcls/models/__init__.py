@@ -176,7 +176,7 @@ def load_keras_weights(model: Classifier | KerasNet, path: str) -> None:
   net = model.backbone if isinstance(model, Classifier) else model
   if not isinstance(net, KerasNet):
     raise ValueError(f"Keras weights load only into the Keras application models ({', '.join(KERAS_MODELS)}).")
-  modules = dict(net.layers.items())
+  modules = {name: net.layers[name] for name in net.layer_names if name in net.layers}  # Keras's order.
   if isinstance(model, Classifier) and model.keras_top:
     modules["predictions"] = model.head.output
   where = f" cut at {net.output_name}" if net.output_name != net.spec[-1].name else ""

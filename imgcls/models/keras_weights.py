@@ -159,11 +159,15 @@ def match_auto_names(weights: Mapping[str, np.ndarray], auto_named: Iterable[str
 
 
 def _by_layer(entries: list[tuple[str, str]]) -> list[str]:
-  grouped: dict[str, list[str]] = collections.defaultdict(list)
+  """One line per layer: `layer: weight text, weight text`; weights with the same text share it."""
+  grouped: dict[str, dict[str, list[str]]] = collections.defaultdict(dict)
   for key, text in entries:
     layer, weight = key.split("/", 1)
-    grouped[layer].append(f"{weight} {text}")
-  return [f"    {layer}: {', '.join(items)}" for layer, items in grouped.items()]
+    grouped[layer].setdefault(text, []).append(weight)
+  return [
+    f"    {layer}: " + ", ".join(f"{', '.join(weights)} {text}" for text, weights in texts.items())
+    for layer, texts in grouped.items()
+  ]
 
 
 def _shape(shape) -> str:
@@ -219,19 +223,19 @@ def _mismatch_message(source, model, missing, unexpected, mis_shaped, needed) ->
     lines += ["  Shapes that differ:", *_by_layer(mis_shaped)]
   missing_layers = {key.split("/", 1)[0] for key, _ in missing}
   unexpected_layers = {key.split("/", 1)[0] for key, _ in unexpected}
-  if "predictions" in unexpected_layers:
+  if len(missing) > needed // 2:
+    lines.append("  Most layers are not in the file: is it the file of another model?")
+  elif unexpected_layers == {"predictions"} and not missing:
     lines.append(
       "  The file has Keras's classifier (`predictions`): it is an include_top file. Use "
       "model.include_top=True, or the no-top file (`..._notop.h5` / `..._no_top.h5`)."
     )
-  if "predictions" in missing_layers:
+  elif "predictions" in missing_layers and not unexpected:
     lines.append(
       "  The file has no classifier (`predictions`): it is a no-top file. Use model.include_top=False, "
       "or the file with the top."
     )
-  if len(missing) + len(mis_shaped) > needed // 2:
-    lines.append("  Most weights do not match: is this the file of another model?")
-  elif mis_shaped:
+  if mis_shaped and len(missing) <= needed // 2:
     lines.append("  Shapes differ: is the file for another width (MobileNetV2 alpha) or input size (VGG's fc1)?")
   return "\n".join(lines)
 
