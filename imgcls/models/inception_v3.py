@@ -113,8 +113,9 @@ def graph(
   return g
 
 
-def imagenet_file(*, include_top: bool) -> tuple[str, str, str]:
+def imagenet_file(input_shape: tuple[int, ...], *, include_top: bool) -> tuple[str, str, str]:
   """(file name, URL, md5) of Keras's ImageNet weights."""
+  del input_shape
   name = f"inception_v3_weights_tf_dim_ordering_tf_kernels{'' if include_top else '_notop'}.h5"
   return name, _BASE + name, _HASHES[0 if include_top else 1]
 

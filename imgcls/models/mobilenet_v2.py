@@ -83,7 +83,7 @@ def _inverted_res_block(g: Graph, inputs: str, *, filters, alpha, stride, expans
   return x
 
 
-def imagenet_file(*, alpha: float, input_shape: tuple[int, ...], include_top: bool) -> tuple[str, str, str]:
+def imagenet_file(input_shape: tuple[int, ...], *, include_top: bool, alpha: float = 1.0) -> tuple[str, str, str]:
   """(file name, URL, hash) of Keras's ImageNet weights; Keras publishes no MobileNetV2 hashes.
 
   As in Keras, square inputs of 96, 128, 160, 192 or 224 get the weights trained at that size,

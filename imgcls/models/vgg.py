@@ -49,8 +49,9 @@ def graph(
   return g
 
 
-def imagenet_file(*, depth: int, include_top: bool) -> tuple[str, str, str]:
-  """(file name, URL, md5) of Keras's ImageNet weights."""
+def imagenet_file(input_shape: tuple[int, ...], *, include_top: bool, depth: int = 16) -> tuple[str, str, str]:
+  """(file name, URL, md5) of Keras's ImageNet weights (one input size: 224 with the top)."""
+  del input_shape
   name = f"vgg{depth}_weights_tf_dim_ordering_tf_kernels{'' if include_top else '_notop'}.h5"
   return name, f"{_BASE}vgg{depth}/{name}", _HASHES[depth][0 if include_top else 1]
 
