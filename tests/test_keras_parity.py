@@ -1,4 +1,4 @@
-"""Our Keras families against Keras itself (Keras 3 on JAX), on real photos.
+"""Our Keras families against Keras itself (Keras 3 on JAX), on real photos (shared/, if there).
 
 Each reference is `keras.applications.X(weights=None, include_top=True)` at a small input size,
 given random weights (BatchNorm moving statistics included), written with Keras's own legacy h5
@@ -27,7 +27,7 @@ import keras_reference as kr  # noqa: E402
 from imgcls.config import default_config  # noqa: E402
 from imgcls.data.images import load_image  # noqa: E402
 from imgcls.models import build_model, keras_graph, keras_weights  # noqa: E402
-from paths import IMAGENET_SAMPLES, shared  # noqa: E402
+from paths import IMAGENET_SAMPLES  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:keras")
 
@@ -89,6 +89,18 @@ class Reference:
 _REFERENCES: dict[str, Reference] = {}
 
 
+def photos(size: tuple[int, int]) -> np.ndarray:
+  """The real photos at `size`; without shared/, smooth synthetic images (colour gradients, rings)."""
+  if all((IMAGENET_SAMPLES / p).is_file() for p in PHOTOS):
+    return np.stack([load_image(str(IMAGENET_SAMPLES / p), size) for p in PHOTOS])
+  y, x = np.meshgrid(np.linspace(-1, 1, size[0]), np.linspace(-1, 1, size[1]), indexing="ij")
+  images = []
+  for i in range(len(PHOTOS)):
+    rings = np.sin((i + 3) * np.pi * np.hypot(x - 0.2 * i, y))
+    images.append(np.stack([rings, x * (i - 1), y * np.cos(i)], axis=-1))
+  return ((np.stack(images) + 1) * 127.5).clip(0, 255).astype(np.float32)
+
+
 @pytest.fixture(scope="session")
 def reference_dir(tmp_path_factory):
   return tmp_path_factory.mktemp("keras_reference")
@@ -98,9 +110,7 @@ def get_reference(key: str, folder) -> Reference:
   """Built once per session: Keras model, random weights, both weight files."""
   if key not in _REFERENCES:
     case = CASES[key]
-    for photo in PHOTOS:
-      shared("data", "imagenet_samples", photo)
-    pixels = np.stack([load_image(str(IMAGENET_SAMPLES / p), case.size) for p in PHOTOS])
+    pixels = photos(case.size)
     keras.backend.clear_session()  # Unnamed layers get the names of a fresh session, as ours have.
     model = case.keras_model()
     keras_inputs = case.preprocess(pixels.copy())

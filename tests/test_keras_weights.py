@@ -152,3 +152,16 @@ def test_keras_legacy_file_of_the_real_weights_reads_flat():
   assert weights["expanded_conv_depthwise/kernel"].shape == (3, 3, 32, 1)
   assert weights["bn_Conv1/moving_variance"].shape == (32,)
   assert weights["predictions/kernel"].shape == (1280, 1000)
+
+
+def test_reads_models_nested_in_a_model_and_uniquified_variable_names(tmp_path):
+  ones = np.ones((3, 3, 3, 16), np.float32)
+  layers = {
+    "input_1": {},
+    # A model used as a layer: one group, its layers' weights named <inner layer>/<weight>.
+    "mobilenetv2_0.35_96": {"Conv1/kernel:0": ones, "bn_Conv1/gamma:0": np.ones(16, np.float32)},
+    # TensorFlow sessions made variable names unique (Conv1_1/...): the layer's own name counts.
+    "block_1_expand": {"block_1_expand_1/kernel:0": ones},
+  }
+  write_legacy(tmp_path / "nested.h5", layers)
+  assert list(keras_weights.read(tmp_path / "nested.h5")) == ["Conv1/kernel", "bn_Conv1/gamma", "block_1_expand/kernel"]

@@ -89,7 +89,7 @@ class Graph:
   def shape(self, x: str) -> tuple[int, ...]:
     return self[x].shape
 
-  def add(self, name: str | None, op: str, inputs: tuple[str, ...], shape: tuple[int, ...], **options) -> str:
+  def _append(self, name: str | None, op: str, inputs: tuple[str, ...], shape: tuple[int, ...], **options) -> str:
     if not name:
       prefix = _AUTO_PREFIX[op]
       count = self._counts[prefix]
@@ -108,26 +108,26 @@ class Graph:
   def conv(self, name, x, filters, kernel, *, strides=1, padding="valid", use_bias=True, activation=""):
     kernel, strides = _pair(kernel), _pair(strides)
     shape = (*self._spatial(x, kernel, strides, padding), filters)
-    return self.add(name, "conv", (x,), shape, units=filters, kernel=kernel, strides=strides,
+    return self._append(name, "conv", (x,), shape, units=filters, kernel=kernel, strides=strides,
                     padding=padding, use_bias=use_bias, activation=activation)
 
   def depthwise(self, name, x, kernel, *, strides=1, padding="valid", use_bias=True):
     kernel, strides = _pair(kernel), _pair(strides)
     shape = (*self._spatial(x, kernel, strides, padding), self.shape(x)[-1])
-    return self.add(name, "depthwise", (x,), shape, kernel=kernel, strides=strides, padding=padding,
+    return self._append(name, "depthwise", (x,), shape, kernel=kernel, strides=strides, padding=padding,
                     use_bias=use_bias)
 
   def bn(self, name, x, *, momentum=0.99, epsilon=1e-3, scale=True):
-    return self.add(name, "bn", (x,), self.shape(x), momentum=momentum, epsilon=epsilon, scale=scale)
+    return self._append(name, "bn", (x,), self.shape(x), momentum=momentum, epsilon=epsilon, scale=scale)
 
   def relu(self, name, x, *, max_value=0.0):
-    return self.add(name, "relu", (x,), self.shape(x), max_value=max_value)
+    return self._append(name, "relu", (x,), self.shape(x), max_value=max_value)
 
   def correct_pad(self, name, x, kernel=3):
     """ZeroPadding2D(correct_pad(x, kernel)); the padding is recomputed for each input size."""
     (top, bottom), (left, right) = correct_pad(*self.shape(x)[:2], kernel)
     h, w, c = self.shape(x)
-    return self.add(name, "pad", (x,), (h + top + bottom, w + left + right, c), kernel=_pair(kernel))
+    return self._append(name, "pad", (x,), (h + top + bottom, w + left + right, c), kernel=_pair(kernel))
 
   def max_pool(self, name, x, pool, *, strides=None, padding="valid"):
     return self._pool("max_pool", name, x, pool, strides, padding)
@@ -139,26 +139,26 @@ class Graph:
     pool = _pair(pool)
     strides = pool if strides is None else _pair(strides)
     shape = (*self._spatial(x, pool, strides, padding), self.shape(x)[-1])
-    return self.add(name, op, (x,), shape, kernel=pool, strides=strides, padding=padding)
+    return self._append(name, op, (x,), shape, kernel=pool, strides=strides, padding=padding)
 
   def concat(self, name, xs):
     shapes = [self.shape(x) for x in xs]
-    return self.add(name, "concat", tuple(xs), (*shapes[0][:-1], sum(s[-1] for s in shapes)))
+    return self._append(name, "concat", tuple(xs), (*shapes[0][:-1], sum(s[-1] for s in shapes)))
 
-  def add_(self, name, xs):
-    return self.add(name, "add", tuple(xs), self.shape(xs[0]))
+  def add(self, name, xs):
+    return self._append(name, "add", tuple(xs), self.shape(xs[0]))
 
   def flatten(self, name, x):
     size = 1
     for d in self.shape(x):
       size *= d
-    return self.add(name, "flatten", (x,), (size,))
+    return self._append(name, "flatten", (x,), (size,))
 
   def global_pool(self, name, x, kind):
-    return self.add(name, {"avg": "global_avg", "max": "global_max"}[kind], (x,), self.shape(x)[-1:])
+    return self._append(name, {"avg": "global_avg", "max": "global_max"}[kind], (x,), self.shape(x)[-1:])
 
   def dense(self, name, x, units, *, activation=""):
-    return self.add(name, "dense", (x,), (units,), units=units, activation=activation)
+    return self._append(name, "dense", (x,), (units,), units=units, activation=activation)
 
 
 def _pair(v) -> tuple[int, int]:

@@ -1,7 +1,8 @@
 """Keras weight files onto `KerasNet` backbones: read, match by Keras layer name, check, assign.
 
 Reads the legacy HDF5 files `keras.applications` downloads (`layer_names` / `weight_names`
-attributes; also `model.save()` files, under `model_weights`) and Keras 3 `.weights.h5` files
+attributes; also `model.save()` files, under `model_weights`, and models nested in a model) and
+Keras 3 `.weights.h5` files
 into one flat `{"<keras layer>/<weight>": array}`; weight names are made canonical (`kernel`,
 `bias`, `gamma`, `beta`, `moving_mean`, `moving_variance`). Loading checks the whole file against
 the model first and fails with one error listing every missing, unexpected and mis-shaped weight;
@@ -78,8 +79,12 @@ def _read_legacy(group: h5py.Group) -> dict[str, np.ndarray]:
   weights = {}
   for layer in _attribute_list(group, "layer_names"):
     layer_group = group[layer]
-    for name in _attribute_list(layer_group, "weight_names"):
-      weights[f"{layer}/{canonical_weight_name(layer, name)}"] = np.asarray(layer_group[name])
+    names = _attribute_list(layer_group, "weight_names")
+    # A nested model is one group holding its layers' weights, named `<inner layer>/<weight>`.
+    parents = {name.split("/")[-2] for name in names if "/" in name}
+    for name in names:
+      owner = name.split("/")[-2] if len(parents) > 1 else layer
+      weights[f"{owner}/{canonical_weight_name(owner, name)}"] = np.asarray(layer_group[name])
   return weights
 
 

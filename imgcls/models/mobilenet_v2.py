@@ -79,7 +79,7 @@ def _inverted_res_block(g: Graph, inputs: str, *, filters, alpha, stride, expans
   x = g.conv(f"{prefix}project", x, pointwise_filters, 1, padding="same", use_bias=False)
   x = g.bn(f"{prefix}project_BN", x, **_BN)
   if in_channels == pointwise_filters and stride == 1:
-    return g.add_(f"{prefix}add", [inputs, x])
+    return g.add(f"{prefix}add", [inputs, x])
   return x
 
 
