@@ -26,7 +26,7 @@ from flax import nnx  # noqa: E402
 import keras_reference as kr  # noqa: E402
 from imgcls.config import default_config  # noqa: E402
 from imgcls.data.images import load_image  # noqa: E402
-from imgcls.models import build_model, keras_graph, keras_weights  # noqa: E402
+from imgcls.models import build_model, keras_graph, keras_weights, mobilenet_v2  # noqa: E402
 from paths import IMAGENET_SAMPLES  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:keras")
@@ -143,6 +143,14 @@ def test_layer_names_and_shapes_match_keras(key, reference_dir):
   ours = {layer.name: layer.shape for layer in keras_graph(config_for(ref.case, include_top=True)).layers[1:]}
   theirs = {layer.name: tuple(layer.output.shape[1:]) for layer in ref.model.layers[1:]}
   assert ours == theirs
+
+
+@pytest.mark.parametrize("alpha", [0.5, 0.75, 1.4])  # 1.0: the real weights load shape-checked.
+def test_other_alphas_have_keras_layers_and_shapes(alpha):
+  """Widths not in CASES: every layer's name and output shape (so every weight's shape) as Keras."""
+  theirs = keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3), alpha=alpha, include_top=False)
+  ours = mobilenet_v2.graph((32, 32, 3), alpha=alpha, include_top=False)
+  assert {l.name: l.shape for l in ours.layers[1:]} == {l.name: tuple(l.output.shape[1:]) for l in theirs.layers[1:]}
 
 
 @pytest.mark.parametrize("key", list(CASES))

@@ -35,7 +35,6 @@ def _channels(config: ml_collections.ConfigDict) -> int:
   return 1 if config.data.color_mode == "grayscale" else 3
 
 
-# name -> function(config, rngs) -> backbone.
 def _filters(config: ml_collections.ConfigDict, default: int) -> int:
   return config.model.filters or default
 
@@ -72,6 +71,7 @@ def keras_backbone(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> KerasNe
                   bn_epsilon=m.bn_epsilon, rngs=rngs)
 
 
+# name -> function(config, rngs) -> backbone.
 MODELS: dict[str, Callable[[ml_collections.ConfigDict, nnx.Rngs], nnx.Module]] = {
   "insects_cnn": lambda c, rngs: cnn.InsectsCNN(_channels(c), filters=_filters(c, 16), rngs=rngs),
   "bn_cnn": lambda c, rngs: cnn.BatchNormCNN(
@@ -179,10 +179,9 @@ def load_keras_weights(model: Classifier | KerasNet, path: str) -> None:
   modules = {name: net.layers[name] for name in net.layer_names if name in net.layers}  # Keras's order.
   if isinstance(model, Classifier) and model.keras_top:
     modules["predictions"] = model.head.output
-  where = f" cut at {net.output_name}" if net.output_name != net.spec[-1].name else ""
   keras_weights.assign(
     modules, keras_weights.read(path), known_layers=net.all_weighted, auto_named=net.auto_named,
-    source=str(path), model=f"{net.name}{where}",
+    source=str(path), model=f"{net.name} up to {net.output_name}",
   )
 
 
