@@ -268,6 +268,7 @@ class KerasNet(nnx.Module):
   def default_head(self) -> dict:
     """A vector is already pooled; a feature map is average-pooled; then only the output layer."""
     return dict(pooling="none" if len(self.output_shape) == 1 else "avg", hidden=(), dropout=0.0)
+
   @property
   def layer_names(self) -> tuple[str, ...]:
     """The Keras names of the layers this backbone computes, in Keras's order."""
