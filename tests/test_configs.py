@@ -33,7 +33,8 @@ def test_recipe_loads_checks_and_builds(name, arg):
   height, width = config.data.image_size
   model = nnx.eval_shape(lambda: build_model(config, outputs, rngs=nnx.Rngs(0)))
   model.eval()
-  logits = nnx.eval_shape(lambda m, x: m(x), model, jnp.zeros((2, height, width, 3)))
+  channels = 1 if config.data.color_mode == "grayscale" else 3
+  logits = nnx.eval_shape(lambda m, x: m(x), model, jnp.zeros((2, height, width, channels)))
   assert logits.shape == (2, outputs)
 
 

@@ -209,6 +209,8 @@ def build_model(config: ml_collections.ConfigDict, num_outputs: int, *, rngs: nn
   example = jnp.zeros((1, height, width, channels), jnp.float32)
   backbone.eval()
   feature_shape = nnx.eval_shape(lambda b, x: b(b.preprocess(x, config.data.rescale)), backbone, example).shape
+  if min(feature_shape[1:]) < 1:
+    raise ValueError(f"config.data.image_size={tuple(config.data.image_size)} is too small for {name}: its features would be {feature_shape[1:]}.")
   if m.include_top:  # The output layer is Keras's `predictions` on the pooled features.
     head = Head(feature_shape[1:], num_outputs, pooling="none", rngs=rngs)
   else:
