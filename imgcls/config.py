@@ -74,6 +74,16 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.head.hidden = (-1,)  # Dense sizes before the output; (-1,): the model's own default.
   c.model.head.dropout = -1.0  # Dropout before the output layer; -1: the model's default.
   c.model.head.batch_norm = False  # BatchNorm after each hidden Dense.
+  # Keras application models (mobilenet_v2, vgg16, vgg19, inception_v3):
+  c.model.weights = ""  # "": random init; "imagenet": Keras's file (Keras cache, else downloaded); or a path.
+  c.model.alpha = 1.0  # MobileNetV2 width (ImageNet weights: 0.35, 0.5, 0.75, 1.0, 1.3, 1.4).
+  c.model.include_top = False  # Keep Keras's 1000-way classifier as the output layer (model.head unused).
+  c.model.pooling = ""  # Keras's include_top=False pooling: "" (the feature map), avg or max (a vector).
+  c.model.cut_at = ""  # Keras layer whose output the head sees, e.g. block_6_expand_relu; "": the last.
+  c.model.freeze = ""  # "": train all; "all": freeze the backbone; a Keras layer: freeze up to and with it.
+  c.model.backbone_learning_rate = 0.0  # Learning rate of the backbone's parameters (0: optimizer's).
+  c.model.bn_momentum = 0.0  # Backbone BatchNorm momentum, Keras's meaning (0: the model's, e.g. 0.999).
+  c.model.bn_epsilon = 0.0  # Backbone BatchNorm epsilon (0: the model's own, 1e-3).
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adam"  # adam | adamw | sgd.
@@ -179,6 +189,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     "data.augment_on": ("device", "host"),
     "data.cache": ("", "memory", "disk"),
     "data.fill_mode": ("nearest", "constant", "reflect", "wrap"),
+    "model.pooling": ("", "avg", "max"),
     "optimizer.name": ("adam", "adamw", "sgd"),
     "optimizer.schedule": ("constant", "cosine", "warmup_cosine", "warmup_constant"),
     "checkpoint.mode": ("max", "min"),
@@ -198,3 +209,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   augment.parse(config.data.augment, config.data.fill_mode, config.data.fill_value)
   if config.data.batch_size < 1:
     raise ValueError(f"config.data.batch_size={config.data.batch_size} must be at least 1.")
+  if config.model.include_top and (config.model.cut_at or config.model.pooling):
+    raise ValueError("config.model.include_top keeps Keras's classifier: leave model.cut_at and model.pooling empty.")
+  if config.model.backbone_learning_rate < 0:
+    raise ValueError(f"config.model.backbone_learning_rate={config.model.backbone_learning_rate} must be >= 0.")

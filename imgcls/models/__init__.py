@@ -3,16 +3,22 @@
 Every model is a `Classifier`: `model(images, rngs=...)` returns logits for a batch of pipeline
 images (NHWC float32, the pixels times `config.data.rescale`). `model.embed(images)` returns the
 penultimate vector. Train/eval behaviour (BatchNorm, Dropout) follows `model.train()` /
-`model.eval()`; `model.frozen` is an nnx filter of the parameters that must not be trained.
+`model.eval()`; `model.frozen` is an nnx filter of the parameters that must not be trained, and
+frozen BatchNorm layers stay in inference mode in `model.train()`, as Keras's `trainable=False`.
 
 A backbone is an `nnx.Module` with
   - `__call__(x, *, rngs=None) -> features` (a feature map NHWC or a vector),
   - `preprocess(images, pixel_scale) -> x`, mapping pipeline images to what it expects,
   - `default_head`: the keyword arguments of `Head` its recipe uses.
+
+The Keras application families (`KERAS_MODELS`) are `KerasNet` backbones: Keras's layers and
+names, Keras's `preprocess_input`, optionally Keras's weights (`config.model.weights`). With
+`config.model.include_top`, Keras's own classifier (`predictions`) is the head's output layer.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import jax
@@ -20,36 +26,98 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from imgcls.models import cnn
+from imgcls.models import cnn, inception_v3, keras_weights, mobilenet_v2, vgg
 from imgcls.models.heads import Head
+from imgcls.models.keras_net import Graph, KerasNet
 
 
 def _channels(config: ml_collections.ConfigDict) -> int:
   return 1 if config.data.color_mode == "grayscale" else 3
 
 
-# name -> function(config, rngs) -> backbone.
 def _filters(config: ml_collections.ConfigDict, default: int) -> int:
   return config.model.filters or default
 
 
+# Keras application families: name -> (model file, its options from the config).
+KERAS_MODELS = {
+  "mobilenet_v2": (mobilenet_v2, lambda c: dict(alpha=float(c.model.alpha))),
+  "vgg16": (vgg, lambda c: dict(depth=16)),
+  "vgg19": (vgg, lambda c: dict(depth=19)),
+  "inception_v3": (inception_v3, lambda c: {}),
+}
+
+
+def keras_graph(config: ml_collections.ConfigDict) -> Graph:
+  """The whole Keras network `config.model.name` at the config's image size."""
+  module, options = KERAS_MODELS[config.model.name]
+  m = config.model
+  shape = (*config.data.image_size, 3)
+  return module.graph(shape, include_top=m.include_top, pooling=m.pooling, **options(config))
+
+
+def keras_backbone(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> KerasNet:
+  """The Keras network cut at `config.model.cut_at` ("": Keras's last layer).
+
+  With `include_top`, it stops just before `predictions`, which becomes the head's output layer.
+  """
+  m = config.model
+  if m.include_top and (m.cut_at or m.pooling):
+    raise ValueError("config.model.include_top keeps Keras's classifier: leave model.cut_at and model.pooling empty.")
+  g = keras_graph(config)
+  output = g["predictions"].inputs[0] if m.include_top else m.cut_at
+  module, _ = KERAS_MODELS[m.name]
+  return KerasNet(g, output=output, preprocessing=module.PREPROCESSING, bn_momentum=m.bn_momentum,
+                  bn_epsilon=m.bn_epsilon, rngs=rngs)
+
+
+# name -> function(config, rngs) -> backbone.
 MODELS: dict[str, Callable[[ml_collections.ConfigDict, nnx.Rngs], nnx.Module]] = {
   "insects_cnn": lambda c, rngs: cnn.InsectsCNN(_channels(c), filters=_filters(c, 16), rngs=rngs),
   "bn_cnn": lambda c, rngs: cnn.BatchNormCNN(
     _channels(c), filters=_filters(c, 32), image_width=c.data.image_size[1], rngs=rngs
   ),
   "dropout_cnn": lambda c, rngs: cnn.DropoutCNN(_channels(c), filters=_filters(c, 32), rngs=rngs),
+  **{name: keras_backbone for name in KERAS_MODELS},
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class PathPrefixes:
+  """An nnx filter: what lives under one of the paths `prefixes` (tuples of path keys)."""
+
+  prefixes: tuple[tuple[str, ...], ...]
+
+  def __call__(self, path, value) -> bool:
+    del value
+    path = tuple(str(key) for key in path)
+    return any(path[: len(prefix)] == prefix for prefix in self.prefixes)
+
+
+NOTHING = nnx.Not(nnx.Everything())
 
 
 class Classifier(nnx.Module):
   """A backbone followed by a head; the backbone's preprocessing is part of the model."""
 
-  def __init__(self, backbone: nnx.Module, head: Head, *, pixel_scale: float = 1.0, frozen=nnx.Not(nnx.Everything())):
+  def __init__(
+    self, backbone: nnx.Module, head: Head, *, pixel_scale: float = 1.0, frozen=NOTHING, keras_top: bool = False
+  ):
     self.backbone = backbone
     self.head = head
     self.pixel_scale = float(pixel_scale)
     self.frozen = frozen
+    # The head's output layer is Keras's `predictions` (include_top): its weights load with the backbone's.
+    self.keras_top = keras_top
+
+  def train(self, **attributes):
+    """Training mode, except for frozen BatchNorm layers: like Keras's trainable=False, they normalise
+    with their moving statistics and leave them unchanged."""
+    super().train(**attributes)
+    frozen = {tuple(path) for path, _ in nnx.to_flat_state(nnx.state(self, nnx.All(nnx.Param, self.frozen)))}
+    for path, module in nnx.iter_modules(self):
+      if isinstance(module, nnx.BatchNorm) and any(p[: len(path)] == tuple(path) for p in frozen):
+        module.use_running_average = True
 
   def features(self, images: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
     """The backbone's output (the cut layer) for pipeline images."""
@@ -80,20 +148,77 @@ def head_options(config: ml_collections.ConfigDict, backbone: nnx.Module) -> dic
   return options
 
 
+def frozen_filter(config: ml_collections.ConfigDict, backbone: nnx.Module):
+  """The parameters `config.model.freeze` freezes: "" none, "all" the backbone, or a Keras layer
+  name: the backbone's layers up to and including it."""
+  freeze = config.model.freeze
+  if not freeze:
+    return NOTHING
+  if freeze == "all":
+    return PathPrefixes((("backbone",),))
+  if not isinstance(backbone, KerasNet):
+    raise ValueError(f"config.model.freeze={freeze!r}: {config.model.name} can only freeze '' or 'all'.")
+  return PathPrefixes(tuple(("backbone", *path) for path in backbone.frozen_paths(freeze)))
+
+
+def keras_weights_path(config: ml_collections.ConfigDict) -> str:
+  """`config.model.weights` as a file: "imagenet" is Keras's file, from the Keras cache or downloaded."""
+  if config.model.weights != "imagenet":
+    return config.model.weights
+  module, options = KERAS_MODELS[config.model.name]
+  shape = (*config.data.image_size, 3)
+  name, url, expected_hash = module.imagenet_file(shape, include_top=config.model.include_top, **options(config))
+  return str(keras_weights.imagenet_path(name, url, expected_hash))
+
+
+def load_keras_weights(model: Classifier | KerasNet, path: str) -> None:
+  """Loads a Keras weights file into a Keras backbone (and Keras's classifier, with include_top)."""
+  net = model.backbone if isinstance(model, Classifier) else model
+  if not isinstance(net, KerasNet):
+    raise ValueError(f"Keras weights load only into the Keras application models ({', '.join(KERAS_MODELS)}).")
+  modules = {name: net.layers[name] for name in net.layer_names if name in net.layers}  # Keras's order.
+  if isinstance(model, Classifier) and model.keras_top:
+    modules["predictions"] = model.head.output
+  keras_weights.assign(
+    modules, keras_weights.read(path), known_layers=net.all_weighted, auto_named=net.auto_named,
+    source=str(path), model=f"{net.name} up to {net.output_name}",
+  )
+
+
 def build_model(config: ml_collections.ConfigDict, num_outputs: int, *, rngs: nnx.Rngs) -> Classifier:
-  """The model `config.model.name` for `num_outputs` logits, freshly initialised."""
+  """The model `config.model.name` for `num_outputs` logits, initialised (or loaded) as configured."""
   name = config.model.name
   if name not in MODELS:
     raise ValueError(f"Unknown model {name!r}; known models: {', '.join(sorted(MODELS))}.")
-  backbone = MODELS[name](config, rngs)
+  m = config.model
+  if name not in KERAS_MODELS and (m.weights or m.include_top or m.cut_at or m.pooling):
+    raise ValueError(
+      f"model.weights, include_top, cut_at and pooling apply to the Keras models ({', '.join(KERAS_MODELS)}), "
+      f"not {name}."
+    )
+  if m.include_top and m.weights and num_outputs != 1000:
+    raise ValueError(
+      f"Keras's ImageNet classifier (include_top) has 1000 outputs, not {num_outputs}: use include_top=False and a head."
+    )
+  if m.weights:  # Every backbone parameter comes from the file: skip the (slow, eager) random init.
+    backbone = nnx.eval_shape(lambda: MODELS[name](config, nnx.Rngs(0)))
+  else:
+    backbone = MODELS[name](config, rngs)
   channels = _channels(config)
   height, width = config.data.image_size
   example = jnp.zeros((1, height, width, channels), jnp.float32)
   backbone.eval()
-  feature_shape = jax.eval_shape(lambda x: backbone(backbone.preprocess(x, config.data.rescale)), example).shape
+  feature_shape = nnx.eval_shape(lambda b, x: b(b.preprocess(x, config.data.rescale)), backbone, example).shape
   if min(feature_shape[1:]) < 1:
     raise ValueError(f"config.data.image_size={tuple(config.data.image_size)} is too small for {name}: its features would be {feature_shape[1:]}.")
-  head = Head(feature_shape[1:], num_outputs, **head_options(config, backbone), rngs=rngs)
-  model = Classifier(backbone, head, pixel_scale=config.data.rescale)
+  if m.include_top:  # The output layer is Keras's `predictions` on the pooled features.
+    head = Head(feature_shape[1:], num_outputs, pooling="none", rngs=rngs)
+  else:
+    head = Head(feature_shape[1:], num_outputs, **head_options(config, backbone), rngs=rngs)
+  model = Classifier(
+    backbone, head, pixel_scale=config.data.rescale, frozen=frozen_filter(config, backbone), keras_top=m.include_top
+  )
+  if m.weights:
+    load_keras_weights(model, keras_weights_path(config))
   model.train()
   return model

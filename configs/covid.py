@@ -1,0 +1,23 @@
+"""Seed 004: COVID-19 vs normal chest X-rays, InceptionV3 (ImageNet), GAP - Dense(1024) - Dense(2) softmax."""
+
+from imgcls.config import default_config
+
+
+def get_config():
+  c = default_config()
+  c.data.dir = "../shared/data/covid_xray_small"
+  c.data.image_size = (224, 224)
+  c.data.rescale = 1 / 255  # The backbone undoes it and applies Inception's preprocess_input.
+  c.data.color_mode = "rgb"  # Greyscale X-rays are read as three equal channels.
+  c.data.label_mode = "categorical"  # Two softmax outputs.
+  c.data.batch_size = 32
+  # Augmentation: the seed's training images are augmented here; there are no config keys for it yet.
+  c.model.name = "inception_v3"
+  c.model.weights = "imagenet"
+  c.model.head.pooling = "avg"
+  c.model.head.hidden = (1024,)
+  c.model.head.dropout = 0.0
+  c.optimizer.name = "adam"
+  c.optimizer.learning_rate = 1e-5
+  c.train.epochs = 10
+  return c

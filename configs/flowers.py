@@ -1,0 +1,23 @@
+"""Seed 002: Oxford 17 flowers, frozen VGG19 (ImageNet) max-pooled, Dense(128) - Dropout(0.3) - Dense(17)."""
+
+from imgcls.config import default_config
+
+
+def get_config():
+  c = default_config()
+  c.data.dir = "../shared/data/flowers17"  # train/ and test/; validation is split off train/.
+  c.data.image_size = (224, 224)
+  c.data.rescale = 1 / 255  # The backbone undoes it and applies VGG's preprocess_input.
+  c.data.batch_size = 32
+  # Augmentation: the seed's training images are augmented here; there are no config keys for it yet.
+  c.model.name = "vgg19"
+  c.model.weights = "imagenet"
+  c.model.pooling = "max"  # Keras's include_top=False, pooling="max": a 512-d vector.
+  c.model.freeze = "all"
+  c.model.head.pooling = "none"
+  c.model.head.hidden = (128,)
+  c.model.head.dropout = 0.3
+  c.optimizer.name = "adam"
+  c.optimizer.learning_rate = 1e-3
+  c.train.epochs = 10
+  return c

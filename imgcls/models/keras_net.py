@@ -1,0 +1,310 @@
+"""Keras application networks as NNX modules, layer for layer, with Keras's layer names.
+
+A model file (`mobilenet_v2.py`, `vgg.py`, `inception_v3.py`) writes its network with `Graph`,
+one call per Keras layer, the way `keras.applications` builds it: same names (auto-named layers
+are named as in a fresh Keras 3 session: `conv2d`, `conv2d_1`, ...), same order, same padding.
+`KerasNet` turns that description into an NNX module that holds parameters for, and computes, only
+the layers its output layer needs, so any named layer can be the output (`cut_at`).
+
+Parameters live at `layers/<keras layer name>/<kernel|bias|scale|mean|var>`.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import re
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# Keras's default initialisers, so a randomly initialised network starts as it does in Keras.
+_KERNEL_INIT = nnx.initializers.glorot_uniform()
+# keras.applications.imagenet_utils.preprocess_input(mode="caffe"): BGR channel means.
+CAFFE_MEAN = (103.939, 116.779, 123.68)
+# Layer types with parameters.
+WEIGHTED = ("conv", "depthwise", "bn", "dense")
+# The prefix Keras 3 gives an unnamed layer of each type (then _1, _2, ... in a session).
+_AUTO_PREFIX = {
+  "conv": "conv2d", "depthwise": "depthwise_conv2d", "bn": "batch_normalization", "dense": "dense",
+  "relu": "activation", "pad": "zero_padding2d", "max_pool": "max_pooling2d",
+  "avg_pool": "average_pooling2d", "concat": "concatenate", "add": "add", "flatten": "flatten",
+  "global_avg": "global_average_pooling2d", "global_max": "global_max_pooling2d",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+  """One Keras layer: its name, type, input layers, output shape (no batch axis) and options."""
+
+  name: str
+  op: str  # input | conv | depthwise | bn | dense | relu | pad | max_pool | avg_pool | ...
+  inputs: tuple[str, ...]
+  shape: tuple[int, ...]
+  units: int = 0  # Output channels of conv and dense.
+  kernel: tuple[int, int] = (1, 1)  # Also the pooling window.
+  strides: tuple[int, int] = (1, 1)
+  padding: str = "valid"  # valid | same (Keras's, i.e. TensorFlow's, padding).
+  use_bias: bool = True
+  activation: str = ""  # "" or relu, for conv and dense.
+  max_value: float = 0.0  # relu: 0 is none, 6 is ReLU6.
+  scale: bool = True  # bn: has gamma.
+  momentum: float = 0.99  # bn, with Keras's (= flax's) meaning.
+  epsilon: float = 1e-3  # bn.
+  auto_named: bool = False  # Named by Keras's counter, not by the application code.
+
+
+def _out_size(size: int, kernel: int, stride: int, padding: str) -> int:
+  if padding == "same":
+    return -(-size // stride)
+  return (size - kernel) // stride + 1
+
+
+def correct_pad(height: int, width: int, kernel: int = 3) -> tuple[tuple[int, int], tuple[int, int]]:
+  """keras.applications.imagenet_utils.correct_pad: zero padding before a stride-2 'valid' conv."""
+  adjust = (1 - height % 2, 1 - width % 2)
+  half = kernel // 2
+  return ((half - adjust[0], half), (half - adjust[1], half))
+
+
+class Graph:
+  """A Keras functional network written down layer by layer; each call returns the layer name."""
+
+  def __init__(self, name: str, input_shape: tuple[int, int, int], *, min_size: int):
+    height, width, channels = (int(d) for d in input_shape)
+    if height < min_size or width < min_size:
+      raise ValueError(f"{name}: input size must be at least {min_size}x{min_size}; got {height}x{width}.")
+    self.name = name
+    self.layers: list[Layer] = [Layer("input_layer", "input", (), (height, width, channels))]
+    self._counts: collections.Counter = collections.Counter()
+
+  def __getitem__(self, name: str) -> Layer:
+    return next(layer for layer in self.layers if layer.name == name)
+
+  @property
+  def output(self) -> str:
+    return self.layers[-1].name
+
+  def shape(self, x: str) -> tuple[int, ...]:
+    return self[x].shape
+
+  def _append(self, name: str | None, op: str, inputs: tuple[str, ...], shape: tuple[int, ...], **options) -> str:
+    if not name:
+      prefix = _AUTO_PREFIX[op]
+      count = self._counts[prefix]
+      self._counts[prefix] += 1
+      name = prefix if count == 0 else f"{prefix}_{count}"
+      options["auto_named"] = True
+    if any(layer.name == name for layer in self.layers):
+      raise ValueError(f"{self.name}: two layers named {name!r}.")
+    self.layers.append(Layer(name, op, tuple(inputs), tuple(int(d) for d in shape), **options))
+    return name
+
+  def _spatial(self, x: str, kernel, strides, padding) -> tuple[int, int]:
+    h, w = self.shape(x)[:2]
+    return _out_size(h, kernel[0], strides[0], padding), _out_size(w, kernel[1], strides[1], padding)
+
+  def conv(self, name, x, filters, kernel, *, strides=1, padding="valid", use_bias=True, activation=""):
+    kernel, strides = _pair(kernel), _pair(strides)
+    shape = (*self._spatial(x, kernel, strides, padding), filters)
+    return self._append(name, "conv", (x,), shape, units=filters, kernel=kernel, strides=strides,
+                    padding=padding, use_bias=use_bias, activation=activation)
+
+  def depthwise(self, name, x, kernel, *, strides=1, padding="valid", use_bias=True):
+    kernel, strides = _pair(kernel), _pair(strides)
+    shape = (*self._spatial(x, kernel, strides, padding), self.shape(x)[-1])
+    return self._append(name, "depthwise", (x,), shape, kernel=kernel, strides=strides, padding=padding,
+                    use_bias=use_bias)
+
+  def bn(self, name, x, *, momentum=0.99, epsilon=1e-3, scale=True):
+    return self._append(name, "bn", (x,), self.shape(x), momentum=momentum, epsilon=epsilon, scale=scale)
+
+  def relu(self, name, x, *, max_value=0.0):
+    return self._append(name, "relu", (x,), self.shape(x), max_value=max_value)
+
+  def correct_pad(self, name, x, kernel=3):
+    """ZeroPadding2D(correct_pad(x, kernel)); the padding is recomputed for each input size."""
+    (top, bottom), (left, right) = correct_pad(*self.shape(x)[:2], kernel)
+    h, w, c = self.shape(x)
+    return self._append(name, "pad", (x,), (h + top + bottom, w + left + right, c), kernel=_pair(kernel))
+
+  def max_pool(self, name, x, pool, *, strides=None, padding="valid"):
+    return self._pool("max_pool", name, x, pool, strides, padding)
+
+  def avg_pool(self, name, x, pool, *, strides=None, padding="valid"):
+    return self._pool("avg_pool", name, x, pool, strides, padding)
+
+  def _pool(self, op, name, x, pool, strides, padding):
+    pool = _pair(pool)
+    strides = pool if strides is None else _pair(strides)
+    shape = (*self._spatial(x, pool, strides, padding), self.shape(x)[-1])
+    return self._append(name, op, (x,), shape, kernel=pool, strides=strides, padding=padding)
+
+  def concat(self, name, xs):
+    shapes = [self.shape(x) for x in xs]
+    return self._append(name, "concat", tuple(xs), (*shapes[0][:-1], sum(s[-1] for s in shapes)))
+
+  def add(self, name, xs):
+    return self._append(name, "add", tuple(xs), self.shape(xs[0]))
+
+  def flatten(self, name, x):
+    size = 1
+    for d in self.shape(x):
+      size *= d
+    return self._append(name, "flatten", (x,), (size,))
+
+  def global_pool(self, name, x, kind):
+    return self._append(name, {"avg": "global_avg", "max": "global_max"}[kind], (x,), self.shape(x)[-1:])
+
+  def dense(self, name, x, units, *, activation=""):
+    return self._append(name, "dense", (x,), (units,), units=units, activation=activation)
+
+
+def _pair(v) -> tuple[int, int]:
+  return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _module(layer: Layer, in_shape: tuple[int, ...], momentum: float, epsilon: float, rngs: nnx.Rngs) -> nnx.Module:
+  padding = layer.padding.upper()
+  if layer.op == "conv":
+    return nnx.Conv(in_shape[-1], layer.units, layer.kernel, strides=layer.strides, padding=padding,
+                    use_bias=layer.use_bias, kernel_init=_KERNEL_INIT, rngs=rngs)
+  if layer.op == "depthwise":
+    channels = in_shape[-1]
+    return nnx.Conv(channels, channels, layer.kernel, strides=layer.strides, padding=padding,
+                    feature_group_count=channels, use_bias=layer.use_bias, kernel_init=_KERNEL_INIT, rngs=rngs)
+  if layer.op == "bn":
+    return nnx.BatchNorm(in_shape[-1], momentum=momentum or layer.momentum, epsilon=epsilon or layer.epsilon,
+                         use_scale=layer.scale, rngs=rngs)
+  if layer.op == "dense":
+    return nnx.Linear(in_shape[-1], layer.units, kernel_init=_KERNEL_INIT, rngs=rngs)
+  raise ValueError(f"Layer type {layer.op!r} has no parameters.")
+
+
+def _apply(layer: Layer, module: nnx.Module | None, xs: list[jax.Array]) -> jax.Array:
+  x = xs[0]
+  op = layer.op
+  if op in WEIGHTED:
+    x = module(x)
+    return nnx.relu(x) if layer.activation == "relu" else x
+  if op == "relu":
+    return jnp.clip(x, 0.0, layer.max_value) if layer.max_value else nnx.relu(x)
+  if op == "pad":
+    (top, bottom), (left, right) = correct_pad(x.shape[1], x.shape[2], layer.kernel[0])
+    return jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+  if op == "max_pool":
+    return nnx.max_pool(x, layer.kernel, strides=layer.strides, padding=layer.padding.upper())
+  if op == "avg_pool":  # Keras (TensorFlow) averages over the window's real pixels only.
+    return nnx.avg_pool(x, layer.kernel, strides=layer.strides, padding=layer.padding.upper(),
+                        count_include_pad=False)
+  if op == "concat":
+    return jnp.concatenate(xs, axis=-1)
+  if op == "add":
+    return sum(xs[1:], xs[0])
+  if op == "flatten":
+    return x.reshape(x.shape[0], -1)
+  if op == "global_avg":
+    return jnp.mean(x, axis=(1, 2))
+  if op == "global_max":
+    return jnp.max(x, axis=(1, 2))
+  raise ValueError(f"Unknown layer type {op!r}.")
+
+
+class KerasNet(nnx.Module):
+  """A `Graph` as a backbone: the layers up to `output` (default: the graph's last layer).
+
+  `preprocessing` is Keras's `preprocess_input` mode of the family: "tf" (x / 127.5 - 1) or
+  "caffe" (RGB to BGR, minus the ImageNet channel means). `bn_momentum` / `bn_epsilon` override
+  every BatchNorm's (0: Keras's values for the model).
+  """
+
+  def __init__(
+    self,
+    graph: Graph,
+    *,
+    output: str = "",
+    preprocessing: str,
+    bn_momentum: float = 0.0,
+    bn_epsilon: float = 0.0,
+    rngs: nnx.Rngs,
+  ):
+    if preprocessing not in ("tf", "caffe"):
+      raise ValueError(f"Unknown preprocessing {preprocessing!r}: use tf or caffe.")
+    by_name = {layer.name: layer for layer in graph.layers}
+    output = output or graph.output
+    if output not in by_name:
+      close = [n for n in by_name if output.lower() in n.lower()][:10]
+      hint = f" Similar names: {', '.join(close)}." if close else ""
+      raise ValueError(
+        f"{graph.name} has no layer named {output!r}.{hint} Its layers are: {', '.join(list(by_name)[1:])}."
+      )
+    needed = {output}
+    for layer in reversed(graph.layers):
+      if layer.name in needed:
+        needed.update(layer.inputs)
+    self.name = graph.name
+    self.spec = tuple(layer for layer in graph.layers if layer.name in needed)
+    self.output_name = output
+    self.output_shape = by_name[output].shape
+    self.preprocessing = preprocessing
+    # Every weighted layer of the full network (those past `output` too), to check a weights file.
+    self.all_weighted = tuple(layer.name for layer in graph.layers if layer.op in WEIGHTED)
+    self.auto_named = tuple(layer.name for layer in graph.layers if layer.auto_named and layer.op in WEIGHTED)
+    self.layers = nnx.Dict({
+      layer.name: _module(layer, by_name[layer.inputs[0]].shape, bn_momentum, bn_epsilon, rngs)
+      for layer in self.spec
+      if layer.op in WEIGHTED
+    })
+    last_use = {}
+    for layer in self.spec:
+      for name in layer.inputs:
+        last_use[name] = layer.name
+    self._frees = tuple(
+      tuple(name for name in layer.inputs if last_use[name] == layer.name and name != output) for layer in self.spec
+    )
+
+  @property
+  def default_head(self) -> dict:
+    """A vector is already pooled; a feature map is average-pooled; then only the output layer."""
+    return dict(pooling="none" if len(self.output_shape) == 1 else "avg", hidden=(), dropout=0.0)
+
+  @property
+  def layer_names(self) -> tuple[str, ...]:
+    """The Keras names of the layers this backbone computes, in Keras's order."""
+    return tuple(layer.name for layer in self.spec[1:])
+
+  def preprocess(self, images: jax.Array, pixel_scale: float) -> jax.Array:
+    """Keras's `preprocess_input` for the family, on images that are pixels times `pixel_scale`."""
+    x = images if pixel_scale == 1.0 else images / pixel_scale
+    if x.shape[-1] == 1:  # Greyscale: the ImageNet networks take three channels.
+      x = jnp.repeat(x, 3, axis=-1)
+    if self.preprocessing == "tf":
+      return x / 127.5 - 1.0
+    return x[..., ::-1] - jnp.asarray(CAFFE_MEAN, x.dtype)
+
+  def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
+    del rngs  # No dropout in these networks.
+    values = {self.spec[0].name: x}
+    for layer, frees in zip(self.spec[1:], self._frees[1:]):
+      module = self.layers[layer.name] if layer.op in WEIGHTED else None
+      values[layer.name] = _apply(layer, module, [values[name] for name in layer.inputs])
+      for name in frees:  # Let go of activations no later layer reads.
+        del values[name]
+    return values[self.output_name]
+
+  def frozen_paths(self, upto: str) -> tuple[tuple[str, ...], ...]:
+    """Paths (under this module) of the layers up to and including `upto`, in Keras's order."""
+    names = self.layer_names
+    if upto not in names:
+      raise ValueError(f"Cannot freeze up to {upto!r}: {self.name} here has no such layer; layers: {', '.join(names)}.")
+    upto_index = names.index(upto)
+    return tuple(("layers", name) for name in names[: upto_index + 1] if name in self.layers)
+
+
+def auto_name_order(name: str) -> tuple[str, int] | None:
+  """('conv2d', 3) for 'conv2d_3', ('conv2d', 0) for 'conv2d': how Keras numbers unnamed layers."""
+  match = re.fullmatch(r"(conv2d|depthwise_conv2d|batch_normalization|dense)(?:_(\d+))?", name)
+  if not match:
+    return None
+  return match.group(1), int(match.group(2) or 0)

@@ -1,0 +1,105 @@
+"""build_model with the Keras families: poolings, heads, include_top, cuts and config errors."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+
+from imgcls.config import check_config, default_config
+from imgcls.models import build_model
+
+
+def config(name="mobilenet_v2", size=(64, 64), **model):
+  c = default_config()
+  c.model.name = name
+  c.data.image_size = size
+  for key, value in model.items():
+    setattr(c.model, key, value)
+  return c
+
+
+def abstract_logits(c, outputs=4, batch=2):
+  model = nnx.eval_shape(lambda: build_model(c, outputs, rngs=nnx.Rngs(0)))
+  model.eval()
+  x = jnp.zeros((batch, *c.data.image_size, 3))
+  return model, nnx.eval_shape(lambda m, x: m(x), model, x), nnx.eval_shape(lambda m, x: m.embed(x), model, x)
+
+
+POOLING_CASES = [
+  *[("mobilenet_v2", 1280, pooling, head) for pooling in ("", "avg", "max") for head in ("", "flatten", "avg", "max")],
+  *[(name, width, pooling, "flatten") for name, width in (("vgg16", 512), ("inception_v3", 2048))
+    for pooling in ("", "avg", "max")],
+]
+
+
+@pytest.mark.parametrize("name,width,pooling,head_pooling", POOLING_CASES)
+def test_pooling_and_head(name, width, pooling, head_pooling):
+  c = config(name, (96, 96) if name == "inception_v3" else (64, 64), pooling=pooling)
+  c.model.head.pooling = head_pooling if not pooling else "none"
+  c.model.head.hidden = (8,)
+  model, logits, embedding = abstract_logits(c)
+  assert logits.shape == (2, 4)
+  assert embedding.shape == (2, 8)
+  if pooling:
+    assert model.backbone.output_shape == (width,)
+  spatial = 2 * 2 if name != "inception_v3" else 1 * 1
+  expected_in = width * spatial if (head_pooling == "flatten" and not pooling) else width
+  assert model.head.hidden[0].in_features == expected_in
+
+
+def test_default_heads():
+  vector, _, _ = abstract_logits(config(pooling="avg"))
+  assert vector.head.pooling == "none"
+  feature_map, _, _ = abstract_logits(config(cut_at="block_13_expand_relu"))
+  assert feature_map.head.pooling == "avg" and feature_map.backbone.output_shape == (4, 4, 576)
+
+
+def test_include_top_random_init_has_keras_classes_outputs():
+  model, logits, embedding = abstract_logits(config(size=(32, 32), include_top=True, alpha=0.35), 7)
+  assert logits.shape == (2, 7)
+  assert embedding.shape == (2, 1280)  # Keras's global_average_pooling2d: what predictions sees.
+  assert model.backbone.output_name == "global_average_pooling2d"
+  assert "predictions" not in model.backbone.layers and model.keras_top
+
+
+def test_include_top_vgg_keeps_fc1_fc2_in_the_backbone():
+  model, logits, embedding = abstract_logits(config("vgg19", (32, 32), include_top=True), 1000)
+  assert logits.shape == (2, 1000) and embedding.shape == (2, 4096)
+  assert model.backbone.output_name == "fc2"
+
+
+def test_unknown_cut_layer_lists_near_names():
+  with pytest.raises(ValueError, match="no layer named 'block_6_expand_rel'.*Similar names: block_6_expand_relu"):
+    abstract_logits(config(cut_at="block_6_expand_rel"))
+
+
+def test_bn_overrides():
+  model, _, _ = abstract_logits(config("inception_v3", (75, 75), bn_momentum=0.9, bn_epsilon=1e-5))
+  norm = model.backbone.layers["batch_normalization"]
+  assert (norm.momentum, norm.epsilon, norm.scale) == (0.9, 1e-5, None)
+  default, _, _ = abstract_logits(config())
+  assert (default.backbone.layers["bn_Conv1"].momentum, default.backbone.layers["bn_Conv1"].epsilon) == (0.999, 1e-3)
+
+
+@pytest.mark.parametrize(
+  "c,outputs,message",
+  [
+    (config(include_top=True, cut_at="out_relu"), 1000, "leave model.cut_at and model.pooling empty"),
+    (config("insects_cnn", weights="imagenet"), 3, "apply to the Keras models"),
+    (config(include_top=True, weights="imagenet"), 3, "1000 outputs, not 3"),
+    (config(size=(31, 64)), 3, "at least 32x32"),
+    (config("inception_v3", (74, 100)), 3, "at least 75x75"),
+    (config("insects_cnn", freeze="conv1"), 3, "can only freeze"),
+  ],
+)
+def test_config_errors(c, outputs, message):
+  with pytest.raises(ValueError, match=message):
+    build_model(c, outputs, rngs=nnx.Rngs(0))
+
+
+def test_check_config_rejects_include_top_with_pooling():
+  with pytest.raises(ValueError, match="include_top"):
+    check_config(config(include_top=True, pooling="avg"))
+  with pytest.raises(ValueError, match="model.pooling"):
+    check_config(config(pooling="mean"))
