@@ -20,5 +20,7 @@ def get_config(arg: str | None = None):
   c.model.include_top = True
   c.data.image_size = (SIZES[name], SIZES[name])
   c.data.rescale = 1.0  # The model applies Keras's preprocess_input itself, whatever the rescale.
+  # As keras.utils.load_img(path, target_size=...), the usual way to classify one photo in Keras.
+  c.data.interpolation = "pil_bilinear"
   c.data.batch_size = 16
   return c

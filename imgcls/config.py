@@ -25,7 +25,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.image_size = (90, 90)  # (height, width).
   c.data.color_mode = "rgb"  # rgb | grayscale.
   c.data.label_mode = "int"  # int | binary | categorical.
-  c.data.interpolation = "bilinear"  # bilinear | nearest.
+  # bilinear | nearest (tf.image.resize, as image_dataset_from_directory), or pil_bilinear |
+  # pil_nearest | pil_bicubic (Pillow's, as keras.utils.load_img and flow_from_directory).
+  c.data.interpolation = "bilinear"
   c.data.rescale = 1.0  # Pixels are multiplied by this after resizing (1/255 gives [0, 1]).
   c.data.batch_size = 32
   c.data.eval_batch_size = 0  # 0: same as batch_size.
@@ -184,7 +186,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   choices = {
     "data.color_mode": ("rgb", "grayscale"),
     "data.label_mode": ("int", "binary", "categorical"),
-    "data.interpolation": ("bilinear", "nearest"),
+    "data.interpolation": ("bilinear", "nearest", "pil_bilinear", "pil_nearest", "pil_bicubic"),
     "data.split_order": ("shuffle", "ordered"),
     "data.augment_on": ("device", "host"),
     "data.cache": ("", "memory", "disk"),

@@ -247,3 +247,13 @@ def test_pixel_cache_gives_the_same_batches(tree, tmp_path, mode):
     cached = cache.PixelCache(len(split), (16, 16, 3), str(tmp_path / files[0]))  # As a later run opens it.
     assert cached.fraction_filled() == 1.0
     np.testing.assert_array_equal(cached.get(0) * np.float32(1 / 255), plain[0]["image"][0])
+
+
+def test_pil_resize_matches_keras_load_img(tmp_path):
+  import keras
+
+  path = write_image(tmp_path / "x.png", np.random.default_rng(0).integers(0, 256, (61, 47, 3)).astype(np.uint8))
+  for interpolation in ("bilinear", "nearest", "bicubic"):
+    ours = images.load_image(str(path), (20, 30), interpolation=f"pil_{interpolation}")
+    theirs = keras.utils.img_to_array(keras.utils.load_img(str(path), target_size=(20, 30), interpolation=interpolation))
+    np.testing.assert_array_equal(ours, theirs)

@@ -84,8 +84,9 @@ def test_predict_writes_top_k_csv(tmp_path):
   names = imagenet.class_names()
   assert [r["path"].rsplit("/", 1)[-1] for r in rows] == sorted(README_TOP1)
   for row in rows:
-    index, _ = README_TOP1[row["path"].rsplit("/", 1)[-1]]
+    index, p = README_TOP1[row["path"].rsplit("/", 1)[-1]]
     assert row["class_1"] == names[index]
+    assert abs(row["prob_1"] - p) < 1e-3  # The recipe resizes as keras.utils.load_img does.
     assert row["prob_1"] >= row["prob_2"] >= row["prob_3"]
   with open(output, newline="") as f:
     written = list(csv.DictReader(f))

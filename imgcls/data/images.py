@@ -67,15 +67,25 @@ def _convert(img: Image.Image, color_mode: str) -> Image.Image:
   return img.convert(target) if img.mode != target else img
 
 
-def resize(pixels: np.ndarray, size: tuple[int, int], interpolation: str = "bilinear") -> np.ndarray:
-  """Resize HxWxC to `size` (height, width) as float32, like `tf.image.resize` (no antialiasing).
+_PIL_FILTERS = {"pil_bilinear": Image.BILINEAR, "pil_nearest": Image.NEAREST, "pil_bicubic": Image.BICUBIC}
 
-  Bilinear uses half-pixel centres, so results match Keras's `image_dataset_from_directory`.
+
+def resize(pixels: np.ndarray, size: tuple[int, int], interpolation: str = "bilinear") -> np.ndarray:
+  """Resize HxWxC to `size` (height, width) as float32.
+
+  "bilinear" and "nearest" are `tf.image.resize` (half-pixel centres, no antialiasing), as in
+  Keras's `image_dataset_from_directory`; "pil_bilinear", "pil_nearest", "pil_bicubic" are
+  Pillow's (which averages when shrinking), as in `keras.utils.load_img` and Keras's
+  ImageDataGenerator.flow_from_directory.
   """
   height, width = pixels.shape[:2]
   out_h, out_w = size
   if (height, width) == (out_h, out_w):
     return pixels.astype(np.float32)
+  if interpolation in _PIL_FILTERS:  # As keras.utils.load_img(target_size=..., interpolation=...).
+    image = Image.fromarray(np.squeeze(pixels.astype(np.uint8), axis=-1) if pixels.shape[-1] == 1 else pixels.astype(np.uint8))
+    out = np.asarray(image.resize((out_w, out_h), _PIL_FILTERS[interpolation]), np.float32)
+    return out[:, :, None] if out.ndim == 2 else out
   if interpolation == "nearest":
     rows = np.minimum(np.floor((np.arange(out_h) + 0.5) * height / out_h).astype(np.int64), height - 1)
     cols = np.minimum(np.floor((np.arange(out_w) + 0.5) * width / out_w).astype(np.int64), width - 1)
