@@ -9,7 +9,8 @@ def get_config():
   c.data.image_size = (256, 256)
   c.data.rescale = 1 / 255
   c.data.batch_size = 16
-  # Augmentation: the seed's training images are augmented here; there are no config keys for it yet.
+  # Seed 003 flips left-right, flips up-down or rotates by up to 30 degrees.
+  c.data.augment = "flip_lr|flip_ud|rotate(30)"
   c.model.name = "bn_cnn"
   c.optimizer.name = "adam"
   c.optimizer.learning_rate = 1e-3

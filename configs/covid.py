@@ -11,7 +11,8 @@ def get_config():
   c.data.color_mode = "rgb"  # Greyscale X-rays are read as three equal channels.
   c.data.label_mode = "categorical"  # Two softmax outputs.
   c.data.batch_size = 32
-  # Augmentation: the seed's training images are augmented here; there are no config keys for it yet.
+  # Seed 004's ImageDataGenerator: shear_range=0.1, zoom_range=0.1, horizontal_flip=True.
+  c.data.augment = "shear(0.1)|zoom(0.1)|flip_lr"
   c.model.name = "inception_v3"
   c.model.weights = "imagenet"
   c.model.head.pooling = "avg"

@@ -9,7 +9,7 @@ def get_config():
   c.data.image_size = (224, 224)
   c.data.rescale = 1 / 255  # The backbone undoes it and applies VGG's preprocess_input.
   c.data.batch_size = 32
-  # Augmentation: the seed's training images are augmented here; there are no config keys for it yet.
+  c.data.augment = "flip_lr"  # Seed 002's random left-right flips.
   c.model.name = "vgg19"
   c.model.weights = "imagenet"
   c.model.pooling = "max"  # Keras's include_top=False, pooling="max": a 512-d vector.

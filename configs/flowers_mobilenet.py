@@ -14,7 +14,7 @@ def get_config():
   c.data.image_size = (224, 224)
   c.data.rescale = 1 / 255
   c.data.batch_size = 32
-  # Augmentation (random flips and crops help here) has no config keys yet.
+  c.data.augment = "flip_lr|zoom(0.1)"
   c.model.name = "mobilenet_v2"
   c.model.weights = "imagenet"
   c.model.pooling = "avg"

@@ -8,7 +8,6 @@ def get_config():
   c.data.dir = ""  # The insects class-per-folder tree: set --config.data.dir.
   c.data.image_size = (180, 180)
   c.data.rescale = 1 / 255
-  # Augmentation: the seed's training images are augmented here; there are no config keys for it yet.
   c.model.name = "insects_cnn"
   c.optimizer.name = "adam"
   c.optimizer.learning_rate = 1e-3

@@ -8,7 +8,6 @@ def get_config():
   c.data.dir = ""  # The insects class-per-folder tree: set --config.data.dir.
   c.data.image_size = (224, 224)  # The size the ImageNet weights were trained at.
   c.data.rescale = 1 / 255
-  # Augmentation: the seed's training images are augmented here; there are no config keys for it yet.
   c.model.name = "mobilenet_v2"
   c.model.weights = "imagenet"
   c.model.pooling = "avg"  # Keras's include_top=False, pooling="avg": global_average_pooling2d.

@@ -12,7 +12,6 @@ def get_config():
   c.data.label_mode = "binary"  # One sigmoid output unit.
   c.data.validation_split = 0.2
   c.data.batch_size = 32
-  # Augmentation: the seed's training images are augmented here; there are no config keys for it yet.
 
   c.model.name = "mobilenet_v2"
   c.model.weights = "imagenet"
