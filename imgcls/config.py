@@ -86,6 +86,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.backbone_learning_rate = 0.0  # Learning rate of the backbone's parameters (0: optimizer's).
   c.model.bn_momentum = 0.0  # Backbone BatchNorm momentum, Keras's meaning (0: the model's, e.g. 0.999).
   c.model.bn_epsilon = 0.0  # Backbone BatchNorm epsilon (0: the model's own, 1e-3).
+  # Depthwise and 1x1 convolutions: "auto" ("cpu" on the CPU backend: shifted multiply-adds and
+  # matrix products; XLA's convolutions on GPU/TPU), "cpu" or "xla" (imgcls/models/convs.py).
+  c.model.convs = "auto"
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adam"  # adam | adamw | sgd.
@@ -192,6 +195,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     "data.cache": ("", "memory", "disk"),
     "data.fill_mode": ("nearest", "constant", "reflect", "wrap"),
     "model.pooling": ("", "avg", "max"),
+    "model.convs": ("auto", "xla", "cpu"),
     "optimizer.name": ("adam", "adamw", "sgd"),
     "optimizer.schedule": ("constant", "cosine", "warmup_cosine", "warmup_constant"),
     "checkpoint.mode": ("max", "min"),

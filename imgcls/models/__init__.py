@@ -68,7 +68,7 @@ def keras_backbone(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> KerasNe
   output = g["predictions"].inputs[0] if m.include_top else m.cut_at
   module, _ = KERAS_MODELS[m.name]
   return KerasNet(g, output=output, preprocessing=module.PREPROCESSING, bn_momentum=m.bn_momentum,
-                  bn_epsilon=m.bn_epsilon, rngs=rngs)
+                  bn_epsilon=m.bn_epsilon, convs=m.convs, rngs=rngs)
 
 
 # name -> function(config, rngs) -> backbone.

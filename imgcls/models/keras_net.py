@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from imgcls.models.convs import DepthwiseConv, PointwiseConv
+
 # Keras's default initialisers, so a randomly initialised network starts as it does in Keras.
 _KERNEL_INIT = nnx.initializers.glorot_uniform()
 # keras.applications.imagenet_utils.preprocess_input(mode="caffe"): BGR channel means.
@@ -165,15 +167,17 @@ def _pair(v) -> tuple[int, int]:
   return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
-def _module(layer: Layer, in_shape: tuple[int, ...], momentum: float, epsilon: float, rngs: nnx.Rngs) -> nnx.Module:
+def _module(layer: Layer, in_shape: tuple[int, ...], momentum: float, epsilon: float, convs: str, rngs: nnx.Rngs) -> nnx.Module:
   padding = layer.padding.upper()
+  if layer.op == "conv" and _pair(layer.kernel) == (1, 1) and _pair(layer.strides) == (1, 1):
+    return PointwiseConv(in_shape[-1], layer.units, use_bias=layer.use_bias, kernel_init=_KERNEL_INIT,
+                         implementation=convs, rngs=rngs)
   if layer.op == "conv":
     return nnx.Conv(in_shape[-1], layer.units, layer.kernel, strides=layer.strides, padding=padding,
                     use_bias=layer.use_bias, kernel_init=_KERNEL_INIT, rngs=rngs)
   if layer.op == "depthwise":
-    channels = in_shape[-1]
-    return nnx.Conv(channels, channels, layer.kernel, strides=layer.strides, padding=padding,
-                    feature_group_count=channels, use_bias=layer.use_bias, kernel_init=_KERNEL_INIT, rngs=rngs)
+    return DepthwiseConv(in_shape[-1], layer.kernel, strides=layer.strides, padding=padding, use_bias=layer.use_bias,
+                         kernel_init=_KERNEL_INIT, implementation=convs, rngs=rngs)
   if layer.op == "bn":
     return nnx.BatchNorm(in_shape[-1], momentum=momentum or layer.momentum, epsilon=epsilon or layer.epsilon,
                          use_scale=layer.scale, rngs=rngs)
@@ -216,7 +220,8 @@ class KerasNet(nnx.Module):
 
   `preprocessing` is Keras's `preprocess_input` mode of the family: "tf" (x / 127.5 - 1) or
   "caffe" (RGB to BGR, minus the ImageNet channel means). `bn_momentum` / `bn_epsilon` override
-  every BatchNorm's (0: Keras's values for the model).
+  every BatchNorm's (0: Keras's values for the model). `convs` picks how depthwise and 1x1
+  convolutions are computed (see `imgcls.models.convs`).
   """
 
   def __init__(
@@ -227,6 +232,7 @@ class KerasNet(nnx.Module):
     preprocessing: str,
     bn_momentum: float = 0.0,
     bn_epsilon: float = 0.0,
+    convs: str = "auto",
     rngs: nnx.Rngs,
   ):
     if preprocessing not in ("tf", "caffe"):
@@ -252,7 +258,7 @@ class KerasNet(nnx.Module):
     self.all_weighted = tuple(layer.name for layer in graph.layers if layer.op in WEIGHTED)
     self.auto_named = tuple(layer.name for layer in graph.layers if layer.auto_named and layer.op in WEIGHTED)
     self.layers = nnx.Dict({
-      layer.name: _module(layer, by_name[layer.inputs[0]].shape, bn_momentum, bn_epsilon, rngs)
+      layer.name: _module(layer, by_name[layer.inputs[0]].shape, bn_momentum, bn_epsilon, convs, rngs)
       for layer in self.spec
       if layer.op in WEIGHTED
     })
