@@ -7,9 +7,15 @@ run has every key and a command-line override of a key that does not exist fails
 from __future__ import annotations
 
 import difflib
+import importlib.util
 from collections.abc import Iterable
 
 import ml_collections
+
+TF_MISSING = (
+  "config.data.backend='tf' reads images with tf.data, but TensorFlow is not installed. "
+  "Install the tf extra (pip install 'imgcls[tf]', which adds tensorflow-cpu) or use data.backend='grain'."
+)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -32,6 +38,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.shuffle = True  # Reshuffle the training set every epoch.
   c.data.num_threads = 4  # Worker threads that decode and resize.
   c.data.prefetch = 8  # Elements prefetched by the workers.
+  # Input pipeline: grain | tf (tf.data, needs the tf extra). Both give the same batches.
+  c.data.backend = "grain"
   c.data.skip_bad_images = False  # Skip corrupt images (listed in a warning) instead of failing.
   c.data.follow_links = False
 
@@ -144,6 +152,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     "data.color_mode": ("rgb", "grayscale"),
     "data.label_mode": ("int", "binary", "categorical"),
     "data.interpolation": ("bilinear", "nearest"),
+    "data.backend": ("grain", "tf"),
     "optimizer.name": ("adam", "adamw", "sgd"),
     "optimizer.schedule": ("constant", "cosine", "warmup_cosine", "warmup_constant"),
     "checkpoint.mode": ("max", "min"),
@@ -160,3 +169,5 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.data.validation_split={config.data.validation_split} must be in [0, 1).")
   if config.data.batch_size < 1:
     raise ValueError(f"config.data.batch_size={config.data.batch_size} must be at least 1.")
+  if config.data.backend == "tf" and importlib.util.find_spec("tensorflow") is None:
+    raise ValueError(TF_MISSING)

@@ -4,6 +4,10 @@ Training batches are reshuffled every epoch from (seed, epoch), so any epoch can
 the position inside an epoch is the grain iterator's state: a resumed run sees exactly the
 batches an uninterrupted one would. Evaluation batches are padded to the batch size, with
 `mask` 0 on padding, so every eval batch has one shape and nothing recompiles.
+
+`train_batches` and `eval_batches` are what the train loop calls: they read with the backend
+`data.backend` names, grain here or tf.data (`tf_pipeline`, imported only when asked for), and
+both give the same batches in the same order.
 """
 
 from __future__ import annotations
@@ -15,18 +19,23 @@ from typing import Any
 import grain
 import numpy as np
 
+from imgcls.config import TF_MISSING
 from imgcls.data import images
 from imgcls.data.sources import Split
 
 
 @dataclasses.dataclass(frozen=True)
 class ImageSpec:
-  """How every image is read: size (height, width), colour mode, resize method, pixel scale."""
+  """How every image is read: size (height, width), colour mode, resize method, pixel scale.
+
+  `jpeg_draft` lets JPEGs decode at a reduced size (a power of two, still at least `image_size`).
+  """
 
   image_size: tuple[int, int]
   color_mode: str = "rgb"
   interpolation: str = "bilinear"
   rescale: float = 1.0
+  jpeg_draft: bool = True
 
   @classmethod
   def from_config(cls, data_config) -> ImageSpec:
@@ -45,14 +54,16 @@ class _Load(grain.transforms.Map):
 
   def map(self, record: tuple[str, int, int]) -> dict[str, np.ndarray]:
     path, label, index = record
-    pixels = images.decode(path, self.spec.color_mode, draft_size=self.spec.image_size)
+    draft_size = self.spec.image_size if self.spec.jpeg_draft else None
+    pixels = images.decode(path, self.spec.color_mode, draft_size=draft_size)
     pixels = images.resize(pixels, self.spec.image_size, self.spec.interpolation)
     if self.spec.rescale != 1.0:
       pixels *= np.float32(self.spec.rescale)
     return {"image": pixels, "label": np.int32(label), "mask": np.float32(1.0), "index": np.int32(index)}
 
 
-def _records(split: Split) -> list[tuple[str, int, int]]:
+def records(split: Split) -> list[tuple[str, int, int]]:
+  """The (path, label, index) records of a split, in its order."""
   return [(p, int(l), i) for i, (p, l) in enumerate(zip(split.paths, split.labels))]
 
 
@@ -61,11 +72,17 @@ def epoch_seed(seed: int, epoch: int) -> int:
   return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
-def train_dataset(split: Split, spec: ImageSpec, batch_size: int, seed: int, epoch: int, shuffle: bool = True) -> grain.MapDataset:
-  """One epoch of training batches (the last one may be smaller), shuffled by (seed, epoch)."""
-  ds = grain.MapDataset.source(_records(split))
+def epoch_records(split: Split, seed: int, epoch: int, shuffle: bool = True) -> grain.MapDataset:
+  """The (path, label, index) records of one training epoch in the order they are read."""
+  ds = grain.MapDataset.source(records(split))
   if shuffle:
     ds = ds.shuffle(seed=epoch_seed(seed, epoch))
+  return ds
+
+
+def train_dataset(split: Split, spec: ImageSpec, batch_size: int, seed: int, epoch: int, shuffle: bool = True) -> grain.MapDataset:
+  """One epoch of training batches (the last one may be smaller), shuffled by (seed, epoch)."""
+  ds = epoch_records(split, seed, epoch, shuffle)
   return ds.map(_Load(spec)).batch(batch_size, drop_remainder=False)
 
 
@@ -84,7 +101,7 @@ class _Pad(grain.transforms.Map):
 
 def eval_dataset(split: Split, spec: ImageSpec, batch_size: int) -> grain.MapDataset:
   """Batches of a split in file order, each padded to `batch_size`."""
-  ds = grain.MapDataset.source(_records(split)).map(_Load(spec))
+  ds = grain.MapDataset.source(records(split)).map(_Load(spec))
   return ds.batch(batch_size, drop_remainder=False).map(_Pad(batch_size))
 
 
@@ -101,8 +118,34 @@ def num_batches(split: Split, batch_size: int) -> int:
   return -(-len(split) // batch_size)
 
 
+def _tf_pipeline():
+  """The tf.data backend module; fails saying how to install TensorFlow if it is missing."""
+  try:
+    from imgcls.data import tf_pipeline
+  except ModuleNotFoundError as e:
+    if e.name is None or e.name.split(".")[0] != "tensorflow":
+      raise
+    raise ModuleNotFoundError(TF_MISSING, name=e.name) from e
+  return tf_pipeline
+
+
+def train_batches(split: Split, data_config, seed: int, epoch: int, state: dict[str, Any] | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """Epoch `epoch` of training batches from `data_config.backend`, resumed from `state` if given.
+
+  The iterator's `get_state()` is `{"next_index": batches read}`, for either backend.
+  """
+  spec = ImageSpec.from_config(data_config)
+  batch_size, threads, prefetch = data_config.batch_size, data_config.num_threads, data_config.prefetch
+  if data_config.backend == "tf":
+    return _tf_pipeline().train_batches(split, spec, batch_size, seed, epoch, data_config.shuffle, threads, prefetch, state)
+  ds = train_dataset(split, spec, batch_size, seed, epoch, data_config.shuffle)
+  return iterate(ds, threads, prefetch, state)
+
+
 def eval_batches(split: Split, data_config) -> Iterator[dict[str, np.ndarray]]:
-  """All of `split` as padded batches, with the config's image spec and threads."""
+  """All of `split` as padded batches, with the config's backend, image spec and threads."""
   batch_size = data_config.eval_batch_size or data_config.batch_size
-  ds = eval_dataset(split, ImageSpec.from_config(data_config), batch_size)
-  return iterate(ds, data_config.num_threads, data_config.prefetch)
+  spec = ImageSpec.from_config(data_config)
+  if data_config.backend == "tf":
+    return _tf_pipeline().eval_batches(split, spec, batch_size, data_config.num_threads, data_config.prefetch)
+  return iterate(eval_dataset(split, spec, batch_size), data_config.num_threads, data_config.prefetch)
