@@ -137,19 +137,16 @@ def luma(rgb: tf.Tensor) -> tf.Tensor:
 
 
 def orient(pixels: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
-  """Applies an EXIF orientation (1-8) as Pillow's `exif_transpose` does."""
-  transpose = lambda x: tf.transpose(x, [1, 0, 2])  # noqa: E731
-  ops = [
-    lambda: pixels,
-    lambda: pixels[:, ::-1],
-    lambda: pixels[::-1, ::-1],
-    lambda: pixels[::-1],
-    lambda: transpose(pixels),
-    lambda: tf.image.rot90(pixels, k=3),
-    lambda: transpose(pixels)[::-1, ::-1],
-    lambda: tf.image.rot90(pixels, k=1),
-  ]
-  return tf.switch_case(orientation - 1, ops)
+  """Applies an EXIF orientation (1-8) as Pillow's `exif_transpose` does.
+
+  Orientation 5-8 transpose first; then 2, 3, 6, 7 flip left-right and 3, 4, 7, 8 upside down.
+  """
+  transpose = orientation >= 5
+  perm = tf.where(transpose, tf.constant([1, 0, 2]), tf.constant([0, 1, 2]))
+  flip_lr = tf.reduce_any(tf.equal(orientation, [2, 3, 6, 7]))
+  flip_ud = tf.reduce_any(tf.equal(orientation, [3, 4, 7, 8]))
+  axes = tf.boolean_mask(tf.constant([0, 1]), tf.stack([flip_ud, flip_lr]))
+  return tf.reverse(tf.transpose(pixels, perm), axes)
 
 
 def _decoders(spec: ImageSpec, path: tf.Tensor) -> list[Any]:
@@ -180,15 +177,26 @@ def _decoders(spec: ImageSpec, path: tf.Tensor) -> list[Any]:
   ]
 
 
-def decode(spec: ImageSpec, path: tf.Tensor | str, code: tf.Tensor | int, orientation: tf.Tensor | int) -> tf.Tensor:
-  """Pixels of one file as `images.decode` gives them (HxWxC uint8), following its `plan`."""
-  pixels = tf.switch_case(tf.convert_to_tensor(code, tf.int32), _decoders(spec, tf.convert_to_tensor(path)))
+def decode(
+  spec: ImageSpec, path: tf.Tensor | str, code: tf.Tensor | int, orientation: tf.Tensor | int, codes: tuple[int, ...] = ()
+) -> tf.Tensor:
+  """Pixels of one file as `images.decode` gives them (HxWxC uint8), following its `plan`.
+
+  `codes` are the decoder codes that occur, in order (empty: all); `code` indexes them.
+  """
+  decoders = _decoders(spec, tf.convert_to_tensor(path))
+  if codes:
+    decoders = [decoders[c] for c in codes]
+  if len(decoders) == 1:  # Most folders need one decoder: no branching in the graph.
+    pixels = decoders[0]()
+  else:
+    pixels = tf.switch_case(tf.convert_to_tensor(code, tf.int32), decoders)
   return orient(pixels, tf.convert_to_tensor(orientation, tf.int32))
 
 
-def load(spec: ImageSpec, record: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+def load(spec: ImageSpec, codes: tuple[int, ...], record: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
   """One record {path, label, index, code, orientation} to an example like grain's."""
-  pixels = decode(spec, record["path"], record["code"], record["orientation"])
+  pixels = decode(spec, record["path"], record["code"], record["orientation"], codes)
   pixels = tf.ensure_shape(tf.cast(pixels, tf.float32), [None, None, spec.channels])
   method = "nearest" if spec.interpolation == "nearest" else "bilinear"
   image = tf.image.resize(pixels, spec.image_size, method=method, antialias=False)
@@ -226,15 +234,17 @@ def dataset(
   """Batches of `examples` (path, label, index) in their order; `pad` fills the last one with mask 0."""
   paths = [e[0] for e in examples]
   codes, orientations = plans(paths, spec, num_threads)
+  used, compact = np.unique(codes, return_inverse=True)
   ds = tf.data.Dataset.from_tensor_slices({
     "path": tf.constant(paths, tf.string, shape=[len(paths)]),
     "label": np.asarray([e[1] for e in examples], np.int32).reshape(-1),
     "index": np.asarray([e[2] for e in examples], np.int32).reshape(-1),
-    "code": codes,
+    "code": compact.astype(np.int32).reshape(-1),
     "orientation": orientations,
   })
   parallel = num_threads if num_threads > 0 else tf.data.AUTOTUNE
-  ds = ds.map(functools.partial(load, spec), num_parallel_calls=parallel, deterministic=True)
+  load_fn = functools.partial(load, spec, tuple(int(c) for c in used) or (0,))
+  ds = ds.map(load_fn, num_parallel_calls=parallel, deterministic=True)
   ds = ds.batch(batch_size, drop_remainder=False)
   if pad:
     ds = ds.map(functools.partial(_pad, batch_size))
