@@ -1,12 +1,13 @@
 """Input-pipeline throughput: images/s decoded, resized and batched, by each way of reading.
 
   python bench/input_pipeline.py                       # ../shared/data: pollen 90x90, flowers17 224x224
-  python bench/input_pipeline.py --epochs=3 --threads=8
+  python bench/input_pipeline.py --epochs=5 --threads=8 --readers=grain,tf
 
 Side by side in one process, on the same files: imgcls's grain backend (JPEG draft on and off),
 imgcls's tf.data backend, and Keras's `image_dataset_from_directory` with `.prefetch(AUTOTUNE)`.
 Every reader gets a warm-up epoch, then `--epochs` timed epochs taken in turns (reader A epoch 1,
-reader B epoch 1, ...) so a busy machine slows all alike. Prints one JSON object.
+reader B epoch 1, ...) so a busy machine slows all alike; images/s is the median over epochs.
+Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ DATASETS = {  # name: (folder under --data_root, (height, width))
 _DATA_ROOT = flags.DEFINE_string("data_root", str(REPO.parent / "shared" / "data"), "Folder holding the datasets.")
 _DATASETS = flags.DEFINE_list("datasets", list(DATASETS), "Datasets to read.")
 _READERS = flags.DEFINE_list("readers", ["grain", "grain_no_draft", "tf", "keras"], "Readers to time.")
-_EPOCHS = flags.DEFINE_integer("epochs", 2, "Timed epochs per reader (after one warm-up epoch).")
+_EPOCHS = flags.DEFINE_integer("epochs", 3, "Timed epochs per reader (after one warm-up epoch); the median is reported.")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Batch size.")
 _THREADS = flags.DEFINE_integer("threads", 0, "Decoding threads (0: the machine's cores).")
 _PREFETCH = flags.DEFINE_integer("prefetch", 8, "Batches prefetched.")
@@ -106,8 +107,7 @@ def bench_dataset(name: str, threads: int) -> dict:
   split = sources.Split(scan.paths, scan.labels, scan.class_names)
   augment = augmenter()
   runs = readers(split, root, size, threads)
-  seconds = {r: 0.0 for r in runs}
-  images = {r: 0 for r in runs}
+  epoch_rates = {r: [] for r in runs}
   warmup = {}
   for reader, epoch_batches in runs.items():  # Warm-up: file cache, headers, tracing, compiling.
     start = time.perf_counter()
@@ -116,12 +116,12 @@ def bench_dataset(name: str, threads: int) -> dict:
   for epoch in range(1, _EPOCHS.value + 1):
     for reader, epoch_batches in runs.items():
       start = time.perf_counter()
-      images[reader] += read_epoch(epoch_batches(epoch), augment if reader != "keras" else None)
-      seconds[reader] += time.perf_counter() - start
-  rate = {r: round(images[r] / seconds[r], 1) for r in runs}
+      count = read_epoch(epoch_batches(epoch), augment if reader != "keras" else None)
+      epoch_rates[reader].append(round(count / (time.perf_counter() - start), 1))
+  rate = {r: float(np.median(rates)) for r, rates in epoch_rates.items()}  # The median resists a busy moment.
   result = {
     "root": root, "images": len(split), "image_size": list(size), "batch_size": _BATCH.value,
-    "timed_epochs": _EPOCHS.value, "images_per_s": rate, "warmup_s": warmup,
+    "timed_epochs": _EPOCHS.value, "images_per_s": rate, "epoch_images_per_s": epoch_rates, "warmup_s": warmup,
   }
   if "keras" in rate:
     for reader in ("grain", "tf"):
