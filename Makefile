@@ -1,6 +1,6 @@
 # Two commands set up everything on a fresh machine with only Python 3.11+:
 #   make demo   trains the embedded default (scikit-learn's digits as an image folder)
-#   make test   runs the test suite
+#   make test   runs the test suite (with the tf extra, so the tf.data backend is tested too)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -16,7 +16,7 @@ install: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 
 install-test: $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[test,tf]"
 
 demo: install
 	$(BIN)/python -m imgcls.main --config=configs/digits.py --workdir=$(WORKDIR)

@@ -7,9 +7,15 @@ run has every key and a command-line override of a key that does not exist fails
 from __future__ import annotations
 
 import difflib
+import importlib.util
 from collections.abc import Iterable
 
 import ml_collections
+
+TF_MISSING = (
+  "config.data.backend='tf' reads images with tf.data, but TensorFlow is not installed. "
+  "Install the tf extra (pip install 'imgcls[tf]', which adds tensorflow-cpu) or use data.backend='grain'."
+)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -34,6 +40,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.shuffle = True  # Reshuffle the training set every epoch.
   c.data.num_threads = 4  # Worker threads that decode and resize.
   c.data.prefetch = 8  # Elements prefetched by the workers.
+  # Input pipeline: grain | tf (tf.data, needs the tf extra). Both give the same batches.
+  c.data.backend = "grain"
   c.data.skip_bad_images = False  # Skip corrupt images (listed in a warning) instead of failing.
   c.data.follow_links = False
   c.data.cache = ""  # "", memory or disk: keep decoded, resized images (like Keras's .cache()).
@@ -194,6 +202,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     "data.augment_on": ("device", "host"),
     "data.cache": ("", "memory", "disk"),
     "data.fill_mode": ("nearest", "constant", "reflect", "wrap"),
+    "data.backend": ("grain", "tf"),
     "model.pooling": ("", "avg", "max"),
     "model.convs": ("auto", "xla", "cpu"),
     "optimizer.name": ("adam", "adamw", "sgd"),
@@ -219,3 +228,5 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError("config.model.include_top keeps Keras's classifier: leave model.cut_at and model.pooling empty.")
   if config.model.backbone_learning_rate < 0:
     raise ValueError(f"config.model.backbone_learning_rate={config.model.backbone_learning_rate} must be >= 0.")
+  if config.data.backend == "tf" and importlib.util.find_spec("tensorflow") is None:
+    raise ValueError(TF_MISSING)

@@ -429,12 +429,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
 
   for epoch in range(meta["epoch"], epochs):
-    host_aug = aug if data.augment_on == "host" else None
-    ds = pipeline.train_dataset(
-      train_split, pipeline.ImageSpec.from_config(data), batch_size, config.seed, epoch, data.shuffle, host_aug, shard
-    )
     resume_state = meta["data_state"] if meta["data_state"] and epoch == meta["epoch"] else None
-    iterator = pipeline.iterate(ds, data.num_threads, data.prefetch, resume_state)
+    iterator = pipeline.train_batches(
+      train_split, data, config.seed, epoch, resume_state, batch_size=batch_size, shard=shard,
+      host_augment=aug if data.augment_on == "host" else None,
+    )
     if resume_state is None:
       state = state.replace(epoch_sums=zero_sums(num_classes), window_sums=zero_sums(num_classes))
     bar = log.progress(epoch, epochs, steps_per_epoch, initial=(resume_state or {}).get("next_index", 0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import runpy
 from pathlib import Path
 
@@ -46,3 +47,15 @@ def test_cli_rejects_unknown_override_before_doing_anything(tmp_path):
   assert "Unknown config key 'optimizer.learning_rat'" in result.stderr
   assert "optimizer.learning_rate" in result.stderr
   assert not workdir.exists()
+
+
+def test_tf_backend_is_checked_and_needs_tensorflow(monkeypatch):
+  config = config_lib.default_config()
+  config.data.backend = "torch"
+  with pytest.raises(ValueError, match="data.backend='torch' is not one of grain, tf"):
+    config_lib.check_config(config)
+  config.data.backend = "tf"
+  find_spec = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorflow" else find_spec(name, *a))
+  with pytest.raises(ValueError, match=r"TensorFlow is not installed.*pip install 'imgcls\[tf\]'"):
+    config_lib.check_config(config)

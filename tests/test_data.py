@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from keras.src.utils import dataset_utils
 
-from conftest import FLOWERS, POLLEN, class_pattern, needs, tiny_config, write_image, write_tree
+from conftest import FLOWERS, POLLEN, REPO, class_pattern, needs, tiny_config, write_image, write_tree
 from imgcls.data import images, pipeline, sources
 
 KERAS_FORMATS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
@@ -257,3 +259,25 @@ def test_pil_resize_matches_keras_load_img(tmp_path):
     ours = images.load_image(str(path), (20, 30), interpolation=f"pil_{interpolation}")
     theirs = keras.utils.img_to_array(keras.utils.load_img(str(path), target_size=(20, 30), interpolation=interpolation))
     np.testing.assert_array_equal(ours, theirs)
+
+
+def test_grain_backend_runs_without_tensorflow(tree, monkeypatch):
+  import imgcls.data
+
+  code = (
+    "import sys; from imgcls import train; from imgcls.data import pipeline, sources; from conftest import tiny_config; "
+    f"c = tiny_config({str(tree)!r}); s = sources.find_splits(c.data, 0)['train']; "
+    "assert sum(len(b['label']) for b in pipeline.train_batches(s, c.data, 0, 0)) == len(s); "
+    "assert 'tensorflow' not in sys.modules, 'grain imported tensorflow'"
+  )
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]))
+  result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  # Asking for the tf backend without TensorFlow says how to install it.
+  monkeypatch.setitem(sys.modules, "tensorflow", None)
+  monkeypatch.delitem(sys.modules, "imgcls.data.tf_pipeline", raising=False)
+  monkeypatch.delattr(imgcls.data, "tf_pipeline", raising=False)
+  config = tiny_config(tree, **{"data.backend": "tf"})
+  split = sources.find_splits(config.data, 0)["train"]
+  with pytest.raises(ModuleNotFoundError, match=r"pip install 'imgcls\[tf\]'"):
+    pipeline.eval_batches(split, config.data)

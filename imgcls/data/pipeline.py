@@ -4,6 +4,10 @@ Training batches are reshuffled every epoch from (seed, epoch), so any epoch can
 the position inside an epoch is the grain iterator's state: a resumed run sees exactly the
 batches an uninterrupted one would. Evaluation batches are padded to the batch size, with
 `mask` 0 on padding, so every eval batch has one shape and nothing recompiles.
+
+`train_batches` and `eval_batches` are what the train loop calls: they read with the backend
+`data.backend` names, grain here or tf.data (`tf_pipeline`, imported only when asked for), and
+both give the same batches in the same order.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 import grain
 import numpy as np
 
+from imgcls.config import TF_MISSING
 from imgcls.data import augment, images
 from imgcls.data import cache as pixel_cache
 from imgcls.data.sources import Split
@@ -22,7 +27,10 @@ from imgcls.data.sources import Split
 
 @dataclasses.dataclass(frozen=True)
 class ImageSpec:
-  """How every image is read: size (height, width), colour mode, resize method, pixel scale."""
+  """How every image is read: size (height, width), colour mode, resize method, pixel scale.
+
+  `jpeg_draft` lets JPEGs decode at a reduced size (a power of two, still at least `image_size`).
+  """
 
   image_size: tuple[int, int]
   color_mode: str = "rgb"
@@ -30,6 +38,7 @@ class ImageSpec:
   rescale: float = 1.0
   cache: str = ""  # "", memory or disk: keep decoded, resized pixels.
   cache_dir: str = ""
+  jpeg_draft: bool = True
 
   @classmethod
   def from_config(cls, data_config) -> ImageSpec:
@@ -58,7 +67,8 @@ class _Load(grain.transforms.Map):
     path, label, index = record
     pixels = self.cache.get(index) if self.cache is not None else None
     if pixels is None:
-      pixels = images.decode(path, self.spec.color_mode, draft_size=self.spec.image_size)
+      draft_size = self.spec.image_size if self.spec.jpeg_draft else None
+      pixels = images.decode(path, self.spec.color_mode, draft_size=draft_size)
       pixels = images.resize(pixels, self.spec.image_size, self.spec.interpolation)
       if self.cache is not None:
         self.cache.put(index, pixels)
@@ -67,13 +77,22 @@ class _Load(grain.transforms.Map):
     return {"image": pixels, "label": np.int32(label), "mask": np.float32(1.0), "index": np.int32(index)}
 
 
-def _records(split: Split) -> list[tuple[str, int, int]]:
+def records(split: Split) -> list[tuple[str, int, int]]:
+  """The (path, label, index) records of a split, in its order."""
   return [(p, int(l), i) for i, (p, l) in enumerate(zip(split.paths, split.labels))]
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
   """The shuffle seed of one epoch."""
   return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def epoch_records(split: Split, seed: int, epoch: int, shuffle: bool = True) -> grain.MapDataset:
+  """The (path, label, index) records of one training epoch in the order they are read."""
+  ds = grain.MapDataset.source(records(split))
+  if shuffle:
+    ds = ds.shuffle(seed=epoch_seed(seed, epoch))
+  return ds
 
 
 class _HostAugment(grain.transforms.RandomMap):
@@ -96,9 +115,7 @@ def train_dataset(
   `shard=(index, count)`: this host's share of every epoch (`jax.process_index/count`); every
   host gets the same number of examples (the epoch's last `len % count` are left out).
   """
-  ds = grain.MapDataset.source(_records(split))
-  if shuffle:
-    ds = ds.shuffle(seed=epoch_seed(seed, epoch))
+  ds = epoch_records(split, seed, epoch, shuffle)
   index, count = shard
   if count > 1:
     ds = ds[: len(ds) // count * count][index::count]
@@ -123,7 +140,7 @@ class _Pad(grain.transforms.Map):
 
 def eval_dataset(split: Split, spec: ImageSpec, batch_size: int) -> grain.MapDataset:
   """Batches of a split in file order, each padded to `batch_size`."""
-  ds = grain.MapDataset.source(_records(split)).map(_Load(spec, split))
+  ds = grain.MapDataset.source(records(split)).map(_Load(spec, split))
   return ds.batch(batch_size, drop_remainder=False).map(_Pad(batch_size))
 
 
@@ -140,8 +157,40 @@ def num_batches(split: Split, batch_size: int) -> int:
   return -(-len(split) // batch_size)
 
 
+def _tf_pipeline():
+  """The tf.data backend module; fails saying how to install TensorFlow if it is missing."""
+  try:
+    from imgcls.data import tf_pipeline
+  except ModuleNotFoundError as e:
+    if e.name is None or e.name.split(".")[0] != "tensorflow":
+      raise
+    raise ModuleNotFoundError(TF_MISSING, name=e.name) from e
+  return tf_pipeline
+
+
+def train_batches(
+  split: Split, data_config, seed: int, epoch: int, state: dict[str, Any] | None = None, *,
+  batch_size: int | None = None, shard: tuple[int, int] = (0, 1), host_augment: augment.Augment | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+  """Epoch `epoch` of training batches from `data_config.backend`, resumed from `state` if given.
+
+  The iterator's `get_state()` is `{"next_index": batches read}`, for either backend.
+  """
+  spec = ImageSpec.from_config(data_config)
+  batch_size = batch_size or data_config.batch_size
+  threads, prefetch = data_config.num_threads, data_config.prefetch
+  if data_config.backend == "tf":
+    if shard[1] > 1 or (host_augment is not None and host_augment.enabled):
+      raise ValueError("data.backend='tf' reads for one process without host augmentation; use the grain backend.")
+    return _tf_pipeline().train_batches(split, spec, batch_size, seed, epoch, data_config.shuffle, threads, prefetch, state)
+  ds = train_dataset(split, spec, batch_size, seed, epoch, data_config.shuffle, host_augment, shard)
+  return iterate(ds, threads, prefetch, state)
+
+
 def eval_batches(split: Split, data_config) -> Iterator[dict[str, np.ndarray]]:
-  """All of `split` as padded batches, with the config's image spec and threads."""
+  """All of `split` as padded batches, with the config's backend, image spec and threads."""
   batch_size = data_config.eval_batch_size or data_config.batch_size
-  ds = eval_dataset(split, ImageSpec.from_config(data_config), batch_size)
-  return iterate(ds, data_config.num_threads, data_config.prefetch)
+  spec = ImageSpec.from_config(data_config)
+  if data_config.backend == "tf":
+    return _tf_pipeline().eval_batches(split, spec, batch_size, data_config.num_threads, data_config.prefetch)
+  return iterate(eval_dataset(split, spec, batch_size), data_config.num_threads, data_config.prefetch)
