@@ -21,7 +21,8 @@ class CheckpointError(ValueError):
 
 
 def _abstract(tree: Any) -> Any:
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), tree)
+  """Shapes, dtypes and (for jax arrays) shardings: what a restore fills in."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=getattr(x, "sharding", None)), tree)
 
 
 class Checkpoints:
@@ -44,6 +45,9 @@ class Checkpoints:
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
     self._latest.save(step, args=args, force=True)
     if best:
+      # One save of a step at a time: with several processes, both managers would use the same
+      # commit barrier for this step.
+      self._latest.wait_until_finished()
       self._best.save(step, args=args, force=True)
 
   def latest_step(self) -> int | None:

@@ -46,6 +46,9 @@ def main(argv: list[str]) -> None:
   mode = _MODE.value
   if mode in MODES_NEEDING_WORKDIR and not _WORKDIR.value:
     raise app.UsageError(f"--mode={mode} needs --workdir.")
+  from imgcls import parallel
+
+  parallel.initialize_distributed()
   if mode == "train":
     from imgcls import train
 

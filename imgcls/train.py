@@ -24,6 +24,7 @@ import optax
 from flax import nnx
 
 from imgcls import checkpoint as ckpt_lib
+from imgcls import parallel
 from imgcls import metrics as metrics_lib
 from imgcls import models
 from imgcls.data import augment, pipeline, sources
@@ -162,11 +163,18 @@ def make_prepare(aug: augment.Augment, normalize: augment.Normalize, pixel_max: 
   return prepare
 
 
-def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, scales: nnx.State, cfg: StepConfig, prepare=identity_prepare):
-  """A jitted `step(state, batch, key, lr_scale) -> state` (the state is donated)."""
+def make_train_step(
+  graphdef: nnx.GraphDef, tx: optax.GradientTransformation, scales: nnx.State, cfg: StepConfig,
+  prepare=identity_prepare, state_sharding=None,
+):
+  """A jitted `step(state, batch, key, lr_scale) -> state` (the state is donated).
+
+  With `state_sharding` (replicated over a mesh) and a batch split over it, the step runs data
+  parallel: XLA averages gradients and BatchNorm statistics over the global batch.
+  """
   weights = jnp.asarray(cfg.class_weights or (1.0,) * cfg.num_classes, jnp.float32)
 
-  @functools.partial(jax.jit, donate_argnums=0)
+  @functools.partial(jax.jit, donate_argnums=0, out_shardings=state_sharding)
   def train_step(state: TrainState, batch: dict, key: jax.Array, lr_scale: jax.Array) -> TrainState:
     labels, mask = batch["label"], batch["mask"]
     dropout_key, augment_key = jax.random.split(key)
@@ -195,10 +203,10 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
   return train_step
 
 
-def make_eval_step(eval_graphdef: nnx.GraphDef, prepare=identity_prepare):
+def make_eval_step(eval_graphdef: nnx.GraphDef, prepare=identity_prepare, out_sharding=None):
   """A jitted `step(state, images) -> logits` with the model in inference mode."""
 
-  @jax.jit
+  @functools.partial(jax.jit, out_shardings=out_sharding)
   def eval_step(state: TrainState, images: jax.Array) -> jax.Array:
     model = nnx.merge(eval_graphdef, state.params, state.frozen, state.stats)
     return model(prepare(images, None))
@@ -206,11 +214,15 @@ def make_eval_step(eval_graphdef: nnx.GraphDef, prepare=identity_prepare):
   return eval_step
 
 
-def predict_split(eval_step, state: TrainState, split: sources.Split, data_config) -> np.ndarray:
-  """Logits for every example of `split`, in its order."""
+def predict_split(eval_step, state: TrainState, split: sources.Split, data_config, dp: parallel.DataParallel | None = None) -> np.ndarray:
+  """Logits for every example of `split`, in its order (batches split over `dp`'s devices)."""
+  batch_size = data_config.eval_batch_size or data_config.batch_size
+  if dp is not None:
+    batch_size = -(-batch_size // dp.devices) * dp.devices
   outputs = []
-  for batch in pipeline.eval_batches(split, data_config):
-    logits = np.asarray(eval_step(state, batch["image"]))
+  for batch in pipeline.eval_batches(split, data_config, batch_size=batch_size):
+    images = dp.global_batch(dp.process_rows(batch))["image"] if dp is not None else batch["image"]
+    logits = np.asarray(eval_step(state, images))
     outputs.append(logits[batch["mask"] > 0])
   return np.concatenate(outputs)
 
@@ -373,12 +385,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   train_split, val_split = splits["train"], splits.get("val")
   class_names = train_split.class_names
   num_classes = len(class_names)
-  hosts = jax.process_count()
-  if config.data.batch_size % hosts:
-    raise ValueError(f"config.data.batch_size={config.data.batch_size} must divide evenly over {hosts} processes.")
-  batch_size = config.data.batch_size // hosts  # Each process reads its shard of every batch.
-  shard = (jax.process_index(), hosts)
-  steps_per_epoch = -(-(len(train_split) // hosts) // batch_size)
+  dp = parallel.DataParallel()
+  if config.data.batch_size % dp.devices:
+    raise ValueError(f"config.data.batch_size={config.data.batch_size} must be a multiple of the {dp.devices} devices.")
+  batch_size = config.data.batch_size // dp.processes  # Each process reads its share of every batch.
+  shard = (jax.process_index(), dp.processes)
+  per_process = len(train_split) // dp.processes
+  # A last partial batch that does not split evenly over the devices is left out.
+  steps_per_epoch = per_process // batch_size + (1 if per_process % batch_size and dp.fits(per_process % batch_size) else 0)
   epochs = config.train.epochs
   step_cfg = StepConfig(num_classes, config.train.threshold, config.loss.label_smoothing, class_weights(config, train_split))
 
@@ -390,6 +404,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     step=jnp.zeros((), jnp.int32), params=params, frozen=frozen, stats=stats, opt_state=tx.init(params),
     epoch_sums=zero_sums(num_classes), window_sums=zero_sums(num_classes),
   )
+  state = dp.replicate(state)
   checkpoints = ckpt_lib.Checkpoints(workdir, config.checkpoint.max_to_keep, config.checkpoint.async_save)
   plateau = Plateau(config.reduce_on_plateau)
   early = EarlyStopping(config.early_stopping)
@@ -407,8 +422,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   normalize = augment.make_normalize(config.data, lambda: pipeline.eval_batches(train_split, config.data), meta.get("normalization"))
   meta["normalization"] = {"mean": normalize.mean, "std": normalize.std}
   prepare = make_prepare(aug, normalize, 255.0 * config.data.rescale, config.data.augment_on == "device")
-  train_step = make_train_step(graphdef, tx, update_scales(params, config), step_cfg, prepare)
-  eval_step = make_eval_step(eval_graphdef, prepare)
+  state = dp.replicate(state)  # Restored or loaded values, onto every device.
+  train_step = make_train_step(graphdef, tx, update_scales(params, config), step_cfg, prepare, dp.replicated)
+  eval_step = make_eval_step(eval_graphdef, prepare, dp.replicated)
 
   log = RunLog(workdir, config, enabled=jax.process_index() == 0)
   resumed_step = int(state.step)
@@ -435,16 +451,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       host_augment=aug if data.augment_on == "host" else None,
     )
     if resume_state is None:
-      state = state.replace(epoch_sums=zero_sums(num_classes), window_sums=zero_sums(num_classes))
+      state = state.replace(epoch_sums=dp.replicate(zero_sums(num_classes)), window_sums=dp.replicate(zero_sums(num_classes)))
     bar = log.progress(epoch, epochs, steps_per_epoch, initial=(resume_state or {}).get("next_index", 0))
     lr_scale = jnp.float32(plateau.scale)
+    step = int(state.step)  # Counted on the host from here: no device sync per step.
     for batch in iterator:
-      step = int(state.step)
-      state = train_step(state, batch, jax.random.fold_in(key, step), lr_scale)
+      if not dp.fits(len(batch["mask"])):
+        continue
+      state = train_step(state, dp.global_batch(batch), jax.random.fold_in(key, step), lr_scale)
       bar.update(1)
       if (step + 1) % config.train.log_every_steps == 0:
         window = jax.device_get(state.window_sums)
-        state = state.replace(window_sums=zero_sums(num_classes))
+        state = state.replace(window_sums=dp.replicate(zero_sums(num_classes)))
         check_finite(state, step + 1)
         batch_metrics = metrics_lib.from_confusion(window["confusion"], window["loss"], window["count"])
         log.batch(step + 1, epoch, batch_metrics, float(schedule(step)) * plateau.scale)
@@ -452,6 +470,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       every = config.checkpoint.every_steps
       if every and (step + 1) % every == 0 and (step + 1) % steps_per_epoch:
         save(epoch, {"next_index": iterator.get_state()["next_index"]})
+      step += 1
     bar.close()
 
     sums = jax.device_get(state.epoch_sums)
@@ -459,7 +478,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     record = {"epoch": epoch + 1, "step": int(state.step), "learning_rate": float(schedule(int(state.step) - 1)) * plateau.scale}
     record.update({f"train_{k}": v for k, v in metrics_lib.from_confusion(sums["confusion"], sums["loss"], sums["count"]).items()})
     if val_split is not None:
-      val_logits = predict_split(eval_step, state, val_split, data)
+      val_logits = predict_split(eval_step, state, val_split, data, dp)
       record.update({f"val_{k}": v for k, v in split_metrics(val_logits, val_split, step_cfg).items()})
     history.append(record)
     monitored = _monitored(record, config.checkpoint.monitor)

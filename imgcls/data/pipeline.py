@@ -187,9 +187,9 @@ def train_batches(
   return iterate(ds, threads, prefetch, state)
 
 
-def eval_batches(split: Split, data_config) -> Iterator[dict[str, np.ndarray]]:
+def eval_batches(split: Split, data_config, batch_size: int | None = None) -> Iterator[dict[str, np.ndarray]]:
   """All of `split` as padded batches, with the config's backend, image spec and threads."""
-  batch_size = data_config.eval_batch_size or data_config.batch_size
+  batch_size = batch_size or data_config.eval_batch_size or data_config.batch_size
   spec = ImageSpec.from_config(data_config)
   if data_config.backend == "tf":
     return _tf_pipeline().eval_batches(split, spec, batch_size, data_config.num_threads, data_config.prefetch)
