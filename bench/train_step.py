@@ -40,7 +40,7 @@ def main(argv):
     step=jnp.zeros((), jnp.int32), params=params, frozen=frozen, stats=stats, opt_state=tx.init(params),
     epoch_sums=train.zero_sums(num_classes), window_sums=train.zero_sums(num_classes),
   )
-  step_cfg = train.StepConfig(num_classes, config.train.threshold, 0.0, ())
+  step_cfg = train.StepConfig(num_classes, config.train.threshold, 0.0, (), config.dtype)
   step_fn = train.make_train_step(graphdef, tx, train.update_scales(params, config), step_cfg)
 
   spec = pipeline.ImageSpec.from_config(config.data)

@@ -147,6 +147,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.checkpoint.every_steps = 0  # Also save mid-epoch every N steps (0: at epoch ends only).
   c.checkpoint.async_save = True
 
+  # Compute dtype: "bfloat16" runs the model in bfloat16 with float32 parameters, optimizer
+  # state, BatchNorm statistics and loss (no loss scaling needed); best on GPU and TPU.
+  c.dtype = "float32"
+  # Persistent XLA compilation cache (reused by later runs); "" for $IMGCLS_CACHE/jax, "off".
+  c.compile_cache = ""
+
   # Start a new run from another run's weights: a workdir (its best checkpoint) or a checkpoint.
   c.init_from = ""
   return c
@@ -205,6 +211,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     "data.backend": ("grain", "tf"),
     "model.pooling": ("", "avg", "max"),
     "model.convs": ("auto", "xla", "cpu"),
+    "dtype": ("float32", "bfloat16"),
     "optimizer.name": ("adam", "adamw", "sgd"),
     "optimizer.schedule": ("constant", "cosine", "warmup_cosine", "warmup_constant"),
     "checkpoint.mode": ("max", "min"),

@@ -146,6 +146,15 @@ class StepConfig:
   threshold: float
   label_smoothing: float
   class_weights: tuple[float, ...]
+  dtype: str = "float32"  # Compute dtype; parameters and optimizer state stay float32.
+
+
+def compute_cast(tree, dtype: str):
+  """Floating-point leaves of `tree` in the compute dtype (identity for float32)."""
+  if dtype == "float32":
+    return tree
+  target = jnp.dtype(dtype)
+  return jax.tree.map(lambda x: x.astype(target) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
 def identity_prepare(images: jax.Array, key: jax.Array | None) -> jax.Array:
@@ -181,8 +190,10 @@ def make_train_step(
     images = prepare(batch["image"], augment_key)
 
     def loss_fn(params, frozen, stats):
-      model = nnx.merge(graphdef, params, frozen, stats, copy=True)
-      logits = model(images, rngs=nnx.Rngs(dropout=dropout_key))
+      # Mixed precision: bfloat16 weights and activations; BatchNorm statistics, the loss and the
+      # gradients (through the cast) stay float32.
+      model = nnx.merge(graphdef, compute_cast(params, cfg.dtype), compute_cast(frozen, cfg.dtype), stats, copy=True)
+      logits = model(compute_cast(images, cfg.dtype), rngs=nnx.Rngs(dropout=dropout_key)).astype(jnp.float32)
       losses = loss_per_example(logits, labels, cfg.num_classes, cfg.label_smoothing)
       loss = jnp.sum(losses * weights[labels] * mask) / jnp.maximum(jnp.sum(mask), 1.0)
       return loss, (logits, losses, nnx.state(model, nnx.Not(nnx.Param)))
@@ -203,13 +214,13 @@ def make_train_step(
   return train_step
 
 
-def make_eval_step(eval_graphdef: nnx.GraphDef, prepare=identity_prepare, out_sharding=None):
+def make_eval_step(eval_graphdef: nnx.GraphDef, prepare=identity_prepare, out_sharding=None, dtype: str = "float32"):
   """A jitted `step(state, images) -> logits` with the model in inference mode."""
 
   @functools.partial(jax.jit, out_shardings=out_sharding)
   def eval_step(state: TrainState, images: jax.Array) -> jax.Array:
-    model = nnx.merge(eval_graphdef, state.params, state.frozen, state.stats)
-    return model(prepare(images, None))
+    model = nnx.merge(eval_graphdef, compute_cast(state.params, dtype), compute_cast(state.frozen, dtype), state.stats)
+    return model(compute_cast(prepare(images, None), dtype)).astype(jnp.float32)
 
   return eval_step
 
@@ -381,6 +392,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains `config` in `workdir` (resuming what is there) and returns the run summary."""
   start_time = time.time()
   os.makedirs(workdir, exist_ok=True)
+  enable_compile_cache(config.compile_cache)
   splits = sources.find_splits(config.data, config.seed)
   train_split, val_split = splits["train"], splits.get("val")
   class_names = train_split.class_names
@@ -394,7 +406,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # A last partial batch that does not split evenly over the devices is left out.
   steps_per_epoch = per_process // batch_size + (1 if per_process % batch_size and dp.fits(per_process % batch_size) else 0)
   epochs = config.train.epochs
-  step_cfg = StepConfig(num_classes, config.train.threshold, config.loss.label_smoothing, class_weights(config, train_split))
+  step_cfg = StepConfig(
+    num_classes, config.train.threshold, config.loss.label_smoothing, class_weights(config, train_split), config.dtype
+  )
 
   model = create_model(config, num_classes)
   graphdef, eval_graphdef, params, frozen, stats = split_model(model)
@@ -424,7 +438,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   prepare = make_prepare(aug, normalize, 255.0 * config.data.rescale, config.data.augment_on == "device")
   state = dp.replicate(state)  # Restored or loaded values, onto every device.
   train_step = make_train_step(graphdef, tx, update_scales(params, config), step_cfg, prepare, dp.replicated)
-  eval_step = make_eval_step(eval_graphdef, prepare, dp.replicated)
+  eval_step = make_eval_step(eval_graphdef, prepare, dp.replicated, config.dtype)
 
   log = RunLog(workdir, config, enabled=jax.process_index() == 0)
   resumed_step = int(state.step)
@@ -433,6 +447,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   data = config.data
   history: list[dict] = meta["history"]
   stopped_early = False
+  first_step_seconds = None
 
   def save(epoch: int, data_state: dict | None, *, is_best: bool = False) -> None:
     check_finite(state, int(state.step))
@@ -459,6 +474,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if not dp.fits(len(batch["mask"])):
         continue
       state = train_step(state, dp.global_batch(batch), jax.random.fold_in(key, step), lr_scale)
+      if first_step_seconds is None:
+        jax.block_until_ready(state.step)
+        first_step_seconds = time.time() - start_time
+        log.message(f"First step done {first_step_seconds:.1f} s after start (data, model, compile).")
       bar.update(1)
       if (step + 1) % config.train.log_every_steps == 0:
         window = jax.device_get(state.window_sums)
@@ -511,9 +530,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     },
     "checkpoints": {"latest": checkpoints.latest_dir, "best": checkpoints.best_dir},
     "wall_seconds": time.time() - start_time,
+    "first_step_seconds": first_step_seconds,
   }
   log.finish(summary)
   return summary
+
+
+def enable_compile_cache(setting: str) -> None:
+  """XLA's persistent compilation cache, so a rerun or resume skips compiling."""
+  if setting == "off":
+    return
+  from imgcls.data.builtin import cache_dir
+
+  jax.config.update("jax_compilation_cache_dir", setting or os.path.join(cache_dir(), "jax"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 def _monitored(record: dict, name: str) -> float:

@@ -190,3 +190,31 @@ def test_optimizers_take_a_step(name):
   params = {"w": jnp.ones(3)}
   updates, _ = tx.update({"w": jnp.full(3, 10.0)}, tx.init(params), params)
   assert np.all(np.asarray(updates["w"]) < 0)
+
+
+def test_no_recompilation_after_the_first_epoch(tree, tmp_path, caplog):
+  import logging
+
+  config = tiny_config(tree, **{"train.epochs": 3, "data.validation_split": 0.25, "compile_cache": "off"})
+  jax.config.update("jax_log_compiles", True)
+  try:
+    with caplog.at_level(logging.WARNING):
+      summary = train.train_and_evaluate(config, str(tmp_path))
+  finally:
+    jax.config.update("jax_log_compiles", False)
+  compiled = [r.getMessage() for r in caplog.records if "Compiling" in r.getMessage()]
+  # One program for full batches, one for the last partial batch (27 = 3*8 + 3), one for eval.
+  assert len([m for m in compiled if "train_step" in m]) == 2
+  assert len([m for m in compiled if "eval_step" in m]) == 1
+  assert summary["first_step_seconds"] > 0
+
+
+def test_bfloat16_trains_like_float32(tree, tmp_path):
+  runs = {}
+  for dtype in ("float32", "bfloat16"):
+    config = tiny_config(tree, **{"train.epochs": 3, "dtype": dtype, "optimizer.learning_rate": 3e-3})
+    runs[dtype] = train.train_and_evaluate(config, str(tmp_path / dtype))
+  state = ckpt_lib.read_state(ckpt_lib.resolve(str(tmp_path / "bfloat16")))
+  assert all(x.dtype == np.float32 for x in jax.tree.leaves(state["params"]))  # float32 master weights.
+  assert runs["bfloat16"]["final"]["train_loss"] == pytest.approx(runs["float32"]["final"]["train_loss"], rel=0.05)
+  assert runs["bfloat16"]["final"]["val_accuracy"] == pytest.approx(runs["float32"]["final"]["val_accuracy"], abs=0.15)
