@@ -1,0 +1,142 @@
+"""imgcls vs Keras on TensorFlow, side by side in one process: train images/s, ratio, compile time.
+
+  python bench/compare_keras.py [--cases=pollen,insects,flowers_vgg19,pollen_eval] [--steps=10]
+
+Same model, batch size and real batches (from imgcls's pipeline) for both. Needs the `tf` extra
+(`pip install -e '.[tf]'`). Random weights: speed does not depend on them. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ["KERAS_BACKEND"] = "tensorflow"
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from imgcls import train  # noqa: E402
+from imgcls.config import default_config  # noqa: E402
+from imgcls.data import pipeline, sources  # noqa: E402
+
+SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
+
+
+def configs() -> dict:
+  pollen = default_config()
+  pollen.data.update(dir=os.path.join(SHARED, "pollen"), image_size=(90, 90), rescale=1 / 255, label_mode="binary", batch_size=32)
+  pollen.model.update(name="mobilenet_v2", cut_at="block_6_expand_relu")
+  pollen.model.head.update(pooling="flatten", hidden=(64,), dropout=0.0)
+  insects = default_config()
+  insects.data.update(dir=os.path.join(SHARED, "flowers17", "train"), image_size=(180, 180), rescale=1 / 255, batch_size=32)
+  insects.model.update(name="insects_cnn")
+  flowers = default_config()
+  flowers.data.update(dir=os.path.join(SHARED, "flowers17"), image_size=(224, 224), rescale=1 / 255, batch_size=32)
+  flowers.model.update(name="vgg19", pooling="max", freeze="all")
+  flowers.model.head.update(pooling="none", hidden=(128,), dropout=0.3)
+  return {"pollen": pollen, "insects": insects, "flowers_vgg19": flowers}
+
+
+def keras_model(case: str, num_classes: int):
+  import keras
+  from keras import layers
+
+  if case.startswith("pollen"):
+    base = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(90, 90, 3))
+    cut = keras.Model(base.input, base.get_layer("block_6_expand_relu").output)
+    model = keras.Sequential([cut, layers.Flatten(), layers.Dense(64, activation="relu"), layers.Dense(1, activation="sigmoid")])
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+  elif case == "insects":
+    model = keras.Sequential([
+      keras.Input((180, 180, 3)),
+      layers.Conv2D(16, 3, padding="same", activation="relu"), layers.MaxPooling2D(),
+      layers.Conv2D(32, 3, padding="same", activation="relu"), layers.MaxPooling2D(),
+      layers.Conv2D(64, 3, padding="same", activation="relu"), layers.MaxPooling2D(),
+      layers.Flatten(), layers.Dense(128, activation="relu"), layers.Dense(num_classes),
+    ])
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  else:
+    base = keras.applications.VGG19(include_top=False, weights=None, input_shape=(224, 224, 3), pooling="max")
+    base.trainable = False
+    model = keras.Sequential([base, layers.Dense(128, activation="relu"), layers.Dropout(0.3), layers.Dense(num_classes, activation="softmax")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+  return model
+
+
+def real_batches(config, count: int) -> list[dict]:
+  split = sources.find_splits(config.data, 0)["train"]
+  ds = pipeline.train_dataset(split, pipeline.ImageSpec.from_config(config.data), config.data.batch_size, 0, 0)
+  full = [ds[i] for i in range(len(ds)) if len(ds[i]["label"]) == config.data.batch_size]
+  return [full[i % len(full)] for i in range(count)], len(split.class_names)
+
+
+def time_imgcls(config, batches, num_classes, eval_only: bool) -> dict:
+  model = train.create_model(config, num_classes)
+  graphdef, eval_graphdef, params, frozen, stats = train.split_model(model)
+  tx = train.make_optimizer(config.optimizer, train.learning_rate_schedule(config.optimizer, 100, 1))
+  state = train.TrainState(
+    step=jnp.zeros((), jnp.int32), params=params, frozen=frozen, stats=stats, opt_state=tx.init(params),
+    epoch_sums=train.zero_sums(num_classes), window_sums=train.zero_sums(num_classes),
+  )
+  if eval_only:
+    step = train.make_eval_step(eval_graphdef)
+    run = lambda s, b: (s, step(s, b["image"]))
+  else:
+    fn = train.make_train_step(graphdef, tx, train.update_scales(params, config), train.StepConfig(num_classes, 0.5, 0.0, ()))
+    key, scale = jax.random.key(0), jnp.float32(1.0)
+    run = lambda s, b: (fn(s, b, key, scale), None)
+  start = time.perf_counter()
+  state, out = run(state, batches[0])
+  jax.block_until_ready((state, out))
+  compile_s = time.perf_counter() - start
+  start = time.perf_counter()
+  for batch in batches[1:]:
+    state, out = run(state, batch)
+  jax.block_until_ready((state, out))
+  seconds = (time.perf_counter() - start) / (len(batches) - 1)
+  return {"compile_s": round(compile_s, 2), "step_ms": round(seconds * 1000, 1), "images_per_s": round(len(batches[0]["label"]) / seconds, 1)}
+
+
+def time_keras(case, batches, num_classes, eval_only: bool) -> dict:
+  model = keras_model(case, num_classes)
+  x = [b["image"] * 255.0 if case.startswith("pollen") or case == "flowers_vgg19" else b["image"] for b in batches]
+  y = [b["label"].astype("float32") if case.startswith("pollen") else b["label"] for b in batches]
+  run = (lambda i: model.predict_on_batch(x[i])) if eval_only else (lambda i: model.train_on_batch(x[i], y[i]))
+  start = time.perf_counter()
+  run(0)
+  compile_s = time.perf_counter() - start
+  start = time.perf_counter()
+  for i in range(1, len(batches)):
+    run(i)
+  seconds = (time.perf_counter() - start) / (len(batches) - 1)
+  return {"compile_s": round(compile_s, 2), "step_ms": round(seconds * 1000, 1), "images_per_s": round(len(batches[0]["label"]) / seconds, 1)}
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--cases", default="pollen,insects,pollen_eval,flowers_vgg19")
+  parser.add_argument("--steps", type=int, default=10)
+  args = parser.parse_args()
+  cases = configs()
+  results = {}
+  for case in args.cases.split(","):
+    config = cases[case.removesuffix("_eval")]
+    batches, num_classes = real_batches(config, args.steps + 1)
+    eval_only = case.endswith("_eval")
+    ours = time_imgcls(config, batches, num_classes, eval_only)
+    keras = time_keras(case, batches, num_classes, eval_only)
+    results[case] = {"imgcls": ours, "keras_tf": keras, "speedup": round(ours["images_per_s"] / keras["images_per_s"], 2)}
+    print(json.dumps({case: results[case]}), flush=True)
+  results["device"] = str(jax.devices()[0])
+  results["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+  print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+  main()
