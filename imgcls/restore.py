@@ -103,24 +103,18 @@ def run_class_names(workdir: str) -> list[str] | None:
 
 
 def _difference(theirs: Sequence[str], ours: Sequence[str]) -> str:
+  """What `theirs` lacks and has besides, compared with `ours`."""
   missing = [c for c in ours if c not in theirs]
   extra = [c for c in theirs if c not in ours]
-  parts = []
-  if missing:
-    parts.append(f"without {missing}")
-  if extra:
-    parts.append(f"with {extra} besides")
-  if not parts:
-    parts.append("in another order")
-  return ", ".join(parts)
+  if not missing and not extra:
+    return "the same classes in another order"
+  return "; ".join(part for part in (f"missing {missing}" if missing else "", f"extra {extra}" if extra else "") if part)
 
 
 def check_classes(found: Sequence[str], expected: Sequence[str], what: str) -> None:
   """Fails naming the classes that differ between `found` (in `what`) and the run's `expected`."""
   if list(found) != list(expected):
-    raise RunError(
-      f"{what} has the classes {list(found)}, {_difference(found, expected)} compared with the run's {list(expected)}."
-    )
+    raise RunError(f"{what} has the classes {list(found)}, the run {list(expected)}: {_difference(found, expected)}.")
 
 
 @dataclasses.dataclass
@@ -158,9 +152,8 @@ def load(config: ml_collections.ConfigDict, workdir: str, checkpoint: str | None
     raise ckpt_lib.CheckpointError(f"The checkpoint {folder} has no class names in its meta; it is not a trained run's.")
   if theirs != ours:
     raise ckpt_lib.CheckpointError(
-      f"The checkpoint {folder} was trained on the classes {theirs}, {_difference(theirs, ours)} compared with "
-      f"this run's {ours} ({metrics.num_outputs(config.data.label_mode, len(theirs))} outputs against "
-      f"{metrics.num_outputs(config.data.label_mode, len(ours))})."
+      f"The checkpoint {folder} was trained on {len(theirs)} classes {theirs}, this run on {len(ours)} {ours}: "
+      f"{_difference(theirs, ours)}."
     )
   model = train.create_model(config, len(ours))
   _, eval_graphdef, params, frozen, stats = train.split_model(model)
