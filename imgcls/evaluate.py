@@ -198,7 +198,8 @@ def evaluate(
   checkpoint: str | None = None, step: int | None = None, threshold: float | None = None,
 ) -> dict:
   """Evaluates a trained run on its `split` subset or on `inputs` (a class-per-folder tree or a
-  CSV/Excel index) and writes `workdir/eval_<name>/`: metrics.json, classification_report.txt,
+  CSV/Excel index) and writes `workdir/eval_<name>/` (`eval_<name>_step<N>/` for the weights of a
+  given `step` or `checkpoint`): metrics.json, classification_report.txt,
   predictions.csv and the plots; then rewrites report.html. Returns metrics.json's content."""
   import pandas as pd
 
@@ -218,7 +219,8 @@ def evaluate(
     "mean_loss": float(losses.mean()), **timing,
   })
 
-  out = os.path.join(workdir, f"eval_{name}" + (f"_step{run.step}" if step is not None else ""))
+  chosen = step is not None or checkpoint is not None  # Not the default (best) weights: keep both.
+  out = os.path.join(workdir, f"eval_{name}" + (f"_step{run.step}" if chosen else ""))
   os.makedirs(out, exist_ok=True)
   table = pd.DataFrame({"path": data.paths, "label": names[data.labels]})
   for column, values in zip(probability_columns(run.class_names), probs.T):

@@ -8,10 +8,11 @@ import dataclasses
 import json
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import jax.numpy as jnp
 import ml_collections
+from absl import logging
 from flax import nnx
 
 from imgcls import checkpoint as ckpt_lib
@@ -126,7 +127,7 @@ class Run:
   model: nnx.Module  # The Classifier, in eval mode, with the checkpoint's weights.
   state: train.TrainState  # params, frozen and stats of the checkpoint (no optimizer state).
   eval_graphdef: nnx.GraphDef
-  prepare: callable  # prepare(images, None): the run's normalisation.
+  prepare: Callable  # prepare(images, None): the run's normalisation.
   checkpoint: str  # The checkpoint folder.
   step: int
   meta: dict
@@ -158,7 +159,12 @@ def load(config: ml_collections.ConfigDict, workdir: str, checkpoint: str | None
   model = train.create_model(config, len(ours))
   _, eval_graphdef, params, frozen, stats = train.split_model(model)
   state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params, frozen=frozen, stats=stats, opt_state=None, epoch_sums={}, window_sums={})
-  state = train.load_weights(state, folder)
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)  # Orbax warns that the state folder has no metadata file of its own.
+  try:
+    state = train.load_weights(state, folder)
+  finally:
+    logging.set_verbosity(verbosity)
   model = nnx.merge(eval_graphdef, state.params, state.frozen, state.stats)
 
   def missing_stats():

@@ -147,14 +147,18 @@ def test_eval_compiles_once_for_all_batches(pollen_folder_eval):
   assert len(made) == 1 and made[0]._cache_size() == 1
 
 
-def test_eval_at_a_step_with_a_threshold(pollen_run):
+def test_eval_at_a_step_or_checkpoint_with_a_threshold(pollen_run):
   config, workdir, summary = pollen_run
   latest = summary["final"]["step"]
   evaluate.evaluate(config, str(workdir), step=latest, threshold=0.9)
-  report, _, labels, probs, predicted = recomputed(workdir / f"eval_val_step{latest}")
-  assert report["step"] == latest and report["threshold"] == 0.9
-  assert (predicted == (probs[:, 1] >= 0.9)).all()
+  report, table, labels, probs, predicted = recomputed(workdir / f"eval_val_step{latest}")
+  assert report["step"] == latest and report["checkpoint"] == str(workdir / "checkpoints" / "latest" / str(latest))
+  assert report["threshold"] == 0.9 and (predicted == (probs[:, 1] >= 0.9)).all()
   assert report["confusion_matrix"] == skm.confusion_matrix(labels, predicted, labels=[0, 1]).tolist()
+  # The same weights named by their folder (--checkpoint) give the same predictions, in the same folder.
+  again = evaluate.evaluate(config, str(workdir), checkpoint=report["checkpoint"])
+  assert again["step"] == latest and again["threshold"] == 0.5
+  np.testing.assert_allclose(pd.read_csv(workdir / f"eval_val_step{latest}" / "predictions.csv")["prob_P"], table["prob_P"], rtol=1e-6)
 
 
 def test_flowers_run_on_its_test_folder(flowers_run):
