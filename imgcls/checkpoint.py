@@ -103,7 +103,7 @@ def resolve(path: str, step: int | None = None) -> str:
           return os.path.join(folder, str(step))
       elif steps:
         return os.path.join(folder, str(max(steps)))
-  what = f"step {step}" if step is not None else "a checkpoint"
+  what = f"step {step}" if step is not None else "checkpoint"
   raise CheckpointError(f"Found no {what} under {path!r} (expected a workdir, or a folder holding state/).")
 
 

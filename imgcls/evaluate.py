@@ -1,9 +1,15 @@
-"""Predicting classes for image files with a model: `predict` writes a CSV of the top classes."""
+"""Evaluating and using a trained run: `evaluate` (metrics, tables and plots of a labelled
+subset or folder), `predict` (class probabilities of image files; also Keras's ImageNet classifier).
+"""
 
 from __future__ import annotations
 
 import csv
+import json
 import os
+import re
+import sys
+import time
 import warnings
 from collections.abc import Sequence
 
@@ -13,15 +19,20 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from imgcls import metrics, restore, train
+from imgcls.data import images, pipeline, sources
 from imgcls.data.images import BadImageError, is_image_file, load_image
 from imgcls.models import Classifier, build_model, imagenet
+
+INDEX_EXTENSIONS = (".csv", ".xlsx", ".xls")
+GRID_SIZE = 32  # Images in the random-predictions and hard-cases grids (4 rows of 8, as seed 000).
 
 
 def image_files(inputs: str) -> list[str]:
   """`inputs` if it is an image file, else the image files under the folder `inputs`, sorted."""
   if os.path.isfile(inputs):
     if not is_image_file(inputs):
-      raise ValueError(f"{inputs} is not an image file (by its extension).")
+      raise sources.DataError(f"{inputs} is not an image file (by its extension).")
     return [inputs]
   if not os.path.isdir(inputs):
     raise FileNotFoundError(f"No image file or folder at {inputs}.")
@@ -30,7 +41,7 @@ def image_files(inputs: str) -> list[str]:
     dirs.sort()
     found += [os.path.join(root, name) for name in sorted(names) if is_image_file(name)]
   if not found:
-    raise ValueError(f"No image files under {inputs}.")
+    raise sources.DataError(f"No image files under {inputs}.")
   return found
 
 
@@ -42,29 +53,271 @@ def probabilities(logits: jax.Array) -> jax.Array:
   return jax.nn.softmax(logits, axis=-1)
 
 
-def _model_and_classes(config: ml_collections.ConfigDict, workdir: str | None) -> tuple[Classifier, Sequence[str]]:
-  if workdir is None:
-    if not config.model.include_top:
-      raise ValueError(
-        "predict without a workdir needs Keras's ImageNet classifier (config.model.include_top=True, "
-        "e.g. configs/imagenet.py); pass the workdir of a trained run otherwise."
-      )
-    if not config.model.weights:
-      warnings.warn("Predicting with a randomly initialised model: config.model.weights is empty.", stacklevel=3)
-    return build_model(config, 1000, rngs=nnx.Rngs(config.seed)), imagenet.class_names()
-  raise NotImplementedError(f"Loading a trained run from {workdir} for predict is not available yet.")
+# ---------------------------------------------------------------------------------------------
+# The images to evaluate.
+
+
+def is_index(path: str) -> bool:
+  return os.path.isfile(path) and path.lower().endswith(INDEX_EXTENSIONS)
+
+
+def _index_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The data config that reads an index given on the command line: relative paths resolve as
+  in training for a run trained from an index, else against the index's own folder."""
+  data = ml_collections.ConfigDict(config.data.to_dict())
+  if not config.data.index:
+    data.dir = ""
+  return data
+
+
+def without_bad_images(split: sources.Split, data_config) -> sources.Split:
+  """`split` less missing or undecodable files: fails listing them unless data.skip_bad_images."""
+  bad = {p: "file not found" for p in split.paths if not p.startswith("tfds:") and not os.path.isfile(p)}
+  bad.update(sources.find_bad_images([p for p in split.paths if p not in bad], data_config.color_mode, data_config.num_threads))
+  if not bad:
+    return split
+  listing = "\n".join(f"  {p}: {r}" for p, r in sorted(bad.items()))
+  if not data_config.skip_bad_images:
+    raise sources.DataError(
+      f"{len(bad)} image file(s) cannot be read:\n{listing}\nFix or remove them, or pass --config.data.skip_bad_images=True."
+    )
+  warnings.warn(f"Skipping {len(bad)} image file(s) that cannot be read:\n{listing}", stacklevel=2)
+  return sources.without(split, bad)
+
+
+def labelled_data(run: restore.Run, split: str = "val", inputs: str | None = None) -> tuple[sources.Split, str, str]:
+  """(images with labels, where they come from, a short name) for eval and features: the run's
+  `split` subset, or `inputs`, a class-per-folder tree or a CSV/Excel index with the run's classes."""
+  config = run.config
+  if inputs is None:
+    splits = sources.find_splits(config.data, config.seed)
+    if split not in splits:
+      raise restore.RunError(f"The run's data has no {split!r} subset; it has {', '.join(splits)}. Use --split or --input.")
+    where = config.data.index or config.data.dir
+    restore.check_classes(splits[split].class_names, run.class_names, f"The run's data {where!r}")
+    return splits[split], f"{split} subset of {where}", split
+  if is_index(inputs):
+    scan = sources.scan_index(inputs, _index_config(config), run.class_names)
+    restore.check_classes(scan.class_names, run.class_names, f"The index {inputs!r}")
+  else:
+    scan = sources.scan_folder(inputs, follow_links=config.data.follow_links)
+    if sorted(scan.class_names) == sorted(run.class_names):  # The run's order (data.class_names may set it).
+      scan.labels = np.asarray([run.class_names.index(scan.class_names[i]) for i in scan.labels], np.int32)
+      scan.class_names = list(run.class_names)
+    restore.check_classes(scan.class_names, run.class_names, f"The folder {inputs!r}")
+  name = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.splitext(os.path.basename(os.path.normpath(inputs)))[0]) or "input"
+  found = sources.Split(scan.paths, scan.labels, list(run.class_names), name)
+  return without_bad_images(found, config.data), os.path.abspath(inputs), name
+
+
+def input_paths(inputs: str, config: ml_collections.ConfigDict) -> list[str]:
+  """The images `inputs` names: an image file, the images under a folder, or an index's paths."""
+  if is_index(inputs):
+    import pandas as pd
+
+    table = pd.read_excel(inputs) if inputs.lower().endswith((".xlsx", ".xls")) else pd.read_csv(inputs)
+    column = config.data.path_column
+    if column not in table.columns:
+      raise sources.DataError(f"Index {inputs!r} has no column {column!r}; its columns are {list(table.columns)}. Set data.path_column.")
+    root = _index_config(config).dir or os.path.dirname(os.path.abspath(inputs))
+    paths = [p if os.path.isabs(p) else os.path.join(root, p) for p in table[column].astype(str)]
+    if not paths:
+      raise sources.DataError(f"Index {inputs!r} lists no images.")
+    return paths
+  return image_files(inputs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the model.
+
+
+def run_logits(run: restore.Run, split: sources.Split) -> tuple[np.ndarray, dict]:
+  """Logits of every image of `split` (in order) from one jitted function: batches are padded to
+  the eval batch size, so it compiles once (before timing). Returns (logits, timing)."""
+  config = run.config
+  eval_step = train.make_eval_step(run.eval_graphdef, run.prepare)
+  batch_size = config.data.eval_batch_size or config.data.batch_size
+  channels = pipeline.ImageSpec.from_config(config.data).channels
+  start = time.perf_counter()
+  # Batches come as numpy arrays: so does this one, so that later calls hit the same cache entry.
+  jax.block_until_ready(eval_step(run.state, np.zeros((batch_size, *config.data.image_size, channels), np.float32)))
+  compile_seconds = time.perf_counter() - start
+  start = time.perf_counter()
+  outputs = []
+  for batch in pipeline.eval_batches(split, config.data):
+    logits = np.asarray(eval_step(run.state, batch["image"]))
+    outputs.append(logits[batch["mask"] > 0])
+  seconds = time.perf_counter() - start
+  timing = {
+    "seconds": seconds, "compile_seconds": compile_seconds, "images_per_s": len(split) / max(seconds, 1e-9),
+    "batch_size": batch_size, "batches": len(outputs),
+  }
+  return np.concatenate(outputs).astype(np.float64), timing
+
+
+def example_losses(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+  """Cross-entropy of every example from its logits (sigmoid for one unit, else softmax), float64."""
+  from scipy.special import logsumexp
+
+  z = np.asarray(logits, np.float64)
+  labels = np.asarray(labels)
+  if z.shape[1] == 1:
+    return np.where(labels == 1, np.logaddexp(0.0, -z[:, 0]), np.logaddexp(0.0, z[:, 0]))
+  return logsumexp(z, axis=1) - z[np.arange(len(z)), labels]
+
+
+def decision_threshold(run: restore.Run, threshold: float | None) -> float | None:
+  """The threshold on p(second class): the given one, else the config's for a binary (one-unit) model."""
+  if threshold is None:
+    return float(run.config.train.threshold) if run.binary else None
+  if len(run.class_names) != 2:
+    raise restore.RunError(f"--threshold applies to two-class models; this run has {len(run.class_names)} classes.")
+  if not 0.0 <= threshold <= 1.0:
+    raise restore.RunError(f"--threshold={threshold} must be between 0 and 1.")
+  return float(threshold)
+
+
+def probability_columns(class_names: Sequence[str]) -> list[str]:
+  return [f"prob_{name}" for name in class_names]
+
+
+def load_pixels(paths: Sequence[str], data_config) -> np.ndarray:
+  """Images as the eval pipeline reads them (decoded, resized; before rescaling), NHWC float32."""
+  size = tuple(data_config.image_size)
+  return np.stack([
+    images.resize(images.decode(p, data_config.color_mode, draft_size=size), size, data_config.interpolation) for p in paths
+  ])
+
+
+# ---------------------------------------------------------------------------------------------
+# Eval.
+
+
+def evaluate(
+  config: ml_collections.ConfigDict, workdir: str, *, split: str = "val", inputs: str | None = None,
+  checkpoint: str | None = None, step: int | None = None, threshold: float | None = None,
+) -> dict:
+  """Evaluates a trained run on its `split` subset or on `inputs` (a class-per-folder tree or a
+  CSV/Excel index) and writes `workdir/eval_<name>/` (`eval_<name>_step<N>/` for the weights of a
+  given `step` or `checkpoint`): metrics.json, classification_report.txt,
+  predictions.csv and the plots; then rewrites report.html. Returns metrics.json's content."""
+  import pandas as pd
+
+  from imgcls.report import html, plots
+
+  run = restore.load(config, workdir, checkpoint, step)
+  data, source, name = labelled_data(run, split, inputs)
+  threshold = decision_threshold(run, threshold)
+  logits, timing = run_logits(run, data)
+  probs = metrics.probabilities(logits)
+  losses = example_losses(logits, data.labels)
+  predicted = metrics.predicted_labels(probs, threshold)
+  names = np.asarray(run.class_names, dtype=object)
+  report = metrics.evaluation_report(data.labels, probs, run.class_names, threshold)
+  report.update({
+    "source": source, "name": name, "checkpoint": run.checkpoint, "step": run.step, "class_names": run.class_names,
+    "mean_loss": float(losses.mean()), **timing,
+  })
+
+  chosen = step is not None or checkpoint is not None  # Not the default (best) weights: keep both.
+  out = os.path.join(workdir, f"eval_{name}" + (f"_step{run.step}" if chosen else ""))
+  os.makedirs(out, exist_ok=True)
+  table = pd.DataFrame({"path": data.paths, "label": names[data.labels]})
+  for column, values in zip(probability_columns(run.class_names), probs.T):
+    table[column] = values
+  table["predicted"] = names[predicted]
+  table["loss"] = losses
+  table.to_csv(os.path.join(out, "predictions.csv"), index=False)
+  with open(os.path.join(out, "classification_report.txt"), "w") as f:
+    f.write(report["classification_report_text"])
+  with open(os.path.join(out, "metrics.json"), "w") as f:
+    json.dump(report, f, indent=1)
+
+  plots.confusion_matrix(np.asarray(report["confusion_matrix"]), run.class_names, os.path.join(out, "confusion_matrix.png"))
+  plots.confusion_matrix(
+    np.asarray(report["confusion_matrix_normalized"]), run.class_names, os.path.join(out, "confusion_matrix_normalized.png"), normalized=True
+  )
+  plots.roc_pr_curves(report["curves"], os.path.join(out, "roc_pr.png"))
+  plots.reliability_diagram(report["reliability"], report["ece"], os.path.join(out, "reliability.png"))
+  confidence = probs[np.arange(len(probs)), predicted]
+  shown = {
+    "random_predictions.png": (np.random.default_rng(config.seed).permutation(len(data))[:GRID_SIZE], "random predictions"),
+    "hard_cases.png": (np.argsort(-losses, kind="stable")[:GRID_SIZE], "hard cases: highest loss first"),
+  }
+  for png, (index, title) in shown.items():
+    plots.image_grid(
+      load_pixels([data.paths[i] for i in index], config.data), [f"True: {names[data.labels[i]]}" for i in index],
+      os.path.join(out, png), xlabels=[f"Pred: {names[predicted[i]]} ({confidence[i]:.2f})" for i in index], title=title,
+    )
+  html.write_report(workdir)
+  shown_metrics = " ".join(f"{k}={report[k]:.4f}" for k in ("accuracy", "macro_f1", "f1", "roc_auc", "log_loss") if k in report)
+  print(
+    f"Evaluated {len(data)} images ({source}) with {run.checkpoint}: {shown_metrics}; "
+    f"{timing['images_per_s']:.1f} images/s. Results in {os.path.abspath(out)}"
+  )
+  return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Predict.
+
+
+def _predict_run(config, inputs, output, workdir, checkpoint, step, threshold) -> list[dict]:
+  import pandas as pd
+
+  run = restore.load(config, workdir, checkpoint, step)
+  threshold = decision_threshold(run, threshold)
+  paths = input_paths(inputs, run.config)
+  found = without_bad_images(sources.Split(paths, np.zeros(len(paths), np.int32), run.class_names, "predict"), run.config.data)
+  if not len(found):
+    raise sources.DataError(f"No readable images in {inputs!r}.")
+  logits, _ = run_logits(run, found)
+  probs = metrics.probabilities(logits)
+  predicted = metrics.predicted_labels(probs, threshold)
+  table = pd.DataFrame({"path": found.paths})
+  for column, values in zip(probability_columns(run.class_names), probs.T):
+    table[column] = values
+  table["predicted"] = [run.class_names[i] for i in predicted]
+  if os.path.dirname(output):
+    os.makedirs(os.path.dirname(output), exist_ok=True)
+  table.to_csv(output, index=False)
+  if len(found) == 1:  # As seed 004: "Covid % is: ..." for every class.
+    for name, p in zip(run.class_names, probs[0]):
+      print(f"{name} % is: {100 * p:.2f}")
+  print(f"Predicted {len(found)} image(s) with {run.checkpoint}: {output}", file=sys.stderr)
+  return table.to_dict("records")
+
+
+# ---------------------------------------------------------------------------------------------
+# Keras's ImageNet classifier.
+
+
+def _imagenet_model(config: ml_collections.ConfigDict) -> tuple[Classifier, Sequence[str]]:
+  if not config.model.include_top:
+    raise ValueError(
+      "predict without a workdir needs Keras's ImageNet classifier (config.model.include_top=True, "
+      "e.g. configs/imagenet.py); pass the workdir of a trained run otherwise."
+    )
+  if not config.model.weights:
+    warnings.warn("Predicting with a randomly initialised model: config.model.weights is empty.", stacklevel=3)
+  return build_model(config, 1000, rngs=nnx.Rngs(config.seed)), imagenet.class_names()
 
 
 def predict(
-  config: ml_collections.ConfigDict, *, inputs: str, output: str, workdir: str | None = None, top_k: int = 5
+  config: ml_collections.ConfigDict, *, inputs: str, output: str, workdir: str | None = None, top_k: int = 5,
+  checkpoint: str | None = None, step: int | None = None, threshold: float | None = None,
 ) -> list[dict]:
-  """Top-`top_k` classes of every image in `inputs` (a file or a folder, searched recursively).
+  """Class probabilities of every image in `inputs` (a file, a folder searched recursively, or a
+  CSV/Excel index), written as a CSV to `output`; returns its rows.
 
-  Writes a CSV to `output` (path, class_1, prob_1, ..., class_k, prob_k) and returns its rows.
-  Without `workdir` the model is the config's ImageNet classifier (configs/imagenet.py).
+  With `workdir` (a trained run): path, prob_<class> for every class, predicted; for a single
+  image the probabilities are also printed, one line per class. Without `workdir` the model is
+  the config's ImageNet classifier (configs/imagenet.py): path, class_1, prob_1, ... class_k, prob_k.
   """
+  if workdir is not None:
+    return _predict_run(config, inputs, output, workdir, checkpoint, step, threshold)
   paths = image_files(inputs)
-  model, class_names = _model_and_classes(config, workdir)
+  model, class_names = _imagenet_model(config)
   model.eval()
   top_k = max(1, min(top_k, len(class_names)))
   batch_size = config.data.eval_batch_size or config.data.batch_size

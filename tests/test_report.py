@@ -9,7 +9,6 @@ import pytest
 from sklearn import metrics as skm
 
 from imgcls import metrics
-from imgcls.report import html, plots
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -57,20 +56,13 @@ def test_report_loads_in_headless_chromium_with_images(tmp_path, tree):
   from playwright.sync_api import sync_playwright
 
   from conftest import tiny_config
-  from imgcls import train
+  from imgcls import evaluate, inspection, train
 
   config = tiny_config(tree, **{"train.epochs": 2})
   train.train_and_evaluate(config, str(tmp_path))
-  eval_dir = tmp_path / "eval_val"
-  rng = np.random.default_rng(1)
-  labels = rng.integers(0, 3, 40)
-  report = metrics.evaluation_report(labels, metrics.probabilities(rng.normal(size=(40, 3)) + np.eye(3)[labels]), ["a", "b", "c"])
-  plots.confusion_matrix(np.asarray(report["confusion_matrix"]), ["a", "b", "c"], str(eval_dir / "confusion_matrix.png"))
-  plots.roc_pr_curves(report["curves"], str(eval_dir / "roc_pr.png"))
-  import json
-
-  (eval_dir / "metrics.json").write_text(json.dumps({**report, "source": "val", "checkpoint": "x", "images_per_s": 1.0}))
-  path = html.write_report(str(tmp_path))
+  inspection.inspect(config, str(tmp_path))
+  evaluate.evaluate(config, str(tmp_path))  # Rewrites report.html with its section.
+  path = str(tmp_path / "report.html")
 
   with sync_playwright() as p:
     browser = p.chromium.launch(
@@ -87,8 +79,10 @@ def test_report_loads_in_headless_chromium_with_images(tmp_path, tree):
     page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
     browser.close()
   assert problems == []
-  assert len(sizes) == 4 and all(done and w > 100 and h > 100 for done, w, h in sizes)  # Curves x2, eval plots x2.
-  assert "Evaluation: eval_val" in text and "Checkpoints" in text and "train_loss" in text
+  # Curves x2, the inspected batch, eval's confusion x2, ROC/PR, reliability, random and hard-case grids.
+  assert len(sizes) == 9 and all(done and w > 100 and h > 100 for done, w, h in sizes)
+  assert "Evaluation: eval_val" in text and "Input samples" in text and "Checkpoints" in text and "train_loss" in text
+  assert "images/s" in text and "macro avg" in text
   from PIL import Image
 
   shot = np.asarray(Image.open(tmp_path / "report.png").convert("RGB"))

@@ -289,12 +289,15 @@ class KerasNet(nnx.Module):
       return x / 127.5 - 1.0
     return x[..., ::-1] - jnp.asarray(CAFFE_MEAN, x.dtype)
 
-  def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
+  def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None, output: str = "") -> jax.Array:
+    """The output layer's activations, or those of the layer named `output` (one of `layer_names`)."""
     del rngs  # No dropout in these networks.
     values = {self.spec[0].name: x}
     for layer, frees in zip(self.spec[1:], self._frees[1:]):
       module = self.layers[layer.name] if layer.op in WEIGHTED else None
       values[layer.name] = _apply(layer, module, [values[name] for name in layer.inputs])
+      if layer.name == output:
+        return values[output]
       for name in frees:  # Let go of activations no later layer reads.
         del values[name]
     return values[self.output_name]
