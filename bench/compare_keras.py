@@ -19,7 +19,6 @@ os.environ["KERAS_BACKEND"] = "tensorflow"
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 
 from imgcls import train  # noqa: E402
 from imgcls.config import default_config  # noqa: E402
@@ -80,10 +79,7 @@ def time_imgcls(config, batches, num_classes, eval_only: bool) -> dict:
   model = train.create_model(config, num_classes)
   graphdef, eval_graphdef, params, frozen, stats = train.split_model(model)
   tx = train.make_optimizer(config.optimizer, train.learning_rate_schedule(config.optimizer, 100, 1))
-  state = train.TrainState(
-    step=jnp.zeros((), jnp.int32), params=params, frozen=frozen, stats=stats, opt_state=tx.init(params),
-    epoch_sums=train.zero_sums(num_classes), window_sums=train.zero_sums(num_classes),
-  )
+  state = train.initial_state(params, frozen, stats, tx, num_classes)
   if eval_only:
     step = train.make_eval_step(eval_graphdef)
     run = lambda s, b: (s, step(s, b["image"]))

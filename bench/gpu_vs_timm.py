@@ -30,10 +30,7 @@ def bench_imgcls(size: int, batch: int, steps: int, dtype: str, convs: str = "au
   model = train.create_model(config, 1000)
   graphdef, _, params, frozen, stats = train.split_model(model)
   tx = train.make_optimizer(config.optimizer, train.learning_rate_schedule(config.optimizer, 100, 1))
-  state = train.TrainState(
-    step=jnp.zeros((), jnp.int32), params=params, frozen=frozen, stats=stats, opt_state=tx.init(params),
-    epoch_sums=train.zero_sums(1000), window_sums=train.zero_sums(1000),
-  )
+  state = train.initial_state(params, frozen, stats, tx, 1000)
   step = train.make_train_step(graphdef, tx, train.update_scales(params, config), train.StepConfig(1000, 0.5, 0.0, (), dtype))
   rng = np.random.default_rng(0)
   data = {

@@ -36,10 +36,7 @@ def main(argv):
   model = train.create_model(config, num_classes)
   graphdef, _, params, frozen, stats = train.split_model(model)
   tx = train.make_optimizer(config.optimizer, train.learning_rate_schedule(config.optimizer, 100, 1))
-  state = train.TrainState(
-    step=jnp.zeros((), jnp.int32), params=params, frozen=frozen, stats=stats, opt_state=tx.init(params),
-    epoch_sums=train.zero_sums(num_classes), window_sums=train.zero_sums(num_classes),
-  )
+  state = train.initial_state(params, frozen, stats, tx, num_classes)
   step_cfg = train.StepConfig(num_classes, config.train.threshold, 0.0, (), config.dtype)
   step_fn = train.make_train_step(graphdef, tx, train.update_scales(params, config), step_cfg)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import os
 import time
@@ -46,6 +45,14 @@ class TrainState:
   opt_state: optax.OptState
   epoch_sums: dict  # Running loss sum, example count and confusion matrix of the epoch.
   window_sums: dict  # The same since the last per-batch log line.
+
+
+def initial_state(params: nnx.State, frozen: nnx.State, stats: nnx.State, tx: optax.GradientTransformation, num_classes: int) -> TrainState:
+  """The state at step 0: fresh optimizer state and metric sums."""
+  return TrainState(
+    step=jnp.zeros((), jnp.int32), params=params, frozen=frozen, stats=stats, opt_state=tx.init(params),
+    epoch_sums=zero_sums(num_classes), window_sums=zero_sums(num_classes),
+  )
 
 
 def zero_sums(num_classes: int) -> dict:
@@ -414,10 +421,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   graphdef, eval_graphdef, params, frozen, stats = split_model(model)
   schedule = learning_rate_schedule(config.optimizer, steps_per_epoch, epochs)
   tx = make_optimizer(config.optimizer, schedule)
-  state = TrainState(
-    step=jnp.zeros((), jnp.int32), params=params, frozen=frozen, stats=stats, opt_state=tx.init(params),
-    epoch_sums=zero_sums(num_classes), window_sums=zero_sums(num_classes),
-  )
+  state = initial_state(params, frozen, stats, tx, num_classes)
   state = dp.replicate(state)
   checkpoints = ckpt_lib.Checkpoints(workdir, config.checkpoint.max_to_keep, config.checkpoint.async_save)
   plateau = Plateau(config.reduce_on_plateau)

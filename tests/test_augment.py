@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from keras.src.legacy.preprocessing import image as keras_image
 
-from conftest import POLLEN, class_pattern, needs, tiny_config
+from conftest import tiny_config
 from imgcls import train
 from imgcls.data import augment, pipeline, sources
 
