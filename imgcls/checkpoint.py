@@ -53,9 +53,6 @@ class Checkpoints:
   def latest_step(self) -> int | None:
     return self._latest.latest_step()
 
-  def best_step(self) -> int | None:
-    return self._best.latest_step()
-
   def restore(self, state_like: Any, step: int | None = None, *, best: bool = False) -> tuple[Any, dict]:
     """The state (shaped like `state_like`) and meta of `step` (default: the latest)."""
     manager = self._best if best else self._latest

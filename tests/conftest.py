@@ -13,8 +13,8 @@ from PIL import Image
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("IMGCLS_SHARED", REPO.parent / "shared"))
+from paths import REPO, SHARED  # noqa: E402  (one place for where shared/ is)
+
 POLLEN = SHARED / "data" / "pollen"
 FLOWERS = SHARED / "data" / "flowers17"
 
