@@ -1,9 +1,13 @@
 """imgcls vs Keras on TensorFlow, side by side in one process: train images/s, ratio, compile time.
 
-  python bench/compare_keras.py [--cases=pollen,insects,flowers_vgg19,pollen_eval] [--steps=10]
+  python bench/compare_keras.py [--cases=pollen,insects,flowers_vgg19,pollen_eval,flowers_vgg19_epochs] [--steps=10]
 
 Same model, batch size and real batches (from imgcls's pipeline) for both. Needs the `tf` extra
 (`pip install -e '.[tf]'`). Random weights: speed does not depend on them. Prints one JSON object.
+
+`flowers_vgg19_epochs` times whole epochs of seed 002's recipe (frozen VGG19, random flips) on
+`--images` flowers17 training images: Keras's `fit` on the decoded images in memory, and
+imgcls's train loop with the backbone's features cached (the default) and not cached.
 """
 
 from __future__ import annotations
@@ -114,14 +118,81 @@ def time_keras(case, batches, num_classes, eval_only: bool) -> dict:
   return {"compile_s": round(compile_s, 2), "step_ms": round(seconds * 1000, 1), "images_per_s": round(len(batches[0]["label"]) / seconds, 1)}
 
 
+def time_epochs(epochs: int, images: int) -> dict:
+  """Seconds per epoch of the frozen-VGG19 flowers recipe, Keras-TF vs imgcls cached and not."""
+  import csv
+  import runpy
+  import tempfile
+
+  import keras
+  import numpy as np
+  from keras import layers
+
+  root = os.path.join(SHARED, "flowers17", "train")
+  rows = [(os.path.join(c, f), c) for c in sorted(os.listdir(root)) for f in sorted(os.listdir(os.path.join(root, c)))]
+  rows = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))[:images]]
+  workdir = tempfile.mkdtemp(prefix="imgcls_epochs_")
+  with open(os.path.join(workdir, "index.csv"), "w", newline="") as f:
+    csv.writer(f).writerows([("path", "label"), *rows])
+  config = runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "configs", "flowers.py"))["get_config"]()
+  config.data.update(dir=root, index=os.path.join(workdir, "index.csv"), validation_split=0.0, cache="memory")
+  config.model.weights = ""
+  config.train.update(epochs=epochs, progress=False)
+  config.compile_cache = "off"
+  results = {}
+  for setting in ("auto", "off"):
+    config.train.cache_features = setting
+    run_dir = os.path.join(workdir, setting)
+    summary = train.train_and_evaluate(config, run_dir)
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+      seconds = [r["seconds"] for r in map(json.loads, f) if r["type"] == "epoch"]
+    results["imgcls_cached" if setting == "auto" else "imgcls_uncached"] = {
+      "total_s": round(summary["wall_seconds"], 1), "epoch_s": seconds, "final_train_loss": round(summary["final"]["train_loss"], 4)
+    }
+  split = sources.find_splits(config.data, 0)["train"]
+  batches = list(pipeline.eval_batches(split, config.data))
+  x = np.concatenate([b["image"][b["mask"] > 0] for b in batches]) * 255.0
+  y = np.concatenate([b["label"][b["mask"] > 0] for b in batches])
+  base = keras.applications.VGG19(include_top=False, weights=None, input_shape=(224, 224, 3), pooling="max")
+  base.trainable = False
+  model = keras.Sequential([
+    keras.Input((224, 224, 3)), layers.RandomFlip("horizontal"), base,
+    layers.Dense(128, activation="relu"), layers.Dropout(0.3), layers.Dense(17, activation="softmax"),
+  ])
+  model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+  times = []
+
+  class Timer(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+      self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+      times.append(round(time.perf_counter() - self.start, 2))
+
+  start = time.perf_counter()
+  model.fit(x, y, batch_size=32, epochs=epochs, shuffle=True, verbose=0, callbacks=[Timer()])
+  results["keras_tf"] = {"total_s": round(time.perf_counter() - start, 1), "epoch_s": times}
+  later = lambda r: sum(r["epoch_s"][1:]) / max(len(r["epoch_s"]) - 1, 1)  # noqa: E731
+  results["images"] = len(y)
+  results["speedup_later_epochs"] = round(later(results["keras_tf"]) / later(results["imgcls_cached"]), 1)
+  results["speedup_total"] = round(results["keras_tf"]["total_s"] / results["imgcls_cached"]["total_s"], 2)
+  return results
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--cases", default="pollen,insects,pollen_eval,flowers_vgg19")
   parser.add_argument("--steps", type=int, default=10)
+  parser.add_argument("--epochs", type=int, default=3, help="flowers_vgg19_epochs: epochs per run")
+  parser.add_argument("--images", type=int, default=256, help="flowers_vgg19_epochs: training images")
   args = parser.parse_args()
   cases = configs()
   results = {}
   for case in args.cases.split(","):
+    if case == "flowers_vgg19_epochs":
+      results[case] = time_epochs(args.epochs, args.images)
+      print(json.dumps({case: results[case]}), flush=True)
+      continue
     config = cases[case.removesuffix("_eval")]
     batches, num_classes = real_batches(config, args.steps + 1)
     eval_only = case.endswith("_eval")

@@ -122,6 +122,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.threshold = 0.5  # Decision threshold of binary (one sigmoid unit) models.
   c.train.progress = True  # Progress bar with ETA and running loss/accuracy.
   c.train.log_every_steps = 10  # Per-batch metrics in metrics.jsonl and TensorBoard.
+  # auto | on | off: with a frozen backbone (model.freeze="all") and no augmentation but flips,
+  # compute its features once and train only the head (imgcls/feature_cache.py).
+  c.train.cache_features = "auto"
 
   c.reduce_on_plateau = ml_collections.ConfigDict()
   c.reduce_on_plateau.enabled = False

@@ -76,10 +76,11 @@ class RunLog:
     for name in ("loss", "accuracy"):
       self._tb.add_scalar(f"batch/{name}", metrics[name], step)
 
-  def epoch(self, record: dict, is_best: bool) -> None:
+  def epoch(self, record: dict, is_best: bool, seconds: float | None = None) -> None:
+    """One epoch's metrics; `seconds` (its wall time) goes to metrics.jsonl and the console."""
     if not self.enabled:
       return
-    self._write({"type": "epoch", **record})
+    self._write({"type": "epoch", **record, **({"seconds": round(seconds, 3)} if seconds is not None else {})})
     for key, value in record.items():
       if key.startswith(("train_", "val_")):
         split, name = key.split("_", 1)
@@ -87,7 +88,8 @@ class RunLog:
     self._tb.add_scalar("learning_rate", record["learning_rate"], record["step"])
     self._tb.flush()
     shown = " ".join(f"{k}={v:.4f}" for k, v in record.items() if k.endswith(("_loss", "_accuracy", "_f1")))
-    self.message(f"Epoch {record['epoch']} step {record['step']}: {shown}{' (best)' if is_best else ''}")
+    took = f" ({seconds:.1f} s)" if seconds is not None else ""
+    self.message(f"Epoch {record['epoch']} step {record['step']}: {shown}{' (best)' if is_best else ''}{took}")
 
   def finish(self, summary: dict) -> None:
     if not self.enabled:

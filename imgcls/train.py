@@ -23,6 +23,7 @@ import optax
 from flax import nnx
 
 from imgcls import checkpoint as ckpt_lib
+from imgcls import feature_cache
 from imgcls import parallel
 from imgcls import metrics as metrics_lib
 from imgcls import models
@@ -154,6 +155,7 @@ class StepConfig:
   label_smoothing: float
   class_weights: tuple[float, ...]
   dtype: str = "float32"  # Compute dtype; parameters and optimizer state stay float32.
+  on_features: bool = False  # Inputs are cached backbone features: only the head runs.
 
 
 def compute_cast(tree, dtype: str):
@@ -200,7 +202,8 @@ def make_train_step(
       # Mixed precision: bfloat16 weights and activations; BatchNorm statistics, the loss and the
       # gradients (through the cast) stay float32.
       model = nnx.merge(graphdef, compute_cast(params, cfg.dtype), compute_cast(frozen, cfg.dtype), stats, copy=True)
-      logits = model(compute_cast(images, cfg.dtype), rngs=nnx.Rngs(dropout=dropout_key)).astype(jnp.float32)
+      forward = model.head if cfg.on_features else model
+      logits = forward(compute_cast(images, cfg.dtype), rngs=nnx.Rngs(dropout=dropout_key)).astype(jnp.float32)
       losses = loss_per_example(logits, labels, cfg.num_classes, cfg.label_smoothing)
       loss = jnp.sum(losses * weights[labels] * mask) / jnp.maximum(jnp.sum(mask), 1.0)
       return loss, (logits, losses, nnx.state(model, nnx.Not(nnx.Param)))
@@ -221,24 +224,32 @@ def make_train_step(
   return train_step
 
 
-def make_eval_step(eval_graphdef: nnx.GraphDef, prepare=identity_prepare, out_sharding=None, dtype: str = "float32"):
-  """A jitted `step(state, images) -> logits` with the model in inference mode."""
+def make_eval_step(
+  eval_graphdef: nnx.GraphDef, prepare=identity_prepare, out_sharding=None, dtype: str = "float32", on_features: bool = False
+):
+  """A jitted `step(state, images) -> logits` with the model in inference mode (`on_features`:
+  the inputs are cached backbone features and only the head runs)."""
 
   @functools.partial(jax.jit, out_shardings=out_sharding)
   def eval_step(state: TrainState, images: jax.Array) -> jax.Array:
     model = nnx.merge(eval_graphdef, compute_cast(state.params, dtype), compute_cast(state.frozen, dtype), state.stats)
-    return model(compute_cast(prepare(images, None), dtype)).astype(jnp.float32)
+    forward = model.head if on_features else model
+    return forward(compute_cast(prepare(images, None), dtype)).astype(jnp.float32)
 
   return eval_step
 
 
-def predict_split(eval_step, state: TrainState, split: sources.Split, data_config, dp: parallel.DataParallel | None = None) -> np.ndarray:
-  """Logits for every example of `split`, in its order (batches split over `dp`'s devices)."""
+def predict_split(
+  eval_step, state: TrainState, split: sources.Split, data_config, dp: parallel.DataParallel | None = None,
+  rows: np.ndarray | None = None,
+) -> np.ndarray:
+  """Outputs of `eval_step` for every example of `split`, in its order (batches split over `dp`'s
+  devices; `rows`: cached features in place of the images)."""
   batch_size = data_config.eval_batch_size or data_config.batch_size
   if dp is not None:
     batch_size = -(-batch_size // dp.devices) * dp.devices
   outputs = []
-  for batch in pipeline.eval_batches(split, data_config, batch_size=batch_size):
+  for batch in pipeline.eval_batches(split, data_config, batch_size=batch_size, rows=rows):
     images = dp.global_batch(dp.process_rows(batch))["image"] if dp is not None else batch["image"]
     logits = np.asarray(eval_step(state, images))
     outputs.append(logits[batch["mask"] > 0])
@@ -402,6 +413,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   enable_compile_cache(config.compile_cache)
   splits = sources.find_splits(config.data, config.seed)
   train_split, val_split = splits["train"], splits.get("val")
+  monitor_notes = []
+  if val_split is None:
+    config, monitor_notes = monitor_training_metrics(config)
   class_names = train_split.class_names
   num_classes = len(class_names)
   dp = parallel.DataParallel()
@@ -447,6 +461,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   log = RunLog(workdir, config, enabled=jax.process_index() == 0)
   resumed_step = int(state.step)
   log.start(resumed_step, splits, class_names, model)
+  for note in monitor_notes:
+    log.message(note)
+  train_rows = val_rows = None  # Cached backbone features of the train and val images.
+  if config.model.freeze == "all" or config.train.cache_features == "on":
+    train_rows, val_rows = cache_backbone_features(config, model, state, eval_graphdef, prepare, train_split, val_split, dp, log)
+  if train_rows is not None:
+    head_only = dataclasses.replace(step_cfg, on_features=True)
+    pick = feature_cache.make_pick(aug, tuple(config.data.image_size))
+    train_step = make_train_step(graphdef, tx, update_scales(params, config), head_only, pick, dp.replicated)
+    eval_step = make_eval_step(eval_graphdef, pick, dp.replicated, config.dtype, on_features=True)
   key = jax.random.key(config.seed)
   data = config.data
   history: list[dict] = meta["history"]
@@ -465,9 +489,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   for epoch in range(meta["epoch"], epochs):
     resume_state = meta["data_state"] if meta["data_state"] and epoch == meta["epoch"] else None
+    epoch_start = time.time()
     iterator = pipeline.train_batches(
       train_split, data, config.seed, epoch, resume_state, batch_size=batch_size, shard=shard,
-      host_augment=aug if data.augment_on == "host" else None,
+      host_augment=aug if data.augment_on == "host" else None, rows=train_rows,
     )
     if resume_state is None:
       state = state.replace(epoch_sums=dp.replicate(zero_sums(num_classes)), window_sums=dp.replicate(zero_sums(num_classes)))
@@ -501,7 +526,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     record = {"epoch": epoch + 1, "step": int(state.step), "learning_rate": float(schedule(int(state.step) - 1)) * plateau.scale}
     record.update({f"train_{k}": v for k, v in metrics_lib.from_confusion(sums["confusion"], sums["loss"], sums["count"]).items()})
     if val_split is not None:
-      val_logits = predict_split(eval_step, state, val_split, data, dp)
+      val_logits = predict_split(eval_step, state, val_split, data, dp, rows=val_rows)
       record.update({f"val_{k}": v for k, v in split_metrics(val_logits, val_split, step_cfg).items()})
     history.append(record)
     monitored = _monitored(record, config.checkpoint.monitor)
@@ -514,7 +539,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         log.message(f"Reducing the learning rate to {config.optimizer.learning_rate * plateau.scale:.3g}.")
     if config.early_stopping.enabled:
       stopped_early = early.update(_monitored(record, config.early_stopping.monitor))
-    log.epoch(record, is_best)
+    log.epoch(record, is_best, seconds=time.time() - epoch_start)
     last_epoch = epoch + 1 == epochs or stopped_early
     save(epoch + 1 if not stopped_early else epochs, None, is_best=is_best)
     if last_epoch:
@@ -540,6 +565,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return summary
 
 
+def cache_backbone_features(
+  config, model, state, eval_graphdef, prepare, train_split, val_split, dp, log
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+  """The frozen backbone's features of the train (every cached flip) and val images, computed
+  once; (None, None) when `feature_cache.decide` says not to, or they would not fit in memory."""
+  cache, why_not = feature_cache.decide(config, model, dp.processes)
+  aug = augment.from_config(config.data)
+  variants = feature_cache.flip_variants(aug)
+  features_step = feature_cache.make_features_step(eval_graphdef, prepare, variants, config.dtype, dp.replicated)
+  if cache:
+    image_shape = (*config.data.image_size, 1 if config.data.color_mode == "grayscale" else 3)
+    size = feature_cache.feature_bytes(features_step, state, image_shape, len(train_split))
+    if size > feature_cache.MAX_BYTES:
+      cache, why_not = False, f"they would take {size / 2**30:.1f} GiB"
+      if config.train.cache_features == "on":
+        raise ValueError(f"config.train.cache_features='on', but the backbone's features {why_not} (limit {feature_cache.MAX_BYTES / 2**30:.0f} GiB).")
+  if not cache:
+    log.message(f"Backbone features are not cached: {why_not}.")
+    return None, None
+  start = time.time()
+  train_rows = predict_split(features_step, state, train_split, config.data, dp)
+  val_rows = None
+  if val_split is not None:
+    val_step = feature_cache.make_features_step(eval_graphdef, prepare, variants[:1], config.dtype, dp.replicated)
+    val_rows = predict_split(val_step, state, val_split, config.data, dp)
+  copies = f" ({len(variants)} flipped copies each)" if len(variants) > 1 else ""
+  log.message(
+    f"Frozen backbone: its features of {len(train_split)} train{copies} and {len(val_split or [])} val images "
+    f"computed once in {time.time() - start:.1f} s; epochs train only the head."
+  )
+  return train_rows, val_rows
+
+
 def enable_compile_cache(setting: str) -> None:
   """XLA's persistent compilation cache, so a rerun or resume skips compiling."""
   if setting == "off":
@@ -548,6 +606,19 @@ def enable_compile_cache(setting: str) -> None:
 
   jax.config.update("jax_compilation_cache_dir", setting or os.path.join(cache_dir(), "jax"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def monitor_training_metrics(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, list[str]]:
+  """For a run without a validation split: a copy of `config` whose monitors of val_ metrics
+  watch the train_ ones, and notes saying so."""
+  config, notes = config.copy_and_resolve_references(), []
+  for section in ("checkpoint", "reduce_on_plateau", "early_stopping"):
+    name = config[section].monitor
+    if name.startswith("val_"):
+      with config.unlocked():
+        config[section].monitor = "train_" + name.removeprefix("val_")
+      notes.append(f"No validation split: {section}.monitor watches {config[section].monitor} instead of {name}.")
+  return config, notes
 
 
 def _monitored(record: dict, name: str) -> float:

@@ -54,6 +54,14 @@ def test_training_learns(run):
   assert history["train_loss"] < 1.0986  # Below chance-level cross-entropy for 3 classes (ln 3).
 
 
+def test_run_without_validation_monitors_training_metrics(tree, tmp_path, capsys):
+  config = tiny_config(tree, **{"data.validation_split": 0.0, "train.epochs": 1})
+  summary = train.train_and_evaluate(config, str(tmp_path))
+  assert summary["best"]["monitor"] == "train_accuracy" and "val_loss" not in summary["final"]
+  assert "checkpoint.monitor watches train_accuracy instead of val_accuracy" in capsys.readouterr().out
+  assert config.checkpoint.monitor == "val_accuracy"  # The caller's config is left as it was.
+
+
 def test_rerun_of_finished_run_changes_nothing(run):
   config, workdir, summary = run
   again = train.train_and_evaluate(config, str(workdir))

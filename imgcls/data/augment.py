@@ -150,13 +150,18 @@ def apply_device(aug: Augment, images: jax.Array, key: jax.Array, pixel_max: flo
   if not aug.enabled:
     return images
   n, height, width, _ = images.shape
+  params = sample_device(aug, key, n, height, width)
+  return jax.vmap(lambda x, p: transform_device(aug, x, p, pixel_max))(images, params)
+
+
+def sample_device(aug: Augment, key: jax.Array, n: int, height: int, width: int) -> dict:
+  """The random parameters `apply_device` draws from `key` for a batch of `n` images."""
   keys = iter(jax.random.split(key, 10))
 
   def uniform(low, high):
     return jax.random.uniform(next(keys), (n,), minval=low, maxval=high)
 
-  params = sample(aug, uniform, height, width)
-  return jax.vmap(lambda x, p: transform_device(aug, x, p, pixel_max))(images, params)
+  return sample(aug, uniform, height, width)
 
 
 def transform_device(aug: Augment, x: jax.Array, p: dict, pixel_max: float) -> jax.Array:

@@ -77,6 +77,21 @@ class _Load(grain.transforms.Map):
     return {"image": pixels, "label": np.int32(label), "mask": np.float32(1.0), "index": np.int32(index)}
 
 
+class _Lookup(grain.transforms.Map):
+  """Record (path, label, index) -> example whose "image" is `rows[index]` (cached backbone features)."""
+
+  def __init__(self, rows: np.ndarray):
+    self.rows = rows
+
+  def map(self, record: tuple[str, int, int]) -> dict[str, np.ndarray]:
+    _, label, index = record
+    return {"image": self.rows[index], "label": np.int32(label), "mask": np.float32(1.0), "index": np.int32(index)}
+
+
+def _loader(spec: ImageSpec, split: Split, rows: np.ndarray | None) -> grain.transforms.Map:
+  return _Load(spec, split) if rows is None else _Lookup(rows)
+
+
 def records(split: Split) -> list[tuple[str, int, int]]:
   """The (path, label, index) records of a split, in its order."""
   return [(p, int(l), i) for i, (p, l) in enumerate(zip(split.paths, split.labels))]
@@ -107,19 +122,20 @@ class _HostAugment(grain.transforms.RandomMap):
 
 def train_dataset(
   split: Split, spec: ImageSpec, batch_size: int, seed: int, epoch: int, shuffle: bool = True,
-  host_augment: augment.Augment | None = None, shard: tuple[int, int] = (0, 1),
+  host_augment: augment.Augment | None = None, shard: tuple[int, int] = (0, 1), rows: np.ndarray | None = None,
 ) -> grain.MapDataset:
   """One epoch of training batches (the last one may be smaller), shuffled by (seed, epoch),
   optionally augmented on the host, deterministically per (seed, epoch, example).
 
   `shard=(index, count)`: this host's share of every epoch (`jax.process_index/count`); every
   host gets the same number of examples (the epoch's last `len % count` are left out).
+  `rows`: per-example arrays that replace the images (cached features), indexed like the split.
   """
   ds = epoch_records(split, seed, epoch, shuffle)
   index, count = shard
   if count > 1:
     ds = ds[: len(ds) // count * count][index::count]
-  ds = ds.map(_Load(spec, split))
+  ds = ds.map(_loader(spec, split, rows))
   if host_augment is not None and host_augment.enabled:
     ds = ds.random_map(_HostAugment(host_augment, 255.0 * spec.rescale), seed=epoch_seed(seed + 1, epoch))
   return ds.batch(batch_size, drop_remainder=False)
@@ -138,9 +154,9 @@ class _Pad(grain.transforms.Map):
     return {k: np.concatenate([v, np.zeros((missing,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
 
 
-def eval_dataset(split: Split, spec: ImageSpec, batch_size: int) -> grain.MapDataset:
-  """Batches of a split in file order, each padded to `batch_size`."""
-  ds = grain.MapDataset.source(records(split)).map(_Load(spec, split))
+def eval_dataset(split: Split, spec: ImageSpec, batch_size: int, rows: np.ndarray | None = None) -> grain.MapDataset:
+  """Batches of a split in file order, each padded to `batch_size` (`rows`: as `train_dataset`)."""
+  ds = grain.MapDataset.source(records(split)).map(_loader(spec, split, rows))
   return ds.batch(batch_size, drop_remainder=False).map(_Pad(batch_size))
 
 
@@ -171,26 +187,31 @@ def _tf_pipeline():
 def train_batches(
   split: Split, data_config, seed: int, epoch: int, state: dict[str, Any] | None = None, *,
   batch_size: int | None = None, shard: tuple[int, int] = (0, 1), host_augment: augment.Augment | None = None,
+  rows: np.ndarray | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
   """Epoch `epoch` of training batches from `data_config.backend`, resumed from `state` if given.
 
-  The iterator's `get_state()` is `{"next_index": batches read}`, for either backend.
+  The iterator's `get_state()` is `{"next_index": batches read}`, for either backend. With
+  `rows` (cached features in place of the images) grain reads them, whatever the backend.
   """
   spec = ImageSpec.from_config(data_config)
   batch_size = batch_size or data_config.batch_size
   threads, prefetch = data_config.num_threads, data_config.prefetch
-  if data_config.backend == "tf":
+  if data_config.backend == "tf" and rows is None:
     if shard[1] > 1 or (host_augment is not None and host_augment.enabled):
       raise ValueError("data.backend='tf' reads for one process without host augmentation; use the grain backend.")
     return _tf_pipeline().train_batches(split, spec, batch_size, seed, epoch, data_config.shuffle, threads, prefetch, state)
-  ds = train_dataset(split, spec, batch_size, seed, epoch, data_config.shuffle, host_augment, shard)
+  ds = train_dataset(split, spec, batch_size, seed, epoch, data_config.shuffle, host_augment, shard, rows)
   return iterate(ds, threads, prefetch, state)
 
 
-def eval_batches(split: Split, data_config, batch_size: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-  """All of `split` as padded batches, with the config's backend, image spec and threads."""
+def eval_batches(
+  split: Split, data_config, batch_size: int | None = None, rows: np.ndarray | None = None
+) -> Iterator[dict[str, np.ndarray]]:
+  """All of `split` as padded batches, with the config's backend, image spec and threads
+  (`rows`: cached features in place of the images, as in `train_batches`)."""
   batch_size = batch_size or data_config.eval_batch_size or data_config.batch_size
   spec = ImageSpec.from_config(data_config)
-  if data_config.backend == "tf":
+  if data_config.backend == "tf" and rows is None:
     return _tf_pipeline().eval_batches(split, spec, batch_size, data_config.num_threads, data_config.prefetch)
-  return iterate(eval_dataset(split, spec, batch_size), data_config.num_threads, data_config.prefetch)
+  return iterate(eval_dataset(split, spec, batch_size, rows), data_config.num_threads, data_config.prefetch)
