@@ -617,7 +617,8 @@ def monitor_training_metrics(config: ml_collections.ConfigDict) -> tuple[ml_coll
     if name.startswith("val_"):
       with config.unlocked():
         config[section].monitor = "train_" + name.removeprefix("val_")
-      notes.append(f"No validation split: {section}.monitor watches {config[section].monitor} instead of {name}.")
+      if config[section].get("enabled", True):
+        notes.append(f"No validation split: {section}.monitor watches {config[section].monitor} instead of {name}.")
   return config, notes
 
 

@@ -13,7 +13,7 @@ from paths import CONFIGS, load_recipe
 RECIPES = sorted(p.stem for p in CONFIGS.glob("*.py"))
 IMAGENET_MODELS = ["mobilenet_v2", "vgg16", "vgg19", "inception_v3"]
 # Outputs of each recipe's task (the data decides them in a run).
-OUTPUTS = {"pollen": 1, "flowers": 17, "flowers_mobilenet": 17, "covid": 2, "imagenet": 1000}
+OUTPUTS = {"pollen": 1, "pollen_tuned": 1, "flowers": 17, "flowers_mobilenet": 17, "covid": 2, "imagenet": 1000}
 
 
 def recipes():
@@ -36,6 +36,18 @@ def test_recipe_loads_checks_and_builds(name, arg):
   channels = 1 if config.data.color_mode == "grayscale" else 3
   logits = nnx.eval_shape(lambda m, x: m(x), model, jnp.zeros((2, height, width, channels)))
   assert logits.shape == (2, outputs)
+
+
+def test_tuned_pollen_is_the_seed_recipe_plus_three_changes():
+  def flat(config, prefix=""):
+    out = {}
+    for key, value in config.items():
+      out.update(flat(value, f"{prefix}{key}.") if hasattr(value, "items") else {prefix + key: value})
+    return out
+
+  seed, tuned = flat(load_recipe("pollen")), flat(load_recipe("pollen_tuned"))
+  changed = {k: tuned[k] for k in seed if seed[k] != tuned[k]}
+  assert changed == {"data.augment": "flip_lr|flip_ud", "model.bn_momentum": 0.99, "optimizer.schedule": "cosine"}
 
 
 def test_every_config_file_is_tested():
