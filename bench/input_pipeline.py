@@ -24,7 +24,7 @@ import numpy as np
 from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from imgcls.data import pipeline, sources  # noqa: E402
+from imgcls.data import augment, pipeline, sources  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = {  # name: (folder under --data_root, (height, width))
@@ -39,30 +39,23 @@ _EPOCHS = flags.DEFINE_integer("epochs", 3, "Timed epochs per reader (after one 
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Batch size.")
 _THREADS = flags.DEFINE_integer("threads", 0, "Decoding threads (0: the machine's cores).")
 _PREFETCH = flags.DEFINE_integer("prefetch", 8, "Batches prefetched.")
-# Augmentation hook: with --augment, every imgcls batch also goes through
-# `imgcls.data.augment.augment_batch(batch, rng)` (a module to come; not part of this benchmark yet).
-_AUGMENT = flags.DEFINE_bool("augment", False, "Also time imgcls.data.augment on the imgcls readers.")
-
-
-def augmenter() -> Callable[[dict], dict] | None:
-  """The per-batch augmentation to time, or None (the hook for `imgcls.data.augment`)."""
-  if not _AUGMENT.value:
-    return None
-  try:
-    from imgcls.data import augment
-  except ImportError as e:
-    raise SystemExit(f"--augment needs imgcls.data.augment, which is not available: {e}") from e
-  rng = np.random.default_rng(0)
-  return lambda batch: augment.augment_batch(batch, rng)
+_AUGMENT = flags.DEFINE_string(
+  "augment", "", "data.augment ops the grain readers also apply on the host, e.g. 'flip_lr|rotate(20)' "
+  "(the default trains with them on the device, inside the jitted step, so they cost the pipeline nothing)."
+)
 
 
 def readers(split: sources.Split, root: str, size: tuple[int, int], threads: int) -> dict[str, Callable[[int], Iterable[dict]]]:
   """reader name -> function(epoch) returning that epoch's batches (dicts with "image")."""
   batch, prefetch, seed = _BATCH.value, _PREFETCH.value, 0
 
+  host_augment = augment.parse(_AUGMENT.value) if _AUGMENT.value else None
+
   def grain(draft: bool):
     spec = pipeline.ImageSpec(size, jpeg_draft=draft)
-    return lambda epoch: pipeline.iterate(pipeline.train_dataset(split, spec, batch, seed, epoch), threads, prefetch)
+    return lambda epoch: pipeline.iterate(
+      pipeline.train_dataset(split, spec, batch, seed, epoch, host_augment=host_augment), threads, prefetch
+    )
 
   def tf_data(epoch: int):
     from imgcls.data import tf_pipeline
@@ -91,13 +84,8 @@ def readers(split: sources.Split, root: str, size: tuple[int, int], threads: int
   return {name: every[name] for name in _READERS.value}
 
 
-def read_epoch(batches: Iterable[dict], augment: Callable[[dict], dict] | None) -> int:
-  count = 0
-  for batch in batches:
-    if augment is not None:
-      batch = augment(batch)
-    count += len(batch["image"])
-  return count
+def read_epoch(batches: Iterable[dict]) -> int:
+  return sum(len(batch["image"]) for batch in batches)
 
 
 def bench_dataset(name: str, threads: int) -> dict:
@@ -105,18 +93,17 @@ def bench_dataset(name: str, threads: int) -> dict:
   root = os.path.join(_DATA_ROOT.value, folder)
   scan = sources.scan_folder(root)
   split = sources.Split(scan.paths, scan.labels, scan.class_names)
-  augment = augmenter()
   runs = readers(split, root, size, threads)
   epoch_rates = {r: [] for r in runs}
   warmup = {}
   for reader, epoch_batches in runs.items():  # Warm-up: file cache, headers, tracing, compiling.
     start = time.perf_counter()
-    read_epoch(epoch_batches(0), augment if reader != "keras" else None)
+    read_epoch(epoch_batches(0))
     warmup[reader] = round(time.perf_counter() - start, 2)
   for epoch in range(1, _EPOCHS.value + 1):
     for reader, epoch_batches in runs.items():
       start = time.perf_counter()
-      count = read_epoch(epoch_batches(epoch), augment if reader != "keras" else None)
+      count = read_epoch(epoch_batches(epoch))
       epoch_rates[reader].append(round(count / (time.perf_counter() - start), 1))
   rate = {r: float(np.median(rates)) for r, rates in epoch_rates.items()}  # The median resists a busy moment.
   result = {

@@ -38,7 +38,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.batch_size = 32
   c.data.eval_batch_size = 0  # 0: same as batch_size.
   c.data.shuffle = True  # Reshuffle the training set every epoch.
-  c.data.num_threads = 4  # Worker threads that decode and resize.
+  c.data.num_threads = 0  # Threads that decode and resize (0: one per CPU core).
   c.data.prefetch = 8  # Elements prefetched by the workers.
   # Input pipeline: grain | tf (tf.data, needs the tf extra). Both give the same batches.
   c.data.backend = "grain"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from keras.src.utils import dataset_utils
 
 from conftest import FLOWERS, POLLEN, REPO, class_pattern, needs, tiny_config, write_image, write_tree
@@ -280,3 +281,29 @@ def test_grain_backend_runs_without_tensorflow(tree, monkeypatch):
   split = sources.find_splits(config.data, 0)["train"]
   with pytest.raises(ModuleNotFoundError, match=r"pip install 'imgcls\[tf\]'"):
     pipeline.eval_batches(split, config.data)
+
+
+@needs(FLOWERS)
+@pytest.mark.parametrize("color_mode", ["rgb", "grayscale"])
+def test_fast_jpeg_decoding_gives_pillows_pixels(color_mode):
+  """simplejpeg (GIL released) decodes JPEGs bit for bit as Pillow's draft does, at every scale."""
+  paths = sorted(POLLEN.glob("*/*.jp*g"))[:10] + sorted(FLOWERS.glob("train/*/*.jp*g"))[::60]
+  for path in paths:
+    for size in ((224, 224), (90, 90), (40, 40), (16, 16)):
+      fast = images._decode_jpeg(str(path), color_mode, size)
+      assert fast is not None, path
+      np.testing.assert_array_equal(fast, images.decode_with_pillow(str(path), color_mode, size), err_msg=f"{path} {size}")
+
+
+def test_jpegs_pillow_must_read_are_left_to_it(tmp_path):
+  rng = np.random.default_rng(0)
+  pixels = rng.integers(0, 255, (64, 48, 3), np.uint8)
+  Image.fromarray(pixels).convert("CMYK").save(tmp_path / "cmyk.jpg")
+  rotated = Image.fromarray(pixels)
+  exif = rotated.getexif()
+  exif[0x0112] = 6
+  rotated.save(tmp_path / "rotated.jpg", exif=exif)
+  (tmp_path / "truncated.jpg").write_bytes((tmp_path / "rotated.jpg").read_bytes()[:300])
+  for name in ("cmyk.jpg", "rotated.jpg", "truncated.jpg"):
+    assert images._decode_jpeg(str(tmp_path / name), "rgb", (16, 16)) is None, name
+  assert images.decode(str(tmp_path / "rotated.jpg"), draft_size=(16, 16)).shape == (24, 32, 3)  # Halved and turned upright.

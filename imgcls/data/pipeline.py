@@ -13,6 +13,7 @@ both give the same batches in the same order.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -161,8 +162,9 @@ def eval_dataset(split: Split, spec: ImageSpec, batch_size: int, rows: np.ndarra
 
 
 def iterate(ds: grain.MapDataset, num_threads: int, prefetch: int, state: dict[str, Any] | None = None) -> grain.DatasetIterator:
-  """An iterator over `ds` decoding with `num_threads` threads, optionally resumed from `state`."""
-  options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
+  """An iterator over `ds` decoding with `num_threads` threads (0: one per CPU core), optionally
+  resumed from `state`."""
+  options = grain.ReadOptions(num_threads=num_threads or os.cpu_count() or 1, prefetch_buffer_size=prefetch)
   iterator = iter(ds.to_iter_dataset(options))
   if state is not None:
     iterator.set_state(state)

@@ -132,7 +132,7 @@ def find_bad_images(paths: Sequence[str], color_mode: str = "rgb", num_threads: 
       return str(e).removeprefix(f"{path}: ")
     return None
 
-  with ThreadPoolExecutor(max(1, num_threads)) as pool:
+  with ThreadPoolExecutor(num_threads or os.cpu_count() or 1) as pool:
     reasons = list(pool.map(check, paths))
   return {p: r for p, r in zip(paths, reasons) if r is not None}
 

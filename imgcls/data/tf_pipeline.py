@@ -78,18 +78,12 @@ def header(path: str) -> Header:
   return _header(path, os.stat(path).st_mtime_ns)
 
 
-def draft_ratio(size: tuple[int, int], image_size: tuple[int, int]) -> int:
-  """The JPEG scale-down Pillow's `draft` picks for a (width, height) image and a target (height, width)."""
-  scale = min(size[0] // image_size[1], size[1] // image_size[0])
-  return next((r for r in (8, 4, 2) if scale >= r), 1)
-
-
 def plan(h: Header, spec: ImageSpec) -> tuple[int, int]:
   """(decoder code, EXIF orientation to apply) of a file, so it decodes as `images.decode` does."""
   grey = spec.color_mode == "grayscale"
   if h.format in ("JPEG", "MPO") and h.mode in ("RGB", "L"):
     drafted = h.format == "JPEG" and spec.jpeg_draft  # Pillow drafts JPEGs only, not MPOs.
-    ratio = draft_ratio(h.size, spec.image_size) if drafted else 1
+    ratio = images.draft_ratio(h.size, spec.image_size) if drafted else 1
     # Drafting to "L" makes libjpeg output greyscale itself (its luma, not Pillow's).
     native_grey = grey and (drafted or h.mode == "L")
     return RATIOS.index(ratio) + (4 if native_grey else 0), h.orientation
