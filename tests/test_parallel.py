@@ -45,6 +45,17 @@ def test_eight_devices_match_one(tmp_path):
   assert b["val_accuracy"] == pytest.approx(a["val_accuracy"], abs=0.05)
 
 
+def test_cached_backbone_features_on_eight_devices_match_one(tmp_path):
+  frozen = ("--config.model.freeze=all", "--config.data.augment=flip_lr")
+  for devices in (1, 8):
+    result = train(tmp_path / str(devices), devices, *frozen)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "(2 flipped copies each)" in result.stdout + result.stderr
+  a, b = final(tmp_path / "1"), final(tmp_path / "8")
+  assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-3)
+  assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-3)
+
+
 def test_batch_must_split_over_devices(tmp_path):
   result = train(tmp_path, 3)
   assert result.returncode != 0 and "must be a multiple of the 3 devices" in result.stderr
