@@ -455,8 +455,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   meta["normalization"] = {"mean": normalize.mean, "std": normalize.std}
   prepare = make_prepare(aug, normalize, 255.0 * config.data.rescale, config.data.augment_on == "device")
   state = dp.replicate(state)  # Restored or loaded values, onto every device.
-  train_step = make_train_step(graphdef, tx, update_scales(params, config), step_cfg, prepare, dp.replicated)
-  eval_step = make_eval_step(eval_graphdef, prepare, dp.replicated, config.dtype)
 
   log = RunLog(workdir, config, enabled=jax.process_index() == 0)
   resumed_step = int(state.step)
@@ -466,11 +464,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   train_rows = val_rows = None  # Cached backbone features of the train and val images.
   if config.model.freeze == "all" or config.train.cache_features == "on":
     train_rows, val_rows = cache_backbone_features(config, model, state, eval_graphdef, prepare, train_split, val_split, dp, log)
-  if train_rows is not None:
-    head_only = dataclasses.replace(step_cfg, on_features=True)
-    pick = feature_cache.make_pick(aug, tuple(config.data.image_size))
-    train_step = make_train_step(graphdef, tx, update_scales(params, config), head_only, pick, dp.replicated)
-    eval_step = make_eval_step(eval_graphdef, pick, dp.replicated, config.dtype, on_features=True)
+  on_features = train_rows is not None  # The steps then see cached features and run only the head.
+  if on_features:
+    prepare = feature_cache.make_pick(aug, tuple(config.data.image_size))
+  train_step = make_train_step(
+    graphdef, tx, update_scales(params, config), dataclasses.replace(step_cfg, on_features=on_features), prepare, dp.replicated
+  )
+  eval_step = make_eval_step(eval_graphdef, prepare, dp.replicated, config.dtype, on_features=on_features)
   key = jax.random.key(config.seed)
   data = config.data
   history: list[dict] = meta["history"]
