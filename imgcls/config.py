@@ -94,8 +94,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.backbone_learning_rate = 0.0  # Learning rate of the backbone's parameters (0: optimizer's).
   c.model.bn_momentum = 0.0  # Backbone BatchNorm momentum, Keras's meaning (0: the model's, e.g. 0.999).
   c.model.bn_epsilon = 0.0  # Backbone BatchNorm epsilon (0: the model's own, 1e-3).
-  # Depthwise and 1x1 convolutions: "auto" ("cpu" on the CPU backend: shifted multiply-adds and
-  # matrix products; XLA's convolutions on GPU/TPU), "cpu" or "xla" (imgcls/models/convs.py).
+  # Keras backbones' convolutions and BatchNorms: "auto" ("cpu" on the CPU backend: shifted
+  # multiply-adds, matrix products and hand-written gradients; XLA's own ops on GPU/TPU), "cpu" or
+  # "xla" (imgcls/models/convs.py, imgcls/models/batch_norm.py).
   c.model.convs = "auto"
 
   c.optimizer = ml_collections.ConfigDict()

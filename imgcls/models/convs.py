@@ -11,6 +11,8 @@ rounding; `"auto"` picks `"cpu"` on the CPU backend. Measured by bench/conv_ops.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -34,25 +36,69 @@ def _same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
   return total // 2, total - total // 2
 
 
-def depthwise_shift(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding: str) -> jax.Array:
-  """NHWC depthwise convolution (kernel HxWx1xC, multiplier 1) as shifted multiply-adds."""
-  kh, kw = kernel.shape[:2]
-  sh, sw = strides
-  n, height, width, channels = x.shape
-  if padding == "SAME":
-    x = jnp.pad(x, ((0, 0), _same_pads(height, kh, sh), _same_pads(width, kw, sw), (0, 0)))
-  elif padding != "VALID":
-    raise ValueError(f"Unsupported padding {padding!r}.")
-  out_h = (x.shape[1] - kh) // sh + 1
-  out_w = (x.shape[2] - kw) // sw + 1
-  taps = kernel.reshape(kh, kw, channels).astype(x.dtype)
+def _shifted_sum(x: jax.Array, taps: jax.Array, out_hw: tuple[int, int], stride: int | tuple[int, int]) -> jax.Array:
+  """sum over taps (i, j) of x[:, i + s*h, j + s*w, :] * taps[i, j]: a VALID depthwise correlation."""
+  (kh, kw), (oh, ow) = taps.shape[:2], out_hw
+  sh, sw = (stride, stride) if isinstance(stride, int) else stride
+  n, channels = x.shape[0], x.shape[3]
   out = None
   for i in range(kh):
     for j in range(kw):
-      patch = lax.slice(x, (0, i, j, 0), (n, i + (out_h - 1) * sh + 1, j + (out_w - 1) * sw + 1, channels), (1, sh, sw, 1))
-      term = patch * taps[i, j]
-      out = term if out is None else out + term
+      patch = lax.slice(x, (0, i, j, 0), (n, i + (oh - 1) * sh + 1, j + (ow - 1) * sw + 1, channels), (1, sh, sw, 1))
+      out = patch * taps[i, j] if out is None else out + patch * taps[i, j]
   return out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _depthwise_valid(x: jax.Array, taps: jax.Array, strides: tuple[int, int]) -> jax.Array:
+  """VALID depthwise convolution of padded `x` (NHWC) with `taps` (kh, kw, C)."""
+  (kh, kw), (sh, sw) = taps.shape[:2], strides
+  out_hw = ((x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1)
+  return _shifted_sum(x, taps.astype(x.dtype), out_hw, strides)
+
+
+def _depthwise_valid_fwd(x, taps, strides):
+  return _depthwise_valid(x, taps, strides), (x, taps)
+
+
+def _depthwise_valid_bwd(strides, residuals, grad):
+  """Both gradients as fused elementwise work; autodiff of the slices would pad each of k*k terms."""
+  x, taps = residuals
+  (kh, kw), (sh, sw) = taps.shape[:2], strides
+  n, height, width, channels = x.shape
+  oh, ow = grad.shape[1:3]
+  # Input: correlate the stride-dilated, (k-1)-padded gradient with the flipped taps.
+  zero = jnp.zeros((), grad.dtype)
+  dilated = lax.pad(grad, zero, ((0, 0, 0), (kh - 1, height - (oh - 1) * sh - 1, sh - 1),
+                                 (kw - 1, width - (ow - 1) * sw - 1, sw - 1), (0, 0, 0)))
+  dx = _shifted_sum(dilated, taps[::-1, ::-1].astype(grad.dtype), (height, width), 1)
+  # Taps: for each (i, j), sum over n, h, w of x[n, i + s*h, j + s*w] * grad[n, h, w]. Unrolling the
+  # sum over w into slices keeps it one fused loop; only the small (n, h) sums are left to reduce.
+  x32, g32 = x.astype(jnp.float32), grad.astype(jnp.float32)
+  rows_of_taps = []
+  for i in range(kh):
+    rows = lax.slice(x32, (0, i, 0, 0), (n, i + (oh - 1) * sh + 1, width, channels), (1, sh, 1, 1))
+    for j in range(kw):
+      acc = None
+      for w in range(ow):
+        term = rows[:, :, j + w * sw] * g32[:, :, w]
+        acc = term if acc is None else acc + term
+      rows_of_taps.append(acc)
+  dtaps = jnp.sum(jnp.stack(rows_of_taps), axis=(1, 2)).reshape(kh, kw, channels)
+  return dx, dtaps.astype(taps.dtype)
+
+
+_depthwise_valid.defvjp(_depthwise_valid_fwd, _depthwise_valid_bwd)
+
+
+def depthwise_shift(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding: str) -> jax.Array:
+  """NHWC depthwise convolution (kernel HxWx1xC, multiplier 1) as shifted multiply-adds."""
+  kh, kw = kernel.shape[:2]
+  if padding == "SAME":
+    x = jnp.pad(x, ((0, 0), _same_pads(x.shape[1], kh, strides[0]), _same_pads(x.shape[2], kw, strides[1]), (0, 0)))
+  elif padding != "VALID":
+    raise ValueError(f"Unsupported padding {padding!r}.")
+  return _depthwise_valid(x, kernel.reshape(kh, kw, kernel.shape[-1]), tuple(strides))
 
 
 class DepthwiseConv(nnx.Conv):
@@ -90,6 +136,50 @@ class PointwiseConv(nnx.Conv):
     if self.implementation == "xla":
       return super().__call__(x)
     y = pointwise_dot(x, self.kernel[...])
+    if self.bias is not None:
+      y = y + self.bias[...].astype(y.dtype)
+    return y
+
+
+def patches_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding: str) -> jax.Array:
+  """NHWC convolution as one matrix product of the image's kh*kw*C patches with the kernel."""
+  kh, kw, channels, features = kernel.shape
+  sh, sw = strides
+  if padding == "SAME":
+    x = jnp.pad(x, ((0, 0), _same_pads(x.shape[1], kh, sh), _same_pads(x.shape[2], kw, sw), (0, 0)))
+  elif padding != "VALID":
+    raise ValueError(f"Unsupported padding {padding!r}.")
+  n = x.shape[0]
+  out_h, out_w = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
+  patches = jnp.concatenate([
+    lax.slice(x, (0, i, j, 0), (n, i + (out_h - 1) * sh + 1, j + (out_w - 1) * sw + 1, channels), (1, sh, sw, 1))
+    for i in range(kh) for j in range(kw)
+  ], axis=-1)  # (i, j, c) order, as the kernel's
+  out = patches.reshape(-1, kh * kw * channels) @ kernel.reshape(-1, features).astype(x.dtype)
+  return out.reshape(n, out_h, out_w, features)
+
+
+class Conv(nnx.Conv):
+  """`nnx.Conv`; with `"cpu"`, a convolution over few input channels (an image's 3) is `patches_conv`.
+
+  XLA's CPU convolution is slowest where each output sums few inputs (3x3x3 = 27 for a stem
+  layer); the patches are then small, and their product with the kernel is fast both ways.
+  """
+
+  MAX_PATCH = 64  # kh * kw * in_features up to which the patches are built
+
+  def __init__(self, in_features: int, out_features: int, kernel_size, *, implementation: str = "auto", **kwargs):
+    super().__init__(in_features, out_features, kernel_size, **kwargs)
+    self.implementation = resolve(implementation)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kh, kw, channels, _ = self.kernel.shape
+    dilated = any(d != 1 for d in ((self.kernel_dilation,) if isinstance(self.kernel_dilation, int) else self.kernel_dilation or (1,)))
+    if (self.implementation == "xla" or not isinstance(self.padding, str) or self.feature_group_count != 1 or dilated
+        or kh * kw * channels > self.MAX_PATCH):
+      return super().__call__(x)
+    strides = self.strides if isinstance(self.strides, tuple) else (self.strides, self.strides)
+    y = patches_conv(x, self.kernel[...], tuple(strides), self.padding)
     if self.bias is not None:
       y = y + self.bias[...].astype(y.dtype)
     return y

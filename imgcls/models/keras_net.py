@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from imgcls.models.convs import DepthwiseConv, PointwiseConv
+from imgcls.models.batch_norm import BatchNorm
+from imgcls.models.convs import Conv, DepthwiseConv, PointwiseConv
 
 # Keras's default initialisers, so a randomly initialised network starts as it does in Keras.
 _KERNEL_INIT = nnx.initializers.glorot_uniform()
@@ -173,14 +174,14 @@ def _module(layer: Layer, in_shape: tuple[int, ...], momentum: float, epsilon: f
     return PointwiseConv(in_shape[-1], layer.units, use_bias=layer.use_bias, kernel_init=_KERNEL_INIT,
                          implementation=convs, rngs=rngs)
   if layer.op == "conv":
-    return nnx.Conv(in_shape[-1], layer.units, layer.kernel, strides=layer.strides, padding=padding,
-                    use_bias=layer.use_bias, kernel_init=_KERNEL_INIT, rngs=rngs)
+    return Conv(in_shape[-1], layer.units, layer.kernel, strides=layer.strides, padding=padding,
+                use_bias=layer.use_bias, kernel_init=_KERNEL_INIT, implementation=convs, rngs=rngs)
   if layer.op == "depthwise":
     return DepthwiseConv(in_shape[-1], layer.kernel, strides=layer.strides, padding=padding, use_bias=layer.use_bias,
                          kernel_init=_KERNEL_INIT, implementation=convs, rngs=rngs)
   if layer.op == "bn":
-    return nnx.BatchNorm(in_shape[-1], momentum=momentum or layer.momentum, epsilon=epsilon or layer.epsilon,
-                         use_scale=layer.scale, rngs=rngs)
+    return BatchNorm(in_shape[-1], momentum=momentum or layer.momentum, epsilon=epsilon or layer.epsilon,
+                     use_scale=layer.scale, implementation=convs, rngs=rngs)
   if layer.op == "dense":
     return nnx.Linear(in_shape[-1], layer.units, kernel_init=_KERNEL_INIT, rngs=rngs)
   raise ValueError(f"Layer type {layer.op!r} has no parameters.")

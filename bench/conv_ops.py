@@ -1,0 +1,78 @@
+"""Forward + backward time of each CPU kernel against XLA's standard op, on MobileNetV2 shapes.
+
+  python bench/conv_ops.py [--repeats=20]
+
+For each layer shape: a training step's worth of work (output, gradients w.r.t. input and
+weights) with `implementation="xla"` and `"cpu"`, their ratio and the largest difference of
+the outputs and gradients. Batch 32, the pollen recipe's 90x90 input. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import imgcls  # noqa: F401  (keeps freed host memory, as in training)
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from imgcls.models.batch_norm import BatchNorm
+from imgcls.models.convs import Conv, DepthwiseConv, PointwiseConv
+
+CASES = {
+  "stem_conv_3x3_s2_3to32": ((32, 90, 90, 3), lambda impl: Conv(3, 32, (3, 3), strides=2, padding="SAME", implementation=impl, rngs=nnx.Rngs(0))),
+  "depthwise_3x3_45x45x32": ((32, 45, 45, 32), lambda impl: DepthwiseConv(32, (3, 3), padding="SAME", implementation=impl, rngs=nnx.Rngs(0))),
+  "depthwise_3x3_s2_47x47x96": ((32, 47, 47, 96), lambda impl: DepthwiseConv(96, (3, 3), strides=2, padding="VALID", implementation=impl, rngs=nnx.Rngs(0))),
+  "depthwise_3x3_23x23x144": ((32, 23, 23, 144), lambda impl: DepthwiseConv(144, (3, 3), padding="SAME", implementation=impl, rngs=nnx.Rngs(0))),
+  "pointwise_45x45_16to96": ((32, 45, 45, 16), lambda impl: PointwiseConv(16, 96, implementation=impl, rngs=nnx.Rngs(0))),
+  "batch_norm_45x45x96": ((32, 45, 45, 96), lambda impl: BatchNorm(96, implementation=impl, rngs=nnx.Rngs(0))),
+  "batch_norm_23x23x144": ((32, 23, 23, 144), lambda impl: BatchNorm(144, implementation=impl, rngs=nnx.Rngs(0))),
+}
+
+
+def step_fn(module: nnx.Module):
+  graphdef, state = nnx.split(module)
+  call = {"use_running_average": False} if isinstance(module, BatchNorm) else {}
+
+  @jax.jit
+  def step(x, state):
+    def loss(x, state):
+      return jnp.sum(jnp.clip(nnx.merge(graphdef, state)(x, **call), 0.0, 6.0))
+    return jax.value_and_grad(loss, argnums=(0, 1))(x, state)
+
+  return step, state
+
+
+def time_case(shape, make, repeats: int) -> dict:
+  x = jnp.asarray(np.random.default_rng(0).standard_normal(shape, np.float32))
+  out, results = {}, {}
+  for impl in ("xla", "cpu"):
+    step, state = step_fn(make(impl))
+    results[impl] = jax.block_until_ready(step(x, state))
+    start = time.perf_counter()
+    for _ in range(repeats):
+      result = step(x, state)
+    jax.block_until_ready(result)
+    out[f"{impl}_ms"] = round((time.perf_counter() - start) / repeats * 1000, 2)
+  out["speedup"] = round(out["xla_ms"] / out["cpu_ms"], 2)
+  out["max_abs_diff"] = float(max(jnp.max(jnp.abs(a - b)) for a, b in zip(jax.tree.leaves(results["xla"]), jax.tree.leaves(results["cpu"]))))
+  return out
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--repeats", type=int, default=20)
+  parser.add_argument("--cases", default=",".join(CASES))
+  args = parser.parse_args()
+  results = {}
+  for name in args.cases.split(","):
+    results[name] = time_case(*CASES[name], args.repeats)
+    print(json.dumps({name: results[name]}), flush=True)
+  print(json.dumps({"device": str(jax.devices()[0]), **results}, indent=2))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,125 @@
+"""The CPU implementations of depthwise/1x1 convolutions and batch norm equal the standard ops."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from imgcls.models.batch_norm import BatchNorm
+from imgcls.models.convs import Conv, DepthwiseConv, PointwiseConv
+
+
+def _outputs_and_grads(module: nnx.Module, x: jax.Array, **call) -> tuple:
+  """The module's output on x and the gradients of a fixed projection of it w.r.t. x and its state."""
+  graphdef, state = nnx.split(module)
+  weights = jnp.asarray(np.random.default_rng(1).standard_normal(nnx.merge(graphdef, state)(x, **call).shape, np.float32))
+
+  def loss(x, state):
+    out = nnx.merge(graphdef, state)(x, **call)
+    return jnp.sum(jnp.clip(out, -1.0, 2.0) * weights), out
+
+  (_, out), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(x, state)
+  return out, jax.tree.leaves(grads)
+
+
+def _assert_same(ours: tuple, theirs: tuple, tolerance: float) -> None:
+  np.testing.assert_allclose(ours[0], theirs[0], atol=tolerance)
+  assert len(ours[1]) == len(theirs[1])
+  for a, b in zip(ours[1], theirs[1]):
+    np.testing.assert_allclose(a, b, atol=tolerance * max(1.0, float(jnp.max(jnp.abs(b)))))
+
+
+@pytest.mark.parametrize("shape,kernel,strides,padding", [
+  ((4, 9, 9, 5), 3, (1, 1), "SAME"),
+  ((4, 9, 8, 5), 3, (2, 2), "SAME"),
+  ((3, 10, 11, 6), 3, (2, 2), "VALID"),
+  ((2, 7, 7, 4), 5, (1, 1), "VALID"),
+  ((2, 12, 12, 3), 3, (2, 1), "SAME"),
+])
+def test_depthwise_matches_lax_conv_forward_and_backward(shape, kernel, strides, padding):
+  x = jnp.asarray(np.random.default_rng(0).standard_normal(shape, np.float32))
+  results = [
+    _outputs_and_grads(DepthwiseConv(shape[-1], (kernel, kernel), strides=strides, padding=padding, implementation=impl,
+                                     rngs=nnx.Rngs(0)), x)
+    for impl in ("cpu", "xla")
+  ]
+  _assert_same(*results, tolerance=1e-5)
+
+
+def test_pointwise_matches_lax_conv_forward_and_backward():
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((3, 6, 5, 7), np.float32))
+  results = [_outputs_and_grads(PointwiseConv(7, 4, implementation=impl, rngs=nnx.Rngs(0)), x) for impl in ("cpu", "xla")]
+  _assert_same(*results, tolerance=1e-5)
+
+
+@pytest.mark.parametrize("shape,features,kernel,strides,padding", [
+  ((4, 11, 11, 3), 8, 3, (2, 2), "SAME"),  # a stem layer: built from patches
+  ((4, 10, 9, 3), 5, 3, (1, 1), "VALID"),
+  ((2, 9, 9, 2), 4, 5, (2, 1), "SAME"),
+  ((2, 8, 8, 16), 4, 3, (1, 1), "SAME"),  # 144 inputs per output: XLA's convolution
+])
+def test_conv_matches_lax_conv_forward_and_backward(shape, features, kernel, strides, padding):
+  x = jnp.asarray(np.random.default_rng(0).standard_normal(shape, np.float32))
+  results = [_outputs_and_grads(Conv(shape[-1], features, (kernel, kernel), strides=strides, padding=padding, implementation=impl,
+                                     rngs=nnx.Rngs(0)), x)
+             for impl in ("cpu", "xla")]
+  _assert_same(*results, tolerance=1e-5)
+
+
+@pytest.mark.parametrize("use_scale", [True, False])
+def test_batch_norm_training_step_matches_nnx(use_scale):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((6, 5, 4, 8), np.float32) * 3 + 1)
+  modules = [BatchNorm(8, momentum=0.9, epsilon=1e-3, use_scale=use_scale, implementation=impl, rngs=nnx.Rngs(0))
+             for impl in ("cpu", "xla")]
+  scale = jnp.asarray(rng.standard_normal(8, np.float32))
+  for module in modules:  # non-trivial scale and bias, the same in both
+    if use_scale:
+      module.scale[...] = scale
+    module.bias[...] = jnp.linspace(-1.0, 1.0, 8)
+  results = [_outputs_and_grads(m, x, use_running_average=False) for m in modules]
+  _assert_same(*results, tolerance=1e-5)
+  ours, theirs = [nnx.state(m, nnx.BatchStat) for m in modules]
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_batch_norm_running_statistics_move_like_nnx():
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((16, 3, 3, 4), np.float32) * 2 + 5)
+  ours = BatchNorm(4, momentum=0.5, implementation="cpu", rngs=nnx.Rngs(0))
+  theirs = nnx.BatchNorm(4, momentum=0.5, rngs=nnx.Rngs(0))
+  for module in (ours, theirs):
+    module(x, use_running_average=False)
+  np.testing.assert_allclose(ours.mean[...], theirs.mean[...], atol=1e-6)
+  np.testing.assert_allclose(ours.var[...], theirs.var[...], atol=1e-5)
+  assert float(jnp.min(ours.mean[...])) > 2.0  # moved halfway to the batch mean of ~5
+  np.testing.assert_allclose(ours(x, use_running_average=True), theirs(x, use_running_average=True), atol=1e-5)
+
+
+_FAULTS = """
+import resource, numpy as np, imgcls
+block = 256 * 2**20
+np.ones(block // 8)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(3):
+  np.ones(block // 8)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def test_freed_host_memory_is_kept_for_reuse():
+  """Importing imgcls makes a freed 256 MB block come back without page faults; opting out does not."""
+  import os
+  import subprocess
+  import sys
+
+  def faults(keep: str) -> int:
+    env = {**os.environ, "IMGCLS_KEEP_HOST_MEMORY": keep}
+    return int(subprocess.run([sys.executable, "-c", _FAULTS], env=env, capture_output=True, text=True, check=True).stdout)
+
+  unmapped, kept = faults("0"), faults("1")
+  assert unmapped > 300  # glibc unmaps each freed block; the next one faults in again (numpy asks for huge pages)
+  assert kept < unmapped / 10
