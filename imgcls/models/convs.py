@@ -77,11 +77,11 @@ def _depthwise_valid_bwd(strides, residuals, grad):
   x32, g32 = x.astype(jnp.float32), grad.astype(jnp.float32)
   rows_of_taps = []
   for i in range(kh):
-    rows = lax.slice(x32, (0, i, 0, 0), (n, i + (oh - 1) * sh + 1, width, channels), (1, sh, 1, 1))
     for j in range(kw):
       acc = None
       for w in range(ow):
-        term = rows[:, :, j + w * sw] * g32[:, :, w]
+        column = lax.slice(x32, (0, i, j + w * sw, 0), (n, i + (oh - 1) * sh + 1, j + w * sw + 1, channels), (1, sh, 1, 1))
+        term = column[:, :, 0] * g32[:, :, w]
         acc = term if acc is None else acc + term
       rows_of_taps.append(acc)
   dtaps = jnp.sum(jnp.stack(rows_of_taps), axis=(1, 2)).reshape(kh, kw, channels)
