@@ -38,6 +38,7 @@ def _assert_same(ours: tuple, theirs: tuple, tolerance: float) -> None:
   ((3, 10, 11, 6), 3, (2, 2), "VALID"),
   ((2, 7, 7, 4), 5, (1, 1), "VALID"),
   ((2, 12, 12, 3), 3, (2, 1), "SAME"),
+  ((2, 4, 60, 2), 3, (1, 1), "SAME"),  # rows wider than MAX_UNROLLED_WIDTH: taps reduced one by one
 ])
 def test_depthwise_matches_lax_conv_forward_and_backward(shape, kernel, strides, padding):
   x = jnp.asarray(np.random.default_rng(0).standard_normal(shape, np.float32))

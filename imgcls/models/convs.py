@@ -19,6 +19,7 @@ from flax import nnx
 from jax import lax
 
 IMPLEMENTATIONS = ("auto", "xla", "cpu")
+MAX_UNROLLED_WIDTH = 48  # widest output row whose depthwise taps gradient is one unrolled loop
 
 
 def resolve(implementation: str) -> str:
@@ -74,17 +75,22 @@ def _depthwise_valid_bwd(strides, residuals, grad):
   dx = _shifted_sum(dilated, taps[::-1, ::-1].astype(grad.dtype), (height, width), 1)
   # Taps: for each (i, j), sum over n, h, w of x[n, i + s*h, j + s*w] * grad[n, h, w]. Unrolling the
   # sum over w into slices keeps it one fused loop; only the small (n, h) sums are left to reduce.
+  # Rows wider than MAX_UNROLLED_WIDTH are reduced tap by tap instead, to keep the program small.
   x32, g32 = x.astype(jnp.float32), grad.astype(jnp.float32)
-  rows_of_taps = []
+  per_tap = []
   for i in range(kh):
     for j in range(kw):
+      if ow > MAX_UNROLLED_WIDTH:
+        patch = lax.slice(x32, (0, i, j, 0), (n, i + (oh - 1) * sh + 1, j + (ow - 1) * sw + 1, channels), (1, sh, sw, 1))
+        per_tap.append(jnp.sum(patch * g32, axis=(0, 1, 2)))
+        continue
       acc = None
       for w in range(ow):
         column = lax.slice(x32, (0, i, j + w * sw, 0), (n, i + (oh - 1) * sh + 1, j + w * sw + 1, channels), (1, sh, 1, 1))
         term = column[:, :, 0] * g32[:, :, w]
         acc = term if acc is None else acc + term
-      rows_of_taps.append(acc)
-  dtaps = jnp.sum(jnp.stack(rows_of_taps), axis=(1, 2)).reshape(kh, kw, channels)
+      per_tap.append(jnp.sum(acc, axis=(0, 1)))
+  dtaps = jnp.stack(per_tap).reshape(kh, kw, channels)
   return dx, dtaps.astype(taps.dtype)
 
 
