@@ -12,6 +12,10 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
+# One pytest process runs hundreds of compilations; with freed memory kept in one malloc arena
+# (imgcls/host_memory.py) it compiles slower and holds several GB. Tests use glibc's defaults;
+# test_cpu_kernels.py checks the setting itself in subprocesses.
+os.environ.setdefault("IMGCLS_KEEP_HOST_MEMORY", "0")
 
 from paths import REPO, SHARED  # noqa: E402  (one place for where shared/ is)
 
