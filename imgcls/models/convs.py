@@ -77,20 +77,24 @@ def _depthwise_valid_bwd(strides, residuals, grad):
   # sum over w into slices keeps it one fused loop; only the small (n, h) sums are left to reduce.
   # Rows wider than MAX_UNROLLED_WIDTH are reduced tap by tap instead, to keep the program small.
   x32, g32 = x.astype(jnp.float32), grad.astype(jnp.float32)
-  per_tap = []
-  for i in range(kh):
-    for j in range(kw):
-      if ow > MAX_UNROLLED_WIDTH:
-        patch = lax.slice(x32, (0, i, j, 0), (n, i + (oh - 1) * sh + 1, j + (ow - 1) * sw + 1, channels), (1, sh, sw, 1))
-        per_tap.append(jnp.sum(patch * g32, axis=(0, 1, 2)))
-        continue
+  taps_ij = [(i, j) for i in range(kh) for j in range(kw)]
+  if ow > MAX_UNROLLED_WIDTH:
+    dtaps = jnp.stack([
+      jnp.sum(lax.slice(x32, (0, i, j, 0), (n, i + (oh - 1) * sh + 1, j + (ow - 1) * sw + 1, channels), (1, sh, sw, 1)) * g32,
+              axis=(0, 1, 2))
+      for i, j in taps_ij
+    ])
+  else:
+    row_sums = []
+    for i, j in taps_ij:
       acc = None
       for w in range(ow):
         column = lax.slice(x32, (0, i, j + w * sw, 0), (n, i + (oh - 1) * sh + 1, j + w * sw + 1, channels), (1, sh, 1, 1))
         term = column[:, :, 0] * g32[:, :, w]
         acc = term if acc is None else acc + term
-      per_tap.append(jnp.sum(acc, axis=(0, 1)))
-  dtaps = jnp.stack(per_tap).reshape(kh, kw, channels)
+      row_sums.append(acc)
+    dtaps = jnp.sum(jnp.stack(row_sums), axis=(1, 2))  # one reduction for all taps
+  dtaps = dtaps.reshape(kh, kw, channels)
   return dx, dtaps.astype(taps.dtype)
 
 
