@@ -37,16 +37,29 @@ def _same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
   return total // 2, total - total // 2
 
 
-def _shifted_sum(x: jax.Array, taps: jax.Array, out_hw: tuple[int, int], stride: int | tuple[int, int]) -> jax.Array:
+def _pad(x: jax.Array, kernel_hw: tuple[int, int], strides: tuple[int, int], padding: str) -> jax.Array:
+  """x padded as `padding` ("SAME" or "VALID") asks for a kernel_hw kernel at these strides."""
+  if padding == "SAME":
+    return jnp.pad(x, ((0, 0), _same_pads(x.shape[1], kernel_hw[0], strides[0]), _same_pads(x.shape[2], kernel_hw[1], strides[1]), (0, 0)))
+  if padding != "VALID":
+    raise ValueError(f"Unsupported padding {padding!r}.")
+  return x
+
+
+def _tap(x: jax.Array, i: int, j: int, out_hw: tuple[int, int], strides: tuple[int, int]) -> jax.Array:
+  """x[:, i + sh*h, j + sw*w, :] for the output's h, w: what tap (i, j) of a VALID kernel sees."""
+  (oh, ow), (sh, sw) = out_hw, strides
+  return lax.slice(x, (0, i, j, 0), (x.shape[0], i + (oh - 1) * sh + 1, j + (ow - 1) * sw + 1, x.shape[3]), (1, sh, sw, 1))
+
+
+def _shifted_sum(x: jax.Array, taps: jax.Array, out_hw: tuple[int, int], strides: tuple[int, int]) -> jax.Array:
   """sum over taps (i, j) of x[:, i + s*h, j + s*w, :] * taps[i, j]: a VALID depthwise correlation."""
-  (kh, kw), (oh, ow) = taps.shape[:2], out_hw
-  sh, sw = (stride, stride) if isinstance(stride, int) else stride
-  n, channels = x.shape[0], x.shape[3]
+  kh, kw = taps.shape[:2]
   out = None
   for i in range(kh):
     for j in range(kw):
-      patch = lax.slice(x, (0, i, j, 0), (n, i + (oh - 1) * sh + 1, j + (ow - 1) * sw + 1, channels), (1, sh, sw, 1))
-      out = patch * taps[i, j] if out is None else out + patch * taps[i, j]
+      term = _tap(x, i, j, out_hw, strides) * taps[i, j]
+      out = term if out is None else out + term
   return out
 
 
@@ -66,31 +79,26 @@ def _depthwise_valid_bwd(strides, residuals, grad):
   """Both gradients as fused elementwise work; autodiff of the slices would pad each of k*k terms."""
   x, taps = residuals
   (kh, kw), (sh, sw) = taps.shape[:2], strides
-  n, height, width, channels = x.shape
+  height, width, channels = x.shape[1:]
   oh, ow = grad.shape[1:3]
   # Input: correlate the stride-dilated, (k-1)-padded gradient with the flipped taps.
   zero = jnp.zeros((), grad.dtype)
   dilated = lax.pad(grad, zero, ((0, 0, 0), (kh - 1, height - (oh - 1) * sh - 1, sh - 1),
                                  (kw - 1, width - (ow - 1) * sw - 1, sw - 1), (0, 0, 0)))
-  dx = _shifted_sum(dilated, taps[::-1, ::-1].astype(grad.dtype), (height, width), 1)
+  dx = _shifted_sum(dilated, taps[::-1, ::-1].astype(grad.dtype), (height, width), (1, 1))
   # Taps: for each (i, j), sum over n, h, w of x[n, i + s*h, j + s*w] * grad[n, h, w]. Unrolling the
   # sum over w into slices keeps it one fused loop; only the small (n, h) sums are left to reduce.
   # Rows wider than MAX_UNROLLED_WIDTH are reduced tap by tap instead, to keep the program small.
   x32, g32 = x.astype(jnp.float32), grad.astype(jnp.float32)
   taps_ij = [(i, j) for i in range(kh) for j in range(kw)]
   if ow > MAX_UNROLLED_WIDTH:
-    dtaps = jnp.stack([
-      jnp.sum(lax.slice(x32, (0, i, j, 0), (n, i + (oh - 1) * sh + 1, j + (ow - 1) * sw + 1, channels), (1, sh, sw, 1)) * g32,
-              axis=(0, 1, 2))
-      for i, j in taps_ij
-    ])
+    dtaps = jnp.stack([jnp.sum(_tap(x32, i, j, (oh, ow), strides) * g32, axis=(0, 1, 2)) for i, j in taps_ij])
   else:
     row_sums = []
     for i, j in taps_ij:
       acc = None
       for w in range(ow):
-        column = lax.slice(x32, (0, i, j + w * sw, 0), (n, i + (oh - 1) * sh + 1, j + w * sw + 1, channels), (1, sh, 1, 1))
-        term = column[:, :, 0] * g32[:, :, w]
+        term = _tap(x32, i, j + w * sw, (oh, 1), (sh, 1))[:, :, 0] * g32[:, :, w]
         acc = term if acc is None else acc + term
       row_sums.append(acc)
     dtaps = jnp.sum(jnp.stack(row_sums), axis=(1, 2))  # one reduction for all taps
@@ -104,28 +112,45 @@ _depthwise_valid.defvjp(_depthwise_valid_fwd, _depthwise_valid_bwd)
 def depthwise_shift(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding: str) -> jax.Array:
   """NHWC depthwise convolution (kernel HxWx1xC, multiplier 1) as shifted multiply-adds."""
   kh, kw = kernel.shape[:2]
-  if padding == "SAME":
-    x = jnp.pad(x, ((0, 0), _same_pads(x.shape[1], kh, strides[0]), _same_pads(x.shape[2], kw, strides[1]), (0, 0)))
-  elif padding != "VALID":
-    raise ValueError(f"Unsupported padding {padding!r}.")
-  return _depthwise_valid(x, kernel.reshape(kh, kw, kernel.shape[-1]), tuple(strides))
+  return _depthwise_valid(_pad(x, (kh, kw), strides, padding), kernel.reshape(kh, kw, kernel.shape[-1]), tuple(strides))
 
 
-class DepthwiseConv(nnx.Conv):
-  """`nnx.Conv` with `feature_group_count == in_features` (same parameters), computed by `implementation`."""
+def as_pair(value) -> tuple[int, int]:
+  """An int or a pair (as nnx.Conv takes strides and dilations) as a pair; None as (1, 1)."""
+  value = 1 if value is None else value
+  return (int(value), int(value)) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
-  def __init__(self, channels: int, kernel_size, *, implementation: str = "auto", **kwargs):
-    super().__init__(channels, channels, kernel_size, feature_group_count=channels, **kwargs)
+
+class _ConvWithCpuPath(nnx.Conv):
+  """`nnx.Conv` (same parameters) that subclasses compute by `cpu_conv` where `uses_cpu_path`."""
+
+  def __init__(self, *args, implementation: str = "auto", **kwargs):
+    super().__init__(*args, **kwargs)
     self.implementation = resolve(implementation)
 
+  def uses_cpu_path(self) -> bool:
+    return self.implementation == "cpu" and isinstance(self.padding, str)
+
+  def cpu_conv(self, x: jax.Array, kernel: jax.Array, strides: tuple[int, int]) -> jax.Array:
+    raise NotImplementedError
+
   def __call__(self, x: jax.Array) -> jax.Array:
-    if self.implementation == "xla" or not isinstance(self.padding, str):
+    if not self.uses_cpu_path():
       return super().__call__(x)
-    strides = self.strides if isinstance(self.strides, tuple) else (self.strides, self.strides)
-    y = depthwise_shift(x, self.kernel[...], tuple(strides), self.padding)
+    y = self.cpu_conv(x, self.kernel[...], as_pair(self.strides))
     if self.bias is not None:
       y = y + self.bias[...].astype(y.dtype)
     return y
+
+
+class DepthwiseConv(_ConvWithCpuPath):
+  """`nnx.Conv` with `feature_group_count == in_features`; "cpu": `depthwise_shift`."""
+
+  def __init__(self, channels: int, kernel_size, *, implementation: str = "auto", **kwargs):
+    super().__init__(channels, channels, kernel_size, feature_group_count=channels, implementation=implementation, **kwargs)
+
+  def cpu_conv(self, x, kernel, strides):
+    return depthwise_shift(x, kernel, strides, self.padding)
 
 
 def pointwise_dot(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -135,41 +160,30 @@ def pointwise_dot(x: jax.Array, kernel: jax.Array) -> jax.Array:
   return out.reshape(n, height, width, -1)
 
 
-class PointwiseConv(nnx.Conv):
-  """`nnx.Conv` with a 1x1 kernel and stride 1 (same parameters), computed by `implementation`."""
+class PointwiseConv(_ConvWithCpuPath):
+  """`nnx.Conv` with a 1x1 kernel and stride 1; "cpu": `pointwise_dot`."""
 
   def __init__(self, in_features: int, out_features: int, *, implementation: str = "auto", **kwargs):
-    super().__init__(in_features, out_features, (1, 1), **kwargs)
-    self.implementation = resolve(implementation)
+    super().__init__(in_features, out_features, (1, 1), implementation=implementation, **kwargs)
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    if self.implementation == "xla":
-      return super().__call__(x)
-    y = pointwise_dot(x, self.kernel[...])
-    if self.bias is not None:
-      y = y + self.bias[...].astype(y.dtype)
-    return y
+  def uses_cpu_path(self) -> bool:
+    return self.implementation == "cpu"
+
+  def cpu_conv(self, x, kernel, strides):
+    return pointwise_dot(x, kernel)
 
 
 def patches_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding: str) -> jax.Array:
   """NHWC convolution as one matrix product of the image's kh*kw*C patches with the kernel."""
   kh, kw, channels, features = kernel.shape
-  sh, sw = strides
-  if padding == "SAME":
-    x = jnp.pad(x, ((0, 0), _same_pads(x.shape[1], kh, sh), _same_pads(x.shape[2], kw, sw), (0, 0)))
-  elif padding != "VALID":
-    raise ValueError(f"Unsupported padding {padding!r}.")
-  n = x.shape[0]
-  out_h, out_w = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
-  patches = jnp.concatenate([
-    lax.slice(x, (0, i, j, 0), (n, i + (out_h - 1) * sh + 1, j + (out_w - 1) * sw + 1, channels), (1, sh, sw, 1))
-    for i in range(kh) for j in range(kw)
-  ], axis=-1)  # (i, j, c) order, as the kernel's
+  (sh, sw), x = strides, _pad(x, (kh, kw), strides, padding)
+  out_hw = ((x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1)
+  patches = jnp.concatenate([_tap(x, i, j, out_hw, strides) for i in range(kh) for j in range(kw)], axis=-1)  # (i, j, c), as the kernel
   out = patches.reshape(-1, kh * kw * channels) @ kernel.reshape(-1, features).astype(x.dtype)
-  return out.reshape(n, out_h, out_w, features)
+  return out.reshape(x.shape[0], *out_hw, features)
 
 
-class Conv(nnx.Conv):
+class Conv(_ConvWithCpuPath):
   """`nnx.Conv`; with `"cpu"`, a convolution over few input channels (an image's 3) is `patches_conv`.
 
   XLA's CPU convolution is slowest where each output sums few inputs (3x3x3 = 27 for a stem
@@ -178,18 +192,9 @@ class Conv(nnx.Conv):
 
   MAX_PATCH = 64  # kh * kw * in_features up to which the patches are built
 
-  def __init__(self, in_features: int, out_features: int, kernel_size, *, implementation: str = "auto", **kwargs):
-    super().__init__(in_features, out_features, kernel_size, **kwargs)
-    self.implementation = resolve(implementation)
+  def uses_cpu_path(self) -> bool:
+    return (super().uses_cpu_path() and self.feature_group_count == 1 and as_pair(self.kernel_dilation) == (1, 1)
+            and self.kernel.size // self.kernel.shape[-1] <= self.MAX_PATCH)
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    kh, kw, channels, _ = self.kernel.shape
-    dilated = any(d != 1 for d in ((self.kernel_dilation,) if isinstance(self.kernel_dilation, int) else self.kernel_dilation or (1,)))
-    if (self.implementation == "xla" or not isinstance(self.padding, str) or self.feature_group_count != 1 or dilated
-        or kh * kw * channels > self.MAX_PATCH):
-      return super().__call__(x)
-    strides = self.strides if isinstance(self.strides, tuple) else (self.strides, self.strides)
-    y = patches_conv(x, self.kernel[...], tuple(strides), self.padding)
-    if self.bias is not None:
-      y = y + self.bias[...].astype(y.dtype)
-    return y
+  def cpu_conv(self, x, kernel, strides):
+    return patches_conv(x, kernel, strides, self.padding)

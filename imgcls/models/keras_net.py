@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from imgcls.models.batch_norm import BatchNorm
-from imgcls.models.convs import Conv, DepthwiseConv, PointwiseConv
+from imgcls.models.convs import Conv, DepthwiseConv, PointwiseConv, as_pair
 
 # Keras's default initialisers, so a randomly initialised network starts as it does in Keras.
 _KERNEL_INIT = nnx.initializers.glorot_uniform()
@@ -109,13 +109,13 @@ class Graph:
     return _out_size(h, kernel[0], strides[0], padding), _out_size(w, kernel[1], strides[1], padding)
 
   def conv(self, name, x, filters, kernel, *, strides=1, padding="valid", use_bias=True, activation=""):
-    kernel, strides = _pair(kernel), _pair(strides)
+    kernel, strides = as_pair(kernel), as_pair(strides)
     shape = (*self._spatial(x, kernel, strides, padding), filters)
     return self._append(name, "conv", (x,), shape, units=filters, kernel=kernel, strides=strides,
                     padding=padding, use_bias=use_bias, activation=activation)
 
   def depthwise(self, name, x, kernel, *, strides=1, padding="valid", use_bias=True):
-    kernel, strides = _pair(kernel), _pair(strides)
+    kernel, strides = as_pair(kernel), as_pair(strides)
     shape = (*self._spatial(x, kernel, strides, padding), self.shape(x)[-1])
     return self._append(name, "depthwise", (x,), shape, kernel=kernel, strides=strides, padding=padding,
                     use_bias=use_bias)
@@ -130,7 +130,7 @@ class Graph:
     """ZeroPadding2D(correct_pad(x, kernel)); the padding is recomputed for each input size."""
     (top, bottom), (left, right) = correct_pad(*self.shape(x)[:2], kernel)
     h, w, c = self.shape(x)
-    return self._append(name, "pad", (x,), (h + top + bottom, w + left + right, c), kernel=_pair(kernel))
+    return self._append(name, "pad", (x,), (h + top + bottom, w + left + right, c), kernel=as_pair(kernel))
 
   def max_pool(self, name, x, pool, *, strides=None, padding="valid"):
     return self._pool("max_pool", name, x, pool, strides, padding)
@@ -139,8 +139,8 @@ class Graph:
     return self._pool("avg_pool", name, x, pool, strides, padding)
 
   def _pool(self, op, name, x, pool, strides, padding):
-    pool = _pair(pool)
-    strides = pool if strides is None else _pair(strides)
+    pool = as_pair(pool)
+    strides = pool if strides is None else as_pair(strides)
     shape = (*self._spatial(x, pool, strides, padding), self.shape(x)[-1])
     return self._append(name, op, (x,), shape, kernel=pool, strides=strides, padding=padding)
 
@@ -164,13 +164,9 @@ class Graph:
     return self._append(name, "dense", (x,), (units,), units=units, activation=activation)
 
 
-def _pair(v) -> tuple[int, int]:
-  return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-
 def _module(layer: Layer, in_shape: tuple[int, ...], momentum: float, epsilon: float, convs: str, rngs: nnx.Rngs) -> nnx.Module:
   padding = layer.padding.upper()
-  if layer.op == "conv" and _pair(layer.kernel) == (1, 1) and _pair(layer.strides) == (1, 1):
+  if layer.op == "conv" and as_pair(layer.kernel) == (1, 1) and as_pair(layer.strides) == (1, 1):
     return PointwiseConv(in_shape[-1], layer.units, use_bias=layer.use_bias, kernel_init=_KERNEL_INIT,
                          implementation=convs, rngs=rngs)
   if layer.op == "conv":
