@@ -53,8 +53,9 @@ class ImageSpec:
     return 1 if self.color_mode == "grayscale" else 3
 
 
-class _Load(grain.transforms.Map):
-  """Record (path, label, index) -> example with decoded, resized, rescaled pixels."""
+class _LoadBatch(grain.transforms.Map):
+  """The records (path, label, index) of one batch -> the batch, its pixels decoded, resized and
+  rescaled. One call per batch, not per image: grain's per-element overhead is paid once per batch."""
 
   def __init__(self, spec: ImageSpec, split: Split):
     self.spec = spec
@@ -64,8 +65,7 @@ class _Load(grain.transforms.Map):
       shape = (*spec.image_size, spec.channels)
       self.cache = pixel_cache.for_paths(split.paths, shape, spec.cache, fields, spec.cache_dir)
 
-  def map(self, record: tuple[str, int, int]) -> dict[str, np.ndarray]:
-    path, label, index = record
+  def _pixels(self, path: str, index: int) -> np.ndarray:
     pixels = self.cache.get(index) if self.cache is not None else None
     if pixels is None:
       draft_size = self.spec.image_size if self.spec.jpeg_draft else None
@@ -73,24 +73,46 @@ class _Load(grain.transforms.Map):
       pixels = images.resize(pixels, self.spec.image_size, self.spec.interpolation)
       if self.cache is not None:
         self.cache.put(index, pixels)
+    return pixels
+
+  def map(self, batch: list[tuple[str, int, int]]) -> dict[str, np.ndarray]:
+    pixels = np.empty((len(batch), *self.spec.image_size, self.spec.channels), np.float32)
+    for row, (path, _, index) in enumerate(batch):
+      pixels[row] = self._pixels(path, index)
     if self.spec.rescale != 1.0:
       pixels *= np.float32(self.spec.rescale)
-    return {"image": pixels, "label": np.int32(label), "mask": np.float32(1.0), "index": np.int32(index)}
+    return {"image": pixels, **_batch_fields(batch)}
 
 
-class _Lookup(grain.transforms.Map):
-  """Record (path, label, index) -> example whose "image" is `rows[index]` (cached backbone features)."""
+class _LookupBatch(grain.transforms.Map):
+  """The records (path, label, index) of one batch -> the batch, its "image" `rows[index]`
+  (cached backbone features)."""
 
   def __init__(self, rows: np.ndarray):
     self.rows = rows
 
-  def map(self, record: tuple[str, int, int]) -> dict[str, np.ndarray]:
-    _, label, index = record
-    return {"image": self.rows[index], "label": np.int32(label), "mask": np.float32(1.0), "index": np.int32(index)}
+  def map(self, batch: list[tuple[str, int, int]]) -> dict[str, np.ndarray]:
+    return {"image": self.rows[[index for _, _, index in batch]], **_batch_fields(batch)}
 
 
-def _loader(spec: ImageSpec, split: Split, rows: np.ndarray | None) -> grain.transforms.Map:
-  return _Load(spec, split) if rows is None else _Lookup(rows)
+def _batch_fields(batch: list[tuple[str, int, int]]) -> dict[str, np.ndarray]:
+  return {
+    "label": np.array([label for _, label, _ in batch], np.int32),
+    "mask": np.ones(len(batch), np.float32),
+    "index": np.array([index for _, _, index in batch], np.int32),
+  }
+
+
+def _load_batches(
+  ordered: list[tuple[str, int, int]], batch_size: int, spec: ImageSpec, split: Split, rows: np.ndarray | None
+) -> grain.MapDataset:
+  """Records, in the order they are read -> batches of examples (the last one may be smaller).
+
+  The records are grouped into batches before grain sees them, so grain handles one element per
+  batch."""
+  loader = _LoadBatch(spec, split) if rows is None else _LookupBatch(rows)
+  groups = [ordered[start : start + batch_size] for start in range(0, len(ordered), batch_size)]
+  return grain.MapDataset.source(groups).map(loader)
 
 
 def records(split: Split) -> list[tuple[str, int, int]]:
@@ -103,22 +125,26 @@ def epoch_seed(seed: int, epoch: int) -> int:
   return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
-def epoch_records(split: Split, seed: int, epoch: int, shuffle: bool = True) -> grain.MapDataset:
+def epoch_records(split: Split, seed: int, epoch: int, shuffle: bool = True) -> list[tuple[str, int, int]]:
   """The (path, label, index) records of one training epoch in the order they are read."""
-  ds = grain.MapDataset.source(records(split))
+  ordered = records(split)
   if shuffle:
-    ds = ds.shuffle(seed=epoch_seed(seed, epoch))
-  return ds
+    ordered = [ordered[i] for i in np.random.default_rng(epoch_seed(seed, epoch)).permutation(len(ordered))]
+  return ordered
 
 
 class _HostAugment(grain.transforms.RandomMap):
-  """Augments one example on the host (grain seeds `rng` per example)."""
+  """Augments a batch on the host, each example with its own generator seeded from the one grain
+  seeds for the batch (by draws, not `spawn`: grain reuses its generator between batches)."""
 
   def __init__(self, aug: augment.Augment, pixel_max: float):
     self.aug, self.pixel_max = aug, pixel_max
 
-  def random_map(self, example: dict, rng: np.random.Generator) -> dict:
-    return {**example, "image": augment.apply_host(self.aug, example["image"], rng, self.pixel_max)}
+  def random_map(self, batch: dict, rng: np.random.Generator) -> dict:
+    pixels = batch["image"].copy()
+    for row, example_seed in enumerate(rng.integers(2**63, size=len(pixels))):
+      pixels[row] = augment.apply_host(self.aug, pixels[row], np.random.default_rng(example_seed), self.pixel_max)
+    return {**batch, "image": pixels}
 
 
 def train_dataset(
@@ -132,14 +158,14 @@ def train_dataset(
   host gets the same number of examples (the epoch's last `len % count` are left out).
   `rows`: per-example arrays that replace the images (cached features), indexed like the split.
   """
-  ds = epoch_records(split, seed, epoch, shuffle)
+  ordered = epoch_records(split, seed, epoch, shuffle)
   index, count = shard
   if count > 1:
-    ds = ds[: len(ds) // count * count][index::count]
-  ds = ds.map(_loader(spec, split, rows))
+    ordered = ordered[: len(ordered) // count * count][index::count]
+  ds = _load_batches(ordered, batch_size, spec, split, rows)
   if host_augment is not None and host_augment.enabled:
     ds = ds.random_map(_HostAugment(host_augment, 255.0 * spec.rescale), seed=epoch_seed(seed + 1, epoch))
-  return ds.batch(batch_size, drop_remainder=False)
+  return ds
 
 
 class _Pad(grain.transforms.Map):
@@ -157,8 +183,7 @@ class _Pad(grain.transforms.Map):
 
 def eval_dataset(split: Split, spec: ImageSpec, batch_size: int, rows: np.ndarray | None = None) -> grain.MapDataset:
   """Batches of a split in file order, each padded to `batch_size` (`rows`: as `train_dataset`)."""
-  ds = grain.MapDataset.source(records(split)).map(_loader(spec, split, rows))
-  return ds.batch(batch_size, drop_remainder=False).map(_Pad(batch_size))
+  return _load_batches(records(split), batch_size, spec, split, rows).map(_Pad(batch_size))
 
 
 def iterate(ds: grain.MapDataset, num_threads: int, prefetch: int, state: dict[str, Any] | None = None) -> grain.DatasetIterator:
