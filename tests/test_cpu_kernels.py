@@ -1,4 +1,4 @@
-"""The CPU implementations of depthwise/1x1 convolutions and batch norm equal the standard ops."""
+"""The CPU implementations of convolutions, batch norm and max pooling equal the standard ops."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from flax import nnx
 
 from imgcls.models.batch_norm import BatchNorm
 from imgcls.models.convs import Conv, DepthwiseConv, PointwiseConv
+from imgcls.models.pooling import max_pool
 
 
 def _outputs_and_grads(module: nnx.Module, x: jax.Array, **call) -> tuple:
@@ -61,6 +62,8 @@ def test_pointwise_matches_lax_conv_forward_and_backward():
   ((4, 10, 9, 3), 5, 3, (1, 1), "VALID"),
   ((2, 9, 9, 2), 4, 5, (2, 1), "SAME"),
   ((2, 8, 8, 16), 4, 3, (1, 1), "SAME"),  # 144 inputs per output: XLA's convolution
+  ((2, 9, 9, 32), 6, 3, (1, 1), "SAME"),  # 288 inputs per output: the kernel's gradient from patches
+  ((2, 10, 9, 32), 5, 3, (2, 2), "VALID"),
 ])
 def test_conv_matches_lax_conv_forward_and_backward(shape, features, kernel, strides, padding):
   x = jnp.asarray(np.random.default_rng(0).standard_normal(shape, np.float32))
@@ -68,6 +71,43 @@ def test_conv_matches_lax_conv_forward_and_backward(shape, features, kernel, str
                                      rngs=nnx.Rngs(0)), x)
              for impl in ("cpu", "xla")]
   _assert_same(*results, tolerance=1e-5)
+
+
+def test_conv_kernel_gradient_from_patches_only_within_the_memory_cap(monkeypatch):
+  x = jnp.zeros((2, 9, 9, 32), jnp.float32)
+  conv = Conv(32, 6, (3, 3), padding="SAME", implementation="cpu", rngs=nnx.Rngs(0))
+
+  def primitives() -> str:
+    return str(jax.make_jaxpr(lambda k: conv.cpu_conv(x, k, (1, 1)))(conv.kernel[...]))
+  assert "custom_vjp_call" in primitives()
+  monkeypatch.setattr(Conv, "MAX_PATCHES_BYTES", 2 * 9 * 9 * 288 * 4 - 1)
+  assert "custom_vjp_call" not in primitives()
+
+
+@pytest.mark.parametrize("shape,window,strides,padding", [
+  ((2, 8, 8, 3), (2, 2), (2, 2), "VALID"),
+  ((2, 9, 7, 3), (2, 2), (2, 2), "VALID"),  # odd sizes: the last row and column are left out
+  ((1, 9, 9, 2), (3, 3), (3, 3), "VALID"),
+  ((2, 8, 8, 3), (3, 3), (2, 2), "VALID"),  # overlapping windows: nnx.max_pool
+  ((2, 7, 7, 3), (2, 2), (2, 2), "SAME"),
+])
+def test_max_pool_matches_nnx_forward_and_backward(shape, window, strides, padding):
+  x = jnp.asarray(np.random.default_rng(0).standard_normal(shape, np.float32))  # No ties.
+  weights = jnp.asarray(np.random.default_rng(1).standard_normal(nnx.max_pool(x, window, strides, padding).shape, np.float32))
+
+  def run(pool):
+    return jax.value_and_grad(lambda x: jnp.sum(pool(x) * weights))(x)
+  ours = run(lambda x: max_pool(x, window, strides, padding))
+  theirs = run(lambda x: nnx.max_pool(x, window, strides=strides, padding=padding))
+  np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-6)
+  np.testing.assert_array_equal(ours[1], theirs[1])
+  assert max_pool(x, window, strides, padding).shape == nnx.max_pool(x, window, strides, padding).shape
+
+
+def test_max_pool_splits_the_gradient_between_equal_maxima():
+  x = jnp.asarray([[1.0, 3.0], [3.0, 0.0]]).reshape(1, 2, 2, 1)
+  grad = jax.grad(lambda x: jnp.sum(max_pool(x, (2, 2), (2, 2))))(x)
+  np.testing.assert_array_equal(grad.reshape(2, 2), [[0.0, 0.5], [0.5, 0.0]])
 
 
 @pytest.mark.parametrize("use_scale", [True, False])

@@ -73,11 +73,11 @@ def keras_backbone(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> KerasNe
 
 # name -> function(config, rngs) -> backbone.
 MODELS: dict[str, Callable[[ml_collections.ConfigDict, nnx.Rngs], nnx.Module]] = {
-  "insects_cnn": lambda c, rngs: cnn.InsectsCNN(_channels(c), filters=_filters(c, 16), rngs=rngs),
+  "insects_cnn": lambda c, rngs: cnn.InsectsCNN(_channels(c), filters=_filters(c, 16), convs=c.model.convs, rngs=rngs),
   "bn_cnn": lambda c, rngs: cnn.BatchNormCNN(
-    _channels(c), filters=_filters(c, 32), image_width=c.data.image_size[1], rngs=rngs
+    _channels(c), filters=_filters(c, 32), image_width=c.data.image_size[1], convs=c.model.convs, rngs=rngs
   ),
-  "dropout_cnn": lambda c, rngs: cnn.DropoutCNN(_channels(c), filters=_filters(c, 32), rngs=rngs),
+  "dropout_cnn": lambda c, rngs: cnn.DropoutCNN(_channels(c), filters=_filters(c, 32), convs=c.model.convs, rngs=rngs),
   **{name: keras_backbone for name in KERAS_MODELS},
 }
 

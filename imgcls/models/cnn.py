@@ -5,16 +5,20 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
+from imgcls.models.convs import Conv
+from imgcls.models.pooling import max_pool
+
 # Keras's default initialisers, so a recipe trains as it does in Keras.
 _KERNEL_INIT = nnx.initializers.glorot_uniform()
 
 
-def _conv(cin: int, cout: int, kernel: int, rngs: nnx.Rngs, *, strides: int = 1, padding: str = "SAME") -> nnx.Conv:
-  return nnx.Conv(cin, cout, (kernel, kernel), strides=strides, padding=padding, kernel_init=_KERNEL_INIT, rngs=rngs)
+def _conv(cin: int, cout: int, kernel: int, rngs: nnx.Rngs, convs: str, *, strides: int = 1, padding: str = "SAME") -> Conv:
+  return Conv(cin, cout, (kernel, kernel), strides=strides, padding=padding, kernel_init=_KERNEL_INIT,
+              implementation=convs, rngs=rngs)
 
 
 def _max_pool(x: jax.Array) -> jax.Array:
-  return nnx.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+  return max_pool(x, (2, 2), (2, 2))
 
 
 class SimpleBackbone(nnx.Module):
@@ -33,10 +37,10 @@ class InsectsCNN(SimpleBackbone):
 
   default_head = dict(pooling="flatten", hidden=(128,), dropout=0.0)
 
-  def __init__(self, channels: int, *, filters: int = 16, rngs: nnx.Rngs):
-    self.conv1 = _conv(channels, filters, 3, rngs)
-    self.conv2 = _conv(filters, filters * 2, 3, rngs)
-    self.conv3 = _conv(filters * 2, filters * 4, 3, rngs)
+  def __init__(self, channels: int, *, filters: int = 16, convs: str = "auto", rngs: nnx.Rngs):
+    self.conv1 = _conv(channels, filters, 3, rngs, convs)
+    self.conv2 = _conv(filters, filters * 2, 3, rngs, convs)
+    self.conv3 = _conv(filters * 2, filters * 4, 3, rngs, convs)
 
   def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
     for conv in (self.conv1, self.conv2, self.conv3):
@@ -51,10 +55,10 @@ class BatchNormCNN(SimpleBackbone):
   Dense(image width, relu), BatchNorm, Dense(classes).
   """
 
-  def __init__(self, channels: int, *, filters: int = 32, image_width: int = 256, rngs: nnx.Rngs):
-    self.conv1 = _conv(channels, filters, 7, rngs, strides=2, padding="VALID")
-    self.conv2 = _conv(filters, filters, 3, rngs, padding="VALID")
-    self.conv3 = _conv(filters, filters, 3, rngs, padding="VALID")
+  def __init__(self, channels: int, *, filters: int = 32, image_width: int = 256, convs: str = "auto", rngs: nnx.Rngs):
+    self.conv1 = _conv(channels, filters, 7, rngs, convs, strides=2, padding="VALID")
+    self.conv2 = _conv(filters, filters, 3, rngs, convs, padding="VALID")
+    self.conv3 = _conv(filters, filters, 3, rngs, convs, padding="VALID")
     self.norms = nnx.List([nnx.BatchNorm(filters, momentum=0.1, epsilon=1e-5, rngs=rngs) for _ in range(3)])
     self.default_head = dict(
       pooling="flatten", hidden=(image_width,), dropout=0.0, input_dropout=0.3,
@@ -75,10 +79,10 @@ class DropoutCNN(SimpleBackbone):
 
   default_head = dict(pooling="flatten", hidden=(64,), dropout=0.5)
 
-  def __init__(self, channels: int, *, filters: int = 32, rngs: nnx.Rngs):
-    self.conv1 = _conv(channels, filters, 3, rngs, padding="VALID")
-    self.conv2 = _conv(filters, filters * 2, 3, rngs, padding="VALID")
-    self.conv3 = _conv(filters * 2, filters * 2, 3, rngs, padding="VALID")
+  def __init__(self, channels: int, *, filters: int = 32, convs: str = "auto", rngs: nnx.Rngs):
+    self.conv1 = _conv(channels, filters, 3, rngs, convs, padding="VALID")
+    self.conv2 = _conv(filters, filters * 2, 3, rngs, convs, padding="VALID")
+    self.conv3 = _conv(filters * 2, filters * 2, 3, rngs, convs, padding="VALID")
     self.drop1 = nnx.Dropout(0.25)
     self.drop2 = nnx.Dropout(0.25)
 

@@ -173,28 +173,67 @@ class PointwiseConv(_ConvWithCpuPath):
     return pointwise_dot(x, kernel)
 
 
+def _patches(x: jax.Array, kernel_hw: tuple[int, int], strides: tuple[int, int], padding: str) -> jax.Array:
+  """(N, out_h, out_w, kh*kw*C): each output pixel's input patch, ordered (i, j, c) as a kernel."""
+  (kh, kw), (sh, sw), x = kernel_hw, strides, _pad(x, kernel_hw, strides, padding)
+  out_hw = ((x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1)
+  return jnp.concatenate([_tap(x, i, j, out_hw, strides) for i in range(kh) for j in range(kw)], axis=-1)
+
+
 def patches_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding: str) -> jax.Array:
   """NHWC convolution as one matrix product of the image's kh*kw*C patches with the kernel."""
   kh, kw, channels, features = kernel.shape
-  (sh, sw), x = strides, _pad(x, (kh, kw), strides, padding)
-  out_hw = ((x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1)
-  patches = jnp.concatenate([_tap(x, i, j, out_hw, strides) for i in range(kh) for j in range(kw)], axis=-1)  # (i, j, c), as the kernel
+  patches = _patches(x, (kh, kw), strides, padding)
   out = patches.reshape(-1, kh * kw * channels) @ kernel.reshape(-1, features).astype(x.dtype)
-  return out.reshape(x.shape[0], *out_hw, features)
+  return out.reshape(*patches.shape[:3], features)
+
+
+def _xla_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding: str) -> jax.Array:
+  return lax.conv_general_dilated(x, kernel.astype(x.dtype), strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_patches_kernel_grad(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding: str) -> jax.Array:
+  """XLA's NHWC convolution, except that the kernel's gradient is the patches' matrix product
+  with the output gradient (XLA computes it as a convolution, several times slower on CPU)."""
+  return _xla_conv(x, kernel, strides, padding)
+
+
+def _conv_patches_kernel_grad_fwd(x, kernel, strides, padding):
+  return _xla_conv(x, kernel, strides, padding), (x, kernel)
+
+
+def _conv_patches_kernel_grad_bwd(strides, padding, residuals, grad):
+  x, kernel = residuals
+  kh, kw, channels, features = kernel.shape
+  dx = jax.vjp(lambda x: _xla_conv(x, kernel, strides, padding), x)[1](grad)[0]  # Dropped by XLA if unused.
+  patches = _patches(x, (kh, kw), strides, padding).reshape(-1, kh * kw * channels)
+  dkernel = (patches.T @ grad.reshape(-1, features)).reshape(kernel.shape)
+  return dx, dkernel.astype(kernel.dtype)
+
+
+conv_patches_kernel_grad.defvjp(_conv_patches_kernel_grad_fwd, _conv_patches_kernel_grad_bwd)
 
 
 class Conv(_ConvWithCpuPath):
-  """`nnx.Conv`; with `"cpu"`, a convolution over few input channels (an image's 3) is `patches_conv`.
-
-  XLA's CPU convolution is slowest where each output sums few inputs (3x3x3 = 27 for a stem
-  layer); the patches are then small, and their product with the kernel is fast both ways.
+  """`nnx.Conv`; with `"cpu"`, XLA's convolution except where the patches were measured faster
+  (bench/compare_keras.py, the seed CNNs and MobileNetV2's stem):
+    - few inputs per output (kh*kw*C up to 64: an image's 3 channels): `patches_conv`, both ways;
+    - long patches (kh*kw*C from 256) that fit in `MAX_PATCHES_BYTES`: `conv_patches_kernel_grad`.
   """
 
-  MAX_PATCH = 64  # kh * kw * in_features up to which the patches are built
+  MAX_PATCH = 64  # kh*kw*C up to which the forward pass is the patches' product
+  MIN_PATCH_FOR_KERNEL_GRAD = 256  # kh*kw*C from which the kernel's gradient is the patches' product
+  MAX_PATCHES_BYTES = 128 << 20  # and the patches of the batch take no more memory than this
 
   def uses_cpu_path(self) -> bool:
-    return (super().uses_cpu_path() and self.feature_group_count == 1 and as_pair(self.kernel_dilation) == (1, 1)
-            and self.kernel.size // self.kernel.shape[-1] <= self.MAX_PATCH)
+    return super().uses_cpu_path() and self.feature_group_count == 1 and as_pair(self.kernel_dilation) == (1, 1)
 
   def cpu_conv(self, x, kernel, strides):
-    return patches_conv(x, kernel, strides, self.padding)
+    patch = kernel.size // kernel.shape[-1]
+    if patch <= self.MAX_PATCH:
+      return patches_conv(x, kernel, strides, self.padding)
+    out_pixels = x.size // x.shape[-1] // (strides[0] * strides[1])
+    if patch >= self.MIN_PATCH_FOR_KERNEL_GRAD and out_pixels * patch * x.dtype.itemsize <= self.MAX_PATCHES_BYTES:
+      return conv_patches_kernel_grad(x, kernel, strides, self.padding)
+    return _xla_conv(x, kernel, strides, self.padding)

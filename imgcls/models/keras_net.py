@@ -21,6 +21,7 @@ from flax import nnx
 
 from imgcls.models.batch_norm import BatchNorm
 from imgcls.models.convs import Conv, DepthwiseConv, PointwiseConv, as_pair
+from imgcls.models.pooling import max_pool
 
 # Keras's default initialisers, so a randomly initialised network starts as it does in Keras.
 _KERNEL_INIT = nnx.initializers.glorot_uniform()
@@ -195,7 +196,7 @@ def _apply(layer: Layer, module: nnx.Module | None, xs: list[jax.Array]) -> jax.
     (top, bottom), (left, right) = correct_pad(x.shape[1], x.shape[2], layer.kernel[0])
     return jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
   if op == "max_pool":
-    return nnx.max_pool(x, layer.kernel, strides=layer.strides, padding=layer.padding.upper())
+    return max_pool(x, layer.kernel, layer.strides, layer.padding)
   if op == "avg_pool":  # Keras (TensorFlow) averages over the window's real pixels only.
     return nnx.avg_pool(x, layer.kernel, strides=layer.strides, padding=layer.padding.upper(),
                         count_include_pad=False)
