@@ -60,11 +60,3 @@ class DataParallel:
   def fits(self, local_rows: int) -> bool:
     """Whether a local batch of this many rows splits evenly over the local devices."""
     return local_rows % self.local_devices == 0
-
-  def process_rows(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """This process's share of a batch every process holds whole (eval batches)."""
-    if self.processes == 1:
-      return batch
-    rows = len(batch["mask"]) // self.processes
-    start = jax.process_index() * rows
-    return {k: v[start : start + rows] for k, v in batch.items()}

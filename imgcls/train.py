@@ -244,15 +244,16 @@ def predict_split(
   rows: np.ndarray | None = None,
 ) -> np.ndarray:
   """Outputs of `eval_step` for every example of `split`, in its order (batches split over `dp`'s
-  devices; `rows`: cached features in place of the images)."""
+  devices, each process reading only its rows; `rows`: cached features in place of the images)."""
   batch_size = data_config.eval_batch_size or data_config.batch_size
   if dp is not None:
     batch_size = -(-batch_size // dp.devices) * dp.devices
+  processes = dp.processes if dp is not None else 1
   outputs = []
-  for batch in pipeline.eval_batches(split, data_config, batch_size=batch_size, rows=rows):
-    images = dp.global_batch(dp.process_rows(batch))["image"] if dp is not None else batch["image"]
-    logits = np.asarray(eval_step(state, images))
-    outputs.append(logits[batch["mask"] > 0])
+  for number, batch in enumerate(pipeline.eval_batches(split, data_config, batch_size, rows, (jax.process_index(), processes))):
+    images = dp.global_batch(batch)["image"] if dp is not None else batch["image"]
+    logits = np.asarray(eval_step(state, images))  # The whole batch, on every process.
+    outputs.append(logits[: min(batch_size, len(split) - number * batch_size)])  # Padding is last.
   return np.concatenate(outputs)
 
 

@@ -231,6 +231,22 @@ def test_host_shards_are_disjoint_even_and_cover_the_epoch(tree):
   assert sum(whole, []) != shards[0]
 
 
+@pytest.mark.parametrize("processes", [2, 4])
+def test_host_eval_shards_stack_into_the_whole_batches(tree, processes):
+  split = sources.find_splits(tiny_config(tree, **{"data.validation_split": 0.0}).data, 0)["train"]  # 36 images
+  spec = pipeline.ImageSpec((8, 8))
+  whole = pipeline.eval_dataset(split, spec, 16)
+  shards = [pipeline.eval_dataset(split, spec, 16, shard=(index, processes)) for index in range(processes)]
+  assert len(whole) == 3 and all(len(s) == 3 for s in shards)
+  for number in range(3):
+    parts = [s[number] for s in shards]
+    assert all(len(p["mask"]) == 16 // processes for p in parts)
+    for key in ("image", "label", "mask", "index"):
+      np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[number][key])
+  with pytest.raises(ValueError, match="does not split over 3"):
+    pipeline.eval_dataset(split, spec, 16, shard=(0, 3))
+
+
 @pytest.mark.parametrize("mode", ["memory", "disk"])
 def test_pixel_cache_gives_the_same_batches(tree, tmp_path, mode):
   config = tiny_config(tree, **{"data.validation_split": 0.0, "data.cache": mode, "data.cache_dir": str(tmp_path)})

@@ -104,15 +104,17 @@ def _batch_fields(batch: list[tuple[str, int, int]]) -> dict[str, np.ndarray]:
 
 
 def _load_batches(
-  ordered: list[tuple[str, int, int]], batch_size: int, spec: ImageSpec, split: Split, rows: np.ndarray | None
+  groups: list[list[tuple[str, int, int]]], spec: ImageSpec, split: Split, rows: np.ndarray | None
 ) -> grain.MapDataset:
-  """Records, in the order they are read -> batches of examples (the last one may be smaller).
+  """Records grouped into batches, in the order they are read -> batches of examples.
 
-  The records are grouped into batches before grain sees them, so grain handles one element per
-  batch."""
+  The records are grouped before grain sees them, so grain handles one element per batch."""
   loader = _LoadBatch(spec, split) if rows is None else _LookupBatch(rows)
-  groups = [ordered[start : start + batch_size] for start in range(0, len(ordered), batch_size)]
   return grain.MapDataset.source(groups).map(loader)
+
+
+def _groups(ordered: list[tuple[str, int, int]], batch_size: int) -> list[list[tuple[str, int, int]]]:
+  return [ordered[start : start + batch_size] for start in range(0, len(ordered), batch_size)]
 
 
 def records(split: Split) -> list[tuple[str, int, int]]:
@@ -162,7 +164,7 @@ def train_dataset(
   index, count = shard
   if count > 1:
     ordered = ordered[: len(ordered) // count * count][index::count]
-  ds = _load_batches(ordered, batch_size, spec, split, rows)
+  ds = _load_batches(_groups(ordered, batch_size), spec, split, rows)
   if host_augment is not None and host_augment.enabled:
     ds = ds.random_map(_HostAugment(host_augment, 255.0 * spec.rescale), seed=epoch_seed(seed + 1, epoch))
   return ds
@@ -181,9 +183,20 @@ class _Pad(grain.transforms.Map):
     return {k: np.concatenate([v, np.zeros((missing,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
 
 
-def eval_dataset(split: Split, spec: ImageSpec, batch_size: int, rows: np.ndarray | None = None) -> grain.MapDataset:
-  """Batches of a split in file order, each padded to `batch_size` (`rows`: as `train_dataset`)."""
-  return _load_batches(records(split), batch_size, spec, split, rows).map(_Pad(batch_size))
+def eval_dataset(
+  split: Split, spec: ImageSpec, batch_size: int, rows: np.ndarray | None = None, shard: tuple[int, int] = (0, 1)
+) -> grain.MapDataset:
+  """Batches of a split in file order, each padded to `batch_size` (`rows`: as `train_dataset`).
+
+  `shard=(index, count)`: this host's rows of every batch, `batch_size / count` of them (its
+  share of the padded batch), so each host reads only the images it evaluates.
+  """
+  index, count = shard
+  if batch_size % count:
+    raise ValueError(f"An eval batch of {batch_size} does not split over {count} processes.")
+  share = batch_size // count
+  groups = [group[index * share : (index + 1) * share] for group in _groups(records(split), batch_size)]
+  return _load_batches(groups, spec, split, rows).map(_Pad(share))
 
 
 def iterate(ds: grain.MapDataset, num_threads: int, prefetch: int, state: dict[str, Any] | None = None) -> grain.DatasetIterator:
@@ -233,12 +246,16 @@ def train_batches(
 
 
 def eval_batches(
-  split: Split, data_config, batch_size: int | None = None, rows: np.ndarray | None = None
+  split: Split, data_config, batch_size: int | None = None, rows: np.ndarray | None = None,
+  shard: tuple[int, int] = (0, 1),
 ) -> Iterator[dict[str, np.ndarray]]:
   """All of `split` as padded batches, with the config's backend, image spec and threads
-  (`rows`: cached features in place of the images, as in `train_batches`)."""
+  (`rows`: cached features in place of the images, as in `train_batches`; `shard`: this host's
+  rows of each batch, as in `eval_dataset`)."""
   batch_size = batch_size or data_config.eval_batch_size or data_config.batch_size
   spec = ImageSpec.from_config(data_config)
   if data_config.backend == "tf" and rows is None:
+    if shard[1] > 1:
+      raise ValueError("data.backend='tf' reads for one process; use the grain backend.")
     return _tf_pipeline().eval_batches(split, spec, batch_size, data_config.num_threads, data_config.prefetch)
-  return iterate(eval_dataset(split, spec, batch_size, rows), data_config.num_threads, data_config.prefetch)
+  return iterate(eval_dataset(split, spec, batch_size, rows, shard), data_config.num_threads, data_config.prefetch)
