@@ -86,9 +86,12 @@ def real_batches(config, count: int) -> list[dict]:
 
 
 def timed(run, batches: list) -> tuple[float, Callable[[], float]]:
-  """(seconds of the first call, a function timing one pass over the other batches: seconds per step)."""
+  """(seconds of the first call, a function timing one pass over the other batches: seconds per step).
+
+  `run(i)` runs on batch i; `run(None)` waits for what was run."""
   start = time.perf_counter()
   run(0)
+  run(None)
   compile_s = time.perf_counter() - start
 
   def one_pass() -> float:
@@ -120,8 +123,6 @@ def imgcls_runner(config, batches, num_classes, eval_only: bool) -> tuple[float,
       jax.block_until_ready(latest)
     else:
       latest[:] = run(latest[0], batches[i])
-      if i == 0:
-        jax.block_until_ready(latest)
 
   return timed(run_index, batches)
 
