@@ -267,8 +267,7 @@ def train_batches(
   """Epoch `epoch` of training batches in grain's order, from batch `state["next_index"]` on."""
   ordered = epoch_records(split, seed, epoch, shuffle)
   start = int((state or {}).get("next_index", 0))
-  remaining = [ordered[i] for i in range(min(start * batch_size, len(ordered)), len(ordered))]
-  return BatchIterator(dataset(remaining, spec, batch_size, num_threads, prefetch), start)
+  return BatchIterator(dataset(ordered[start * batch_size :], spec, batch_size, num_threads, prefetch), start)
 
 
 def eval_batches(split: Split, spec: ImageSpec, batch_size: int, num_threads: int = 4, prefetch: int = 8) -> Iterator[dict[str, np.ndarray]]:
