@@ -111,12 +111,14 @@ def _committed_steps(folder: str) -> list[int]:
 
 
 def read_state(checkpoint_dir: str) -> dict:
-  """The raw state pytree of a checkpoint folder, as nested dicts of numpy arrays."""
+  """The raw state pytree of a checkpoint folder, as nested dicts of arrays on this process's
+  first device, whatever devices and processes saved it."""
   state_dir = os.path.join(checkpoint_dir, "state")
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   with ocp.StandardCheckpointer() as checkpointer:
     metadata = checkpointer.metadata(state_dir)
     tree = metadata.item_metadata.tree if hasattr(metadata, "item_metadata") else metadata
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree)
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
     return checkpointer.restore(state_dir, target)
 
 

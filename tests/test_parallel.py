@@ -81,3 +81,14 @@ def test_two_processes_train_checkpoint_and_resume_together(tmp_path):
   summary = json.loads((workdir / "summary.json").read_text())
   assert summary["final"]["step"] == 90 and summary["final"]["val_accuracy"] > 0.3
   assert sorted(os.listdir(workdir / "checkpoints" / "latest")) == ["45", "90"]
+
+  # Each process evaluated only its rows of every val batch; one process evaluating the same
+  # checkpoint on whole batches gets the same metrics.
+  one = subprocess.run(
+    [sys.executable, "-m", "imgcls.main", "--mode=eval", f"--workdir={workdir}", "--step=90"],
+    cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+  )
+  assert one.returncode == 0, one.stderr[-3000:]
+  alone = json.loads((workdir / "eval_val_step90" / "metrics.json").read_text())
+  assert alone["step"] == 90 and alone["accuracy"] == pytest.approx(summary["final"]["val_accuracy"], abs=1e-9)
+  assert alone["mean_loss"] == pytest.approx(summary["final"]["val_loss"], rel=1e-4)
