@@ -44,6 +44,11 @@ def test_eight_devices_match_one(tmp_path):
   assert losses[1] == pytest.approx(losses[0], rel=0.1)
   assert b["val_accuracy"] == pytest.approx(a["val_accuracy"], abs=0.05)
 
+  # A checkpoint saved over 8 devices resumes on 1.
+  result = train(eight, 1, "--config.train.epochs=2")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "Resuming from step 45." in result.stdout + result.stderr and final(eight)["step"] == 90
+
 
 def test_cached_backbone_features_on_eight_devices_match_one(tmp_path):
   frozen = ("--config.model.freeze=all", "--config.data.augment=flip_lr")
