@@ -5,7 +5,7 @@ afresh. glibc serves blocks that large with mmap and unmaps them on free, so eve
 every page in again and the kernel zeroes it: on 2 cores that was 40 % of the pollen training
 step's CPU time (bench/compare_keras.py). One malloc arena that never maps or trims large blocks
 makes the next step reuse the same memory, as TensorFlow's own allocator does. The process keeps
-its peak memory until it exits.
+its peak memory until it exits (bench/host_memory.py measures both).
 
 Applied when `imgcls` is imported, before JAX starts its threads; `IMGCLS_KEEP_HOST_MEMORY=0`
 turns it off. Does nothing outside glibc (macOS, musl).
