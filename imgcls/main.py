@@ -87,6 +87,8 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"--mode={mode} needs --workdir.")
   from imgcls import parallel
 
+  if mode != "train" and parallel.launched_as_several_processes():
+    raise app.UsageError(f"--mode={mode} runs as one process, on this host's devices: run it without launch/.")
   parallel.initialize_distributed()
   if mode == "train":
     if _CONFIG.value is None:

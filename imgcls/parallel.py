@@ -32,6 +32,12 @@ def initialize_distributed() -> None:
     jax.distributed.initialize()
 
 
+def launched_as_several_processes() -> bool:
+  """True when the environment asks for jax.distributed (see `initialize_distributed`)."""
+  explicit = os.environ.get("IMGCLS_COORDINATOR") and int(os.environ.get("IMGCLS_NUM_PROCESSES", "1")) > 1
+  return bool(explicit) or os.environ.get("IMGCLS_DISTRIBUTED") == "1"
+
+
 class DataParallel:
   """The mesh of all devices and the shardings of a batch and of the (replicated) state."""
 

@@ -97,3 +97,8 @@ def test_two_processes_train_checkpoint_and_resume_together(tmp_path):
   alone = json.loads((workdir / "eval_val_step90" / "metrics.json").read_text())
   assert alone["step"] == 90 and alone["accuracy"] == pytest.approx(summary["final"]["val_accuracy"], abs=1e-9)
   assert alone["mean_loss"] == pytest.approx(summary["final"]["val_loss"], rel=1e-4)
+  several = subprocess.run(
+    ["bash", "launch/local.sh", "--processes=2", "--port=12391", "--config=configs/digits.py", f"--workdir={workdir}",
+     "--", "--mode=eval"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+  )
+  assert several.returncode != 0 and "--mode=eval runs as one process" in several.stderr
