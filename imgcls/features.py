@@ -16,6 +16,7 @@ from flax import nnx
 
 from imgcls import evaluate, restore
 from imgcls.data import pipeline, sources
+from imgcls.models import as_floating
 from imgcls.models.keras_net import KerasNet
 
 PENULTIMATE = ""  # --layer default: what the output layer sees (model.embed).
@@ -48,7 +49,7 @@ def make_extract(run: restore.Run, layer: str = PENULTIMATE):
       out = model.features(x)
     else:
       backbone = model.backbone
-      out = backbone(backbone.preprocess(jnp.asarray(x, jnp.float32), model.pixel_scale), output=layer)
+      out = backbone(backbone.preprocess(as_floating(x), model.pixel_scale), output=layer)
     if out.ndim > 2:  # A feature map: global average pooling.
       out = jnp.mean(out, axis=tuple(range(1, out.ndim - 1)))
     return out

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import pytest
 from flax import nnx
 
 from imgcls.config import check_config, default_config
 from imgcls.models import build_model
+from imgcls.train import compute_cast
 
 
 def config(name="mobilenet_v2", size=(64, 64), **model):
@@ -103,3 +105,22 @@ def test_check_config_rejects_include_top_with_pooling():
     check_config(config(include_top=True, pooling="avg"))
   with pytest.raises(ValueError, match="model.pooling"):
     check_config(config(pooling="mean"))
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "vgg16", "inception_v3", "bn_cnn", "insects_cnn"])
+@pytest.mark.parametrize("convs", ["cpu", "xla"])
+def test_bfloat16_compute_stays_bfloat16(name, convs):
+  """With bfloat16 weights and images (config.dtype), every layer computes in bfloat16: no float32
+  promotion by the preprocessing or by BatchNorm's float32 statistics, in training or inference."""
+  c = config(name, (96, 96) if name in ("inception_v3", "bn_cnn") else (32, 32), convs=convs)
+  model = build_model(c, 4, rngs=nnx.Rngs(0))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  x = jax.ShapeDtypeStruct((2, *c.data.image_size, 3), jnp.bfloat16)
+  for training in (True, False):
+    def forward(params, x, training=training):
+      m = nnx.merge(graphdef, compute_cast(params, "bfloat16"), rest, copy=True)
+      m.train() if training else m.eval()
+      return m.features(x), m(x, rngs=nnx.Rngs(dropout=0))
+
+    features, logits = jax.eval_shape(forward, params, x)
+    assert (features.dtype, logits.dtype) == (jnp.bfloat16, jnp.bfloat16), (training, features.dtype, logits.dtype)

@@ -97,6 +97,11 @@ class PathPrefixes:
 NOTHING = nnx.Not(nnx.Everything())
 
 
+def as_floating(images: jax.Array) -> jax.Array:
+  """Integer pixels as float32; floating images as they are, so bfloat16 compute stays bfloat16."""
+  return images if jnp.issubdtype(images.dtype, jnp.floating) else images.astype(jnp.float32)
+
+
 class Classifier(nnx.Module):
   """A backbone followed by a head; the backbone's preprocessing is part of the model."""
 
@@ -121,7 +126,7 @@ class Classifier(nnx.Module):
 
   def features(self, images: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
     """The backbone's output (the cut layer) for pipeline images."""
-    x = self.backbone.preprocess(jnp.asarray(images, jnp.float32), self.pixel_scale)
+    x = self.backbone.preprocess(as_floating(images), self.pixel_scale)
     return self.backbone(x, rngs=rngs)
 
   def embed(self, images: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:

@@ -60,8 +60,16 @@ def _backward(epsilon, residuals, cotangents):
 batch_norm_train.defvjp(_forward, _backward)
 
 
+def _output_dtype(x: jax.Array, *params: nnx.Param | None) -> jnp.dtype:
+  """The activations' dtype: x's and the (compute-cast) parameters', never the float32 statistics'."""
+  return jnp.result_type(x, *(p.dtype for p in params if p is not None))
+
+
 class BatchNorm(nnx.BatchNorm):
-  """`nnx.BatchNorm` over the last axis; training mode uses `batch_norm_train` when `implementation` is "cpu"."""
+  """`nnx.BatchNorm` over the last axis, its output in the activations' dtype (statistics stay float32).
+
+  Training mode uses `batch_norm_train` when `implementation` is "cpu".
+  """
 
   def __init__(self, num_features: int, *, implementation: str = "auto", **kwargs):
     super().__init__(num_features, **kwargs)
@@ -72,9 +80,12 @@ class BatchNorm(nnx.BatchNorm):
     plain = (self.implementation == "xla" or mask is not None or self.axis_name is not None
              or self.axis not in (-1, x.ndim - 1) or self.dtype is not None)
     if not training or plain:
-      return super().__call__(x, use_running_average, mask=mask)
-    scale = self.scale[...] if self.scale is not None else jnp.ones(x.shape[-1], self.param_dtype)
-    bias = self.bias[...] if self.bias is not None else jnp.zeros(x.shape[-1], self.param_dtype)
+      # nnx.BatchNorm promotes x to its float32 statistics' dtype; bfloat16 activations stay bfloat16.
+      y = super().__call__(x, use_running_average, mask=mask)
+      return y if self.dtype is not None else y.astype(_output_dtype(x, self.scale, self.bias))
+    dtype = _output_dtype(x, self.scale, self.bias)
+    scale = self.scale[...] if self.scale is not None else jnp.ones(x.shape[-1], dtype)
+    bias = self.bias[...] if self.bias is not None else jnp.zeros(x.shape[-1], dtype)
     y, mean, var = batch_norm_train(x, scale, bias, self.epsilon)
     mean, var = jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var)
     self.mean[...] = self.momentum * self.mean[...] + (1 - self.momentum) * mean

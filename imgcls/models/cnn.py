@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
+from imgcls.models.batch_norm import BatchNorm
 from imgcls.models.convs import Conv
 from imgcls.models.pooling import max_pool
 
@@ -59,7 +60,7 @@ class BatchNormCNN(SimpleBackbone):
     self.conv1 = _conv(channels, filters, 7, rngs, convs, strides=2, padding="VALID")
     self.conv2 = _conv(filters, filters, 3, rngs, convs, padding="VALID")
     self.conv3 = _conv(filters, filters, 3, rngs, convs, padding="VALID")
-    self.norms = nnx.List([nnx.BatchNorm(filters, momentum=0.1, epsilon=1e-5, rngs=rngs) for _ in range(3)])
+    self.norms = nnx.List([BatchNorm(filters, momentum=0.1, epsilon=1e-5, implementation=convs, rngs=rngs) for _ in range(3)])
     self.default_head = dict(
       pooling="flatten", hidden=(image_width,), dropout=0.0, input_dropout=0.3,
       batch_norm=True, bn_momentum=0.1, bn_epsilon=1e-5,

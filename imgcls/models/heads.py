@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from imgcls.models.batch_norm import BatchNorm
+
 
 class Head(nnx.Module):
   """Pool (or flatten) the features, then Dense(+BatchNorm)+ReLU layers, dropout, output Dense.
@@ -46,7 +48,7 @@ class Head(nnx.Module):
     for units in hidden:
       layers.append(nnx.Linear(width, int(units), rngs=rngs))
       norms.append(
-        nnx.BatchNorm(int(units), momentum=bn_momentum, epsilon=bn_epsilon, rngs=rngs) if batch_norm else None
+        BatchNorm(int(units), momentum=bn_momentum, epsilon=bn_epsilon, rngs=rngs) if batch_norm else None
       )
       width = int(units)
     self.hidden = nnx.List(layers)
