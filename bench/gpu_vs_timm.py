@@ -1,26 +1,34 @@
 """MobileNetV2 training throughput on one GPU: imgcls (JAX/Flax) vs timm's mobilenetv2_100 (PyTorch).
 
   python bench/gpu_vs_timm.py [--size=224] [--batch=128] [--steps=50] [--dtype=bfloat16]
+      [--convs=auto] [--batch_norm=auto]
 
 Full fine-tuning (every layer trains), 1000 classes, Adam, synthetic batches already on the GPU,
 bfloat16 compute (JAX: bf16 weights/activations with float32 master weights; PyTorch: autocast
-bf16, channels_last, eager and torch.compile). Prints one JSON object with images/s and ratios.
+bf16, channels_last, eager and torch.compile). --dtype, --convs and --batch_norm take
+comma-separated lists: imgcls runs each combination. Prints one JSON object with images/s and
+each imgcls variant's ratio to timm.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 
 
-def bench_imgcls(size: int, batch: int, steps: int, dtype: str, convs: str = "auto") -> dict:
+def bench_imgcls(size: int, batch: int, steps: int, dtype: str, convs: str = "auto", batch_norm: str = "auto") -> dict:
+  """imgcls's train step; `batch_norm="closed_form"` uses the written-out BatchNorm gradient
+  (imgcls/models/batch_norm.py) whatever `convs` is."""
   import jax
   import jax.numpy as jnp
   import numpy as np
+  from flax import nnx
 
   from imgcls import train
   from imgcls.config import default_config
+  from imgcls.models.batch_norm import BatchNorm
 
   config = default_config()
   config.data.image_size = (size, size)
@@ -28,6 +36,10 @@ def bench_imgcls(size: int, batch: int, steps: int, dtype: str, convs: str = "au
   config.model.head.update(pooling="none", hidden=(), dropout=0.0)
   config.dtype = dtype
   model = train.create_model(config, 1000)
+  if batch_norm == "closed_form":
+    for _, module in nnx.iter_modules(model):
+      if isinstance(module, BatchNorm):
+        module.implementation = "cpu"
   graphdef, _, params, frozen, stats = train.split_model(model)
   tx = train.make_optimizer(config.optimizer, train.learning_rate_schedule(config.optimizer, 100, 1))
   state = train.initial_state(params, frozen, stats, tx, 1000)
@@ -52,7 +64,8 @@ def bench_imgcls(size: int, batch: int, steps: int, dtype: str, convs: str = "au
     state = step(state, data, key, scale)
   jax.block_until_ready(state.params)
   seconds = (time.perf_counter() - start) / steps
-  return {"images_per_s": round(batch / seconds, 1), "step_ms": round(seconds * 1000, 2), "compile_s": round(compile_s, 1),
+  return {"dtype": dtype, "convs": convs, "batch_norm": batch_norm,
+          "images_per_s": round(batch / seconds, 1), "step_ms": round(seconds * 1000, 2), "compile_s": round(compile_s, 1),
           "device": str(jax.devices()[0]), "jax": jax.__version__}
 
 
@@ -95,14 +108,17 @@ def main() -> None:
   parser.add_argument("--size", type=int, default=224)
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--steps", type=int, default=50)
-  parser.add_argument("--dtype", default="bfloat16")
+  parser.add_argument("--dtype", default="bfloat16", help="imgcls compute dtypes: float32, bfloat16")
   parser.add_argument("--only", default="", help="imgcls or timm")
-  parser.add_argument("--convs", default="auto", help="imgcls's depthwise/1x1 implementation: auto, xla, cpu")
+  parser.add_argument("--convs", default="auto", help="imgcls's depthwise/1x1 implementations: auto, xla, cpu")
+  parser.add_argument("--batch_norm", default="auto", help="imgcls's BatchNorm gradients: auto, closed_form")
   args = parser.parse_args()
-  out = {"size": args.size, "batch": args.batch, "dtype": args.dtype}
+  out = {"size": args.size, "batch": args.batch}
   if args.only != "timm":
-    out["imgcls"] = bench_imgcls(args.size, args.batch, args.steps, args.dtype, args.convs)
-    print(json.dumps(out["imgcls"]), flush=True)
+    out["imgcls"] = []
+    for variant in itertools.product(args.dtype.split(","), args.convs.split(","), args.batch_norm.split(",")):
+      out["imgcls"].append(bench_imgcls(args.size, args.batch, args.steps, *variant))
+      print(json.dumps(out["imgcls"][-1]), flush=True)
   if args.only != "imgcls":
     out["timm_eager"] = bench_timm(args.size, args.batch, args.steps, compiled=False)
     print(json.dumps(out["timm_eager"]), flush=True)
@@ -110,10 +126,10 @@ def main() -> None:
       out["timm_compiled"] = bench_timm(args.size, args.batch, args.steps, compiled=True)
     except Exception as e:  # torch.compile needs a working compiler toolchain.
       out["timm_compiled"] = {"error": str(e)[:300]}
-  if "imgcls" in out:
+  for run in out.get("imgcls", []):
     for name in ("timm_eager", "timm_compiled"):
       if "images_per_s" in out.get(name, {}):
-        out[f"ratio_vs_{name}"] = round(out["imgcls"]["images_per_s"] / out[name]["images_per_s"], 2)
+        run[f"ratio_vs_{name}"] = round(run["images_per_s"] / out[name]["images_per_s"], 2)
   print(json.dumps(out, indent=2))
 
 
