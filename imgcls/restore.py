@@ -156,7 +156,7 @@ def load(config: ml_collections.ConfigDict, workdir: str, checkpoint: str | None
       f"The checkpoint {folder} was trained on {len(theirs)} classes {theirs}, this run on {len(ours)} {ours}: "
       f"{_difference(theirs, ours)}."
     )
-  model = train.create_model(config, len(ours))
+  model = train.create_model(config, len(ours), load_weights=False)  # The checkpoint holds every weight.
   _, eval_graphdef, params, frozen, stats = train.split_model(model)
   state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params, frozen=frozen, stats=stats, opt_state=None, epoch_sums={}, window_sums={})
   verbosity = logging.get_verbosity()

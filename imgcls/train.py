@@ -354,9 +354,11 @@ def class_weights(config: ml_collections.ConfigDict, train: sources.Split) -> tu
   return weights
 
 
-def create_model(config: ml_collections.ConfigDict, num_classes: int) -> models.Classifier:
+def create_model(config: ml_collections.ConfigDict, num_classes: int, load_weights: bool = True) -> models.Classifier:
+  """The configured model for `num_classes` (`load_weights=False`: for a checkpoint to fill)."""
   outputs = metrics_lib.num_outputs(config.data.label_mode, num_classes)
-  return models.build_model(config, outputs, rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1))
+  rngs = nnx.Rngs(params=config.seed, dropout=config.seed + 1)
+  return models.build_model(config, outputs, rngs=rngs, load_weights=load_weights)
 
 
 def split_model(model: models.Classifier) -> tuple[nnx.GraphDef, nnx.GraphDef, nnx.State, nnx.State, nnx.State]:

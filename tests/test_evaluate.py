@@ -13,11 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
+from flax import nnx
 from PIL import Image
 from sklearn import metrics as skm
 from sklearn.decomposition import PCA
 
 from conftest import FLOWERS, POLLEN, run_cli, tiny_config
+from paths import shared
 from imgcls import checkpoint as ckpt_lib
 from imgcls import evaluate, features, inspection, restore, train
 from imgcls.data import sources
@@ -240,6 +242,13 @@ def keras_run(tree, tmp_path_factory):
   training writes them (weights as initialised, to spare compiling a train step)."""
   workdir = tmp_path_factory.mktemp("keras_run")
   config = tiny_config(tree, **{"model.name": "mobilenet_v2", "model.alpha": 0.35, "data.image_size": (32, 32), "model.head.hidden": (-1,)})
+  save_untrained_run(config, workdir)
+  return config, workdir
+
+
+def save_untrained_run(config, workdir: Path) -> train.TrainState:
+  """A workdir as training writes it (config.json, a best checkpoint at step 0) with the model as
+  initialised, for the 3 classes of `tree`; returns the saved state."""
   model = train.create_model(config, 3)
   _, _, params, frozen, stats = train.split_model(model)
   state = train.TrainState(
@@ -250,7 +259,26 @@ def keras_run(tree, tmp_path_factory):
   checkpoints.save(0, state, {"class_names": ["class_0", "class_1", "class_2"], "normalization": {}}, best=True)
   checkpoints.close()
   (workdir / "config.json").write_text(config.to_json_best_effort())
-  return config, workdir
+  return state
+
+
+def test_a_pretrained_run_is_used_without_its_weights_file(tree, tmp_path):
+  """The checkpoint holds every weight: eval and predict of an ImageNet-initialised run work
+  offline, after the Keras weights file is gone."""
+  weights = shared("weights", "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5")
+  copy = tmp_path / "weights.h5"
+  shutil.copy(weights, copy)
+  workdir = tmp_path / "run"
+  config = tiny_config(tree, **{"model.name": "mobilenet_v2", "model.weights": str(copy), "data.image_size": (32, 32),
+                                "model.head.hidden": (-1,)})
+  saved = save_untrained_run(config, workdir)
+  copy.unlink()
+  run = restore.load(config, str(workdir))
+  for group in ("params", "frozen", "stats"):
+    jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(getattr(run.state, group)), nnx.to_pure_dict(getattr(saved, group)))
+  result = run_cli("--mode=predict", f"--workdir={workdir}", f"--input={tree}", f"--output={tmp_path / 'preds.csv'}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert len(pd.read_csv(tmp_path / "preds.csv")) == 36
 
 
 def test_features_of_a_named_keras_layer_to_excel(keras_run, tree, tmp_path):

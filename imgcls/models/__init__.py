@@ -190,8 +190,14 @@ def load_keras_weights(model: Classifier | KerasNet, path: str) -> None:
   )
 
 
-def build_model(config: ml_collections.ConfigDict, num_outputs: int, *, rngs: nnx.Rngs) -> Classifier:
-  """The model `config.model.name` for `num_outputs` logits, initialised (or loaded) as configured."""
+def build_model(
+  config: ml_collections.ConfigDict, num_outputs: int, *, rngs: nnx.Rngs, load_weights: bool = True
+) -> Classifier:
+  """The model `config.model.name` for `num_outputs` logits, initialised (or loaded) as configured.
+
+  `load_weights=False` (for a checkpoint that holds every variable) leaves a pretrained
+  backbone's parameters abstract and reads no weights file.
+  """
   name = config.model.name
   if name not in MODELS:
     raise ValueError(f"Unknown model {name!r}; known models: {', '.join(sorted(MODELS))}.")
@@ -223,7 +229,7 @@ def build_model(config: ml_collections.ConfigDict, num_outputs: int, *, rngs: nn
   model = Classifier(
     backbone, head, pixel_scale=config.data.rescale, frozen=frozen_filter(config, backbone), keras_top=m.include_top
   )
-  if m.weights:
+  if m.weights and load_weights:
     load_keras_weights(model, keras_weights_path(config))
   model.train()
   return model
