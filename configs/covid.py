@@ -8,7 +8,11 @@ def get_config():
   c.data.dir = "../shared/data/covid_xray_small"
   c.data.image_size = (224, 224)
   c.data.rescale = 1 / 255  # The backbone undoes it and applies Inception's preprocess_input.
+  c.data.interpolation = "pil_nearest"  # flow_from_directory(interpolation="nearest").
   c.data.color_mode = "rgb"  # Greyscale X-rays are read as three equal channels.
+  # ImageDataGenerator(validation_split=0.2): the first 20% of each class's files validate.
+  c.data.validation_split = 0.2
+  c.data.split_order = "per_class"
   c.data.label_mode = "categorical"  # Two softmax outputs.
   c.data.batch_size = 32
   # Seed 004's ImageDataGenerator: shear_range=0.1, zoom_range=0.1, horizontal_flip=True.
@@ -20,5 +24,5 @@ def get_config():
   c.model.head.dropout = 0.0
   c.optimizer.name = "adam"
   c.optimizer.learning_rate = 1e-5
-  c.train.epochs = 10
+  c.train.epochs = 5
   return c

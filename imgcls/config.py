@@ -57,9 +57,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.featurewise_std_normalization = False
   c.data.samplewise_center = False
   c.data.samplewise_std_normalization = False
-  # How validation_split holds out data: "shuffle" (Keras: shuffle with the seed, hold out the
-  # last fraction) or "ordered" (the last fraction of the rows/files as listed, no shuffle; seed
-  # 003's `validation_split=0.7` training fraction is validation_split=0.3, split_order="ordered").
+  # How validation_split holds out data: "shuffle" (Keras's image_dataset_from_directory: shuffle
+  # with the seed, hold out the last fraction), "ordered" (the last fraction of the rows/files as
+  # listed, no shuffle; seed 003's `validation_split=0.7` training fraction is validation_split=0.3,
+  # split_order="ordered") or "per_class" (Keras's ImageDataGenerator(validation_split).
+  # flow_from_directory: the first fraction of each class's files, as listed).
   c.data.split_order = "shuffle"
   # A CSV or Excel (.xlsx) index instead of folders: one row per image, a path column (relative
   # to data.dir, else to the index's folder, or absolute) and a label column or one-hot columns.
@@ -208,7 +210,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     "data.color_mode": ("rgb", "grayscale"),
     "data.label_mode": ("int", "binary", "categorical"),
     "data.interpolation": ("bilinear", "nearest", "pil_bilinear", "pil_nearest", "pil_bicubic"),
-    "data.split_order": ("shuffle", "ordered"),
+    "data.split_order": ("shuffle", "ordered", "per_class"),
     "data.augment_on": ("device", "host"),
     "data.cache": ("", "memory", "disk"),
     "data.fill_mode": ("nearest", "constant", "reflect", "wrap"),

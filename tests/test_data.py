@@ -50,6 +50,26 @@ def test_split_matches_keras_on_nested_tree(tmp_path):
     assert splits["train"].paths == keras_train and splits["val"].paths == keras_val
 
 
+def test_per_class_split_matches_keras_image_data_generator(tmp_path):
+  """split_order="per_class": the files flow_from_directory(subset=...) gives with
+  ImageDataGenerator(validation_split=...), for classes of different sizes and a nested folder."""
+  from keras.src.legacy.preprocessing.image import ImageDataGenerator
+
+  root = tmp_path / "t"
+  for label, n in enumerate((7, 11, 4)):
+    for i in range(n):
+      write_image(root / f"class_{label}" / f"img_{i:03d}.png", class_pattern(label, i))
+  write_image(root / "class_1" / "sub" / "deep.png", class_pattern(1, 99))
+  for fraction in (0.2, 0.5):
+    config = tiny_config(root, **{"data.validation_split": fraction, "data.split_order": "per_class"})
+    splits = sources.find_splits(config.data, 0)
+    generator = ImageDataGenerator(validation_split=fraction)
+    for subset, split in (("training", "train"), ("validation", "val")):
+      flow = generator.flow_from_directory(str(root), target_size=(8, 8), shuffle=False, subset=subset)
+      assert [os.path.relpath(p, root) for p in splits[split].paths] == flow.filenames
+      assert list(splits[split].labels) == list(flow.classes)
+
+
 @needs(FLOWERS)
 def test_train_test_folders_on_flowers17():
   config = tiny_config(FLOWERS, **{"data.validation_split": 0.0})

@@ -108,18 +108,25 @@ def _walk_images(directory: str, follow_links: bool) -> tuple[list[str], list[st
 
 def holdout_split(scan: Scan, validation_split: float, seed: int, order: str = "shuffle") -> tuple[Split, Split | None]:
   """Holds out the last `validation_split` fraction, after one shuffle with `seed` as Keras does
-  (`order="shuffle"`), or of the files/rows as listed (`order="ordered"`)."""
+  (`order="shuffle"`), or of the files/rows as listed (`order="ordered"`); or the first fraction
+  of each class's files as listed (`order="per_class"`, as Keras's ImageDataGenerator)."""
   paths = list(scan.paths)
   labels = scan.labels.copy()
   if order == "shuffle":
     np.random.RandomState(seed).shuffle(paths)
     np.random.RandomState(seed).shuffle(labels)
-  num_val = int(validation_split * len(paths))
-  if not validation_split or num_val == 0:
+  held = np.zeros(len(paths), bool)
+  if order == "per_class":
+    for label in np.unique(labels):
+      rows = np.flatnonzero(labels == label)
+      held[rows[: int(validation_split * len(rows))]] = True
+  elif int(validation_split * len(paths)):
+    held[-int(validation_split * len(paths)):] = True
+  if not held.any():
     return Split(paths, labels, scan.class_names, "train"), None
-  train = Split(paths[:-num_val], labels[:-num_val], scan.class_names, "train")
-  val = Split(paths[-num_val:], labels[-num_val:], scan.class_names, "val")
-  return train, val
+  train, val = np.flatnonzero(~held), np.flatnonzero(held)
+  return (Split([paths[i] for i in train], labels[train], scan.class_names, "train"),
+          Split([paths[i] for i in val], labels[val], scan.class_names, "val"))
 
 
 def find_bad_images(paths: Sequence[str], color_mode: str = "rgb", num_threads: int = 8) -> dict[str, str]:
