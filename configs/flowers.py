@@ -5,7 +5,8 @@ from imgcls.config import default_config
 
 def get_config():
   c = default_config()
-  c.data.dir = "../shared/data/flowers17"  # train/ and test/; validation is split off train/.
+  c.data.dir = "../shared/data/flowers17"  # train/ and test/ (val/ when there is one).
+  c.data.validation_split = 0.0  # As the seed: train on all of train/, validate on the held-out folder.
   c.data.image_size = (224, 224)
   c.data.rescale = 1 / 255  # The backbone undoes it and applies VGG's preprocess_input.
   c.data.batch_size = 32

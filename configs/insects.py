@@ -5,7 +5,8 @@ from imgcls.config import default_config
 
 def get_config():
   c = default_config()
-  c.data.dir = ""  # The insects class-per-folder tree: set --config.data.dir.
+  c.data.dir = ""  # The insects train/ and test/ trees: set --config.data.dir.
+  c.data.validation_split = 0.0  # As the seed: train on all of train/, validate on test/.
   c.data.image_size = (180, 180)
   c.data.rescale = 1 / 255
   c.model.name = "insects_cnn"
