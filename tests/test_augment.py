@@ -78,6 +78,29 @@ def test_parse_errors_and_identity():
   assert augment.apply_device(augment.parse(""), x, jax.random.key(0), 1.0) is x
 
 
+@pytest.mark.parametrize("where", ["device", "host"])
+def test_one_of_applies_exactly_one_op_per_image(where):
+  """Seed 003's augmentation: per image a left-right flip, an up-down flip, a rotation within 30
+  degrees (black corners) or nothing twice over, each drawn with probability 1/5."""
+  aug = augment.parse("one_of(flip_lr, flip_ud, rotate(30), none, none)", "constant")
+  x = image(6, (1000, 12, 12, 1)) + 0.5  # No pixel is 0: a rotation's corners are.
+  if where == "device":
+    out = np.asarray(augment.apply_device(aug, jnp.asarray(x), jax.random.key(0), 2.0))
+  else:
+    rng = np.random.default_rng(0)
+    out = np.stack([augment.apply_host(aug, im, rng, 2.0) for im in x])
+  same = lambda y: np.all(np.abs(out - y) < 1e-6, axis=(1, 2, 3))  # noqa: E731
+  kinds = np.stack([same(x), same(x[:, :, ::-1]), same(x[:, ::-1])])
+  assert np.all(kinds.sum(axis=0) <= 1)
+  rotated = ~kinds.any(axis=0)
+  np.testing.assert_allclose([*kinds.mean(axis=1), rotated.mean()], [0.4, 0.2, 0.2, 0.2], atol=0.04)
+  assert np.mean(out[rotated, 0, 0, 0] == 0.0) > 0.5  # Black corners, beyond the smallest angles.
+  with pytest.raises(ValueError, match="one_of\\(...\\) must be the only op"):
+    augment.parse("flip_lr|one_of(flip_ud, none)")
+  with pytest.raises(ValueError, match="Unknown augmentation 'flip'"):
+    augment.parse("one_of(flip, none)")
+
+
 def test_device_augmentation_is_deterministic_per_key():
   aug = augment.parse(ALL)
   x = jnp.asarray(image(5, (4, 20, 24, 3)))

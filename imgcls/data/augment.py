@@ -10,6 +10,9 @@
   zoom(r) / zoom(lo, hi)   independent x/y scale in [1-r, 1+r] (or [lo, hi]); > 1 zooms out
   brightness(lo, hi)       multiply by a factor in [lo, hi], clip to the pixel range
   channel_shift(i)         add a value in [-i, i] (pixel units, 0-255) to every channel
+  one_of(op, op, ...)      one of the ops per image, uniformly (`none`: unchanged; flips always
+                           flip), e.g. seed 003's "one_of(flip_lr, flip_ud, rotate(30), none, none)";
+                           the only op of its spec
 
 The geometric ops make one affine map per image, sampled with bilinear interpolation and
 `data.fill_mode` (nearest, constant, reflect, wrap) outside the image. Applied on the device
@@ -28,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-OPS = ("flip_lr", "flip_ud", "rotate", "shift", "shear", "zoom", "brightness", "channel_shift")
+OPS = ("flip_lr", "flip_ud", "rotate", "shift", "shear", "zoom", "brightness", "channel_shift", "one_of")
 _SCIPY_MODES = {"nearest": "nearest", "constant": "grid-constant", "reflect": "reflect", "wrap": "grid-wrap"}
 
 
@@ -46,6 +49,8 @@ class Augment:
   channel_shift: float = 0.0
   fill_mode: str = "nearest"
   fill_value: float = 0.0
+  flip_probability: float = 0.5
+  one_of: tuple[Augment, ...] = ()  # Alternatives, one drawn per image (then the fields above are off).
 
   @property
   def enabled(self) -> bool:
@@ -53,7 +58,19 @@ class Augment:
 
   @property
   def geometric(self) -> bool:
-    return bool(self.rotate or any(self.shift) or self.shear or self.zoom != (1.0, 1.0))
+    own = bool(self.rotate or any(self.shift) or self.shear or self.zoom != (1.0, 1.0))
+    return own or any(a.geometric for a in self.one_of)
+
+
+def _split_top_level(text: str, sep: str) -> list[str]:
+  """`text` split at the `sep` characters outside parentheses, each part stripped."""
+  parts, depth, start = [], 0, 0
+  for i, char in enumerate(text):
+    depth += {"(": 1, ")": -1}.get(char, 0)
+    if char == sep and depth == 0:
+      parts.append(text[start:i].strip())
+      start = i + 1
+  return [*parts, text[start:].strip()]
 
 
 def parse(spec: str, fill_mode: str = "nearest", fill_value: float = 0.0) -> Augment:
@@ -61,11 +78,24 @@ def parse(spec: str, fill_mode: str = "nearest", fill_value: float = 0.0) -> Aug
   if fill_mode not in _SCIPY_MODES:
     raise ValueError(f"data.fill_mode={fill_mode!r} is not one of {', '.join(_SCIPY_MODES)}.")
   fields: dict[str, Any] = {"fill_mode": fill_mode, "fill_value": float(fill_value)}
-  for part in filter(None, (p.strip() for p in spec.split("|"))):
+  parts = [p for p in _split_top_level(spec, "|") if p]
+  for part in parts:
     name, _, rest = part.partition("(")
     name = name.strip()
     if name not in OPS:
       raise ValueError(f"Unknown augmentation {name!r} in data.augment={spec!r}; known: {', '.join(OPS)}.")
+    if name == "one_of":
+      if len(parts) > 1 or not rest.endswith(")"):
+        raise ValueError(f"one_of(...) must be the only op of data.augment={spec!r} (put the others inside it).")
+      choices = _split_top_level(rest[:-1], ",")
+      if "" in choices or any(c.startswith("one_of") or "|" in c for c in choices):
+        raise ValueError(f"one_of takes ops or `none` separated by commas, not {part!r}.")
+      fields[name] = tuple(
+        Augment(fill_mode=fill_mode, fill_value=float(fill_value)) if c == "none"
+        else dataclasses.replace(parse(c, fill_mode, fill_value), flip_probability=1.0)
+        for c in choices
+      )
+      continue
     try:
       args = ast.literal_eval(f"({rest[:-1]},)") if rest else ()
     except (SyntaxError, ValueError) as e:
@@ -94,8 +124,15 @@ def from_config(data_config) -> Augment:
 # Random parameters and the affine map (numpy or jax: `xp`).
 
 
-def sample(aug: Augment, uniform, height: int, width: int) -> dict:
-  """Transform parameters from `uniform(low, high, size)` (np or jax), `size` images."""
+def sample(aug: Augment, uniform, height: int, width: int, xp=np) -> dict:
+  """Transform parameters from `uniform(low, high)` (np or jax, `xp`), one value per image."""
+  if aug.one_of:
+    choice = xp.floor(uniform(0.0, float(len(aug.one_of))))
+    drawn = [sample(a, uniform, height, width, xp) for a in aug.one_of]
+    params = drawn[-1]
+    for i in reversed(range(len(drawn) - 1)):
+      params = {key: xp.where(choice == i, drawn[i][key], value) for key, value in params.items()}
+    return params
   return {
     "theta": uniform(-aug.rotate, aug.rotate),
     # In Keras's matrix (rows and columns swapped at the end) tx moves columns, ty rows.
@@ -104,8 +141,8 @@ def sample(aug: Augment, uniform, height: int, width: int) -> dict:
     "shear": uniform(-aug.shear, aug.shear),
     "zx": uniform(aug.zoom[0], aug.zoom[1]),
     "zy": uniform(aug.zoom[0], aug.zoom[1]),
-    "flip_lr": uniform(0.0, 1.0) < (0.5 if aug.flip_lr else 0.0),
-    "flip_ud": uniform(0.0, 1.0) < (0.5 if aug.flip_ud else 0.0),
+    "flip_lr": uniform(0.0, 1.0) < (aug.flip_probability if aug.flip_lr else 0.0),
+    "flip_ud": uniform(0.0, 1.0) < (aug.flip_probability if aug.flip_ud else 0.0),
     "brightness": uniform(*aug.brightness) if aug.brightness else uniform(1.0, 1.0),
     "channel_shift": uniform(-aug.channel_shift, aug.channel_shift),
   }
@@ -156,12 +193,12 @@ def apply_device(aug: Augment, images: jax.Array, key: jax.Array, pixel_max: flo
 
 def sample_device(aug: Augment, key: jax.Array, n: int, height: int, width: int) -> dict:
   """The random parameters `apply_device` draws from `key` for a batch of `n` images."""
-  keys = iter(jax.random.split(key, 10))
+  keys = iter(jax.random.split(key, 10 * max(len(aug.one_of), 1) + bool(aug.one_of)))
 
   def uniform(low, high):
     return jax.random.uniform(next(keys), (n,), minval=low, maxval=high)
 
-  return sample(aug, uniform, height, width)
+  return sample(aug, uniform, height, width, jnp)
 
 
 def transform_device(aug: Augment, x: jax.Array, p: dict, pixel_max: float) -> jax.Array:
