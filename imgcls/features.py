@@ -21,12 +21,13 @@ from imgcls.models.keras_net import KerasNet
 
 PENULTIMATE = ""  # --layer default: what the output layer sees (model.embed).
 BACKBONE = "backbone"  # The backbone's output (its cut layer), pooled.
+HIDDEN = "head/hidden/"  # + N: the head's Nth Dense layer after its ReLU, before its BatchNorm.
 EXCEL_MAX_COLUMNS = 16384
 
 
 def layer_names(model: nnx.Module) -> list[str]:
   """The layers `--layer` can name for this model."""
-  names = [BACKBONE]
+  names = [BACKBONE] + [f"{HIDDEN}{number}" for number in range(len(model.head.hidden))]
   if isinstance(model.backbone, KerasNet):
     names += list(model.backbone.layer_names)
   return names
@@ -47,6 +48,8 @@ def make_extract(run: restore.Run, layer: str = PENULTIMATE):
       out = model.embed(x)
     elif layer == BACKBONE:
       out = model.features(x)
+    elif layer.startswith(HIDDEN):
+      out = model.head.embed(model.features(x), hidden_layer=int(layer.removeprefix(HIDDEN)))
     else:
       backbone = model.backbone
       out = backbone(backbone.preprocess(as_floating(x), model.pixel_scale), output=layer)

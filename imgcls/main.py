@@ -36,7 +36,7 @@ _THRESHOLD = flags.DEFINE_float(
   "threshold", None, "eval, predict: decision threshold on p(second class) of two-class models (default: config.train.threshold for binary ones)."
 )
 _LAYER = flags.DEFINE_string(
-  "layer", "", "features: a backbone layer (Keras name such as out_relu, or 'backbone'); default: the penultimate layer."
+  "layer", "", "features: 'backbone', a head layer ('head/hidden/0') or a Keras layer name (out_relu); default: the penultimate layer."
 )
 
 MODES_NEEDING_WORKDIR = ("train", "eval", "features", "inspect")

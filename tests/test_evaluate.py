@@ -262,6 +262,24 @@ def save_untrained_run(config, workdir: Path) -> train.TrainState:
   return state
 
 
+def test_features_of_a_head_layer_before_its_batch_norm(tree, tmp_path):
+  """Seed 003's `model.layers[-3]`: the BN CNN's Dense(image width) after its ReLU, before the
+  BatchNorm that the default (penultimate) features include."""
+  workdir = tmp_path / "run"
+  config = tiny_config(tree, **{"model.name": "bn_cnn", "data.image_size": (48, 48), "model.head.hidden": (-1,)})
+  save_untrained_run(config, workdir)
+  run = restore.load(config, str(workdir))
+  hidden = features.features(config, str(workdir), inputs=str(tree), layer="head/hidden/0", output=str(tmp_path / "h.csv"))
+  columns = [c for c in hidden.columns if c.startswith("f") and c[1:].isdigit()]
+  assert len(columns) == 48 and (hidden[columns].to_numpy() >= 0).all()
+  images = jnp.asarray(evaluate.load_pixels(hidden["path"][:3], config.data) * config.data.rescale)
+  head = run.model.head
+  expected = jax.nn.relu(head.hidden[0](head.pool(run.model.features(images))))
+  np.testing.assert_allclose(hidden[columns].to_numpy()[:3], np.asarray(expected), rtol=1e-4, atol=1e-5)
+  with pytest.raises(restore.RunError, match="no layer 'head/hidden/1'.*head/hidden/0"):
+    features.make_extract(run, "head/hidden/1")
+
+
 def test_a_pretrained_run_is_used_without_its_weights_file(tree, tmp_path):
   """The checkpoint holds every weight: eval and predict of an ImageNet-initialised run work
   offline, after the Keras weights file is gone."""

@@ -63,13 +63,16 @@ class Head(nnx.Module):
       return jnp.max(x, axis=tuple(range(1, x.ndim - 1)))
     return x.reshape(x.shape[0], -1)
 
-  def embed(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
-    """The penultimate representation: what the output layer sees."""
+  def embed(self, x: jax.Array, *, rngs: nnx.Rngs | None = None, hidden_layer: int | None = None) -> jax.Array:
+    """The penultimate representation (what the output layer sees), or the activations of hidden
+    layer number `hidden_layer` (its Dense and ReLU, before its BatchNorm)."""
     if self.input_dropout is not None:
       x = self.input_dropout(x, rngs=rngs)
     x = self.pool(x)
-    for layer, norm in zip(self.hidden, self.norms):
+    for number, (layer, norm) in enumerate(zip(self.hidden, self.norms)):
       x = nnx.relu(layer(x))
+      if number == hidden_layer:
+        return x
       if norm is not None:
         x = norm(x)
     if self.dropout is not None:
