@@ -12,6 +12,7 @@ from keras import layers
 
 from conftest import class_pattern, tiny_config
 from imgcls.models import build_model
+from imgcls.models.heads import Head
 
 
 def keras_insects(size, classes):  # Seed 001.
@@ -115,3 +116,17 @@ def test_batchnorm_updates_statistics_only_in_training():
   model.train()
   model(x, rngs=nnx.Rngs(dropout=0))
   assert not np.allclose(model.backbone.norms[0].mean[...], before)
+
+
+def test_head_dense_layers_start_as_keras_dense():
+  """The head's Dense layers use Keras's default initialisers: glorot_uniform kernels, zero biases."""
+  import keras
+
+  head = Head((10,), 3, hidden=(64,), rngs=nnx.Rngs(0))
+  for layer, shape in ((head.hidden[0], (10, 64)), (head.output, (64, 3))):
+    kernel = np.asarray(layer.kernel[...])
+    keras_kernel = np.asarray(keras.initializers.GlorotUniform(seed=0)(shape))
+    limit = np.sqrt(6 / sum(shape))
+    assert kernel.shape == shape and np.abs(kernel).max() <= limit and np.abs(keras_kernel).max() <= limit
+    np.testing.assert_allclose(kernel.std(), keras_kernel.std(), rtol=0.2)
+    np.testing.assert_array_equal(np.asarray(layer.bias[...]), 0.0)

@@ -10,6 +10,8 @@ from flax import nnx
 
 from imgcls.models.batch_norm import BatchNorm
 
+_KERNEL_INIT = nnx.initializers.glorot_uniform()  # Keras's Dense default, so recipes start as in Keras.
+
 
 class Head(nnx.Module):
   """Pool (or flatten) the features, then Dense(+BatchNorm)+ReLU layers, dropout, output Dense.
@@ -46,7 +48,7 @@ class Head(nnx.Module):
     layers = []
     norms = []
     for units in hidden:
-      layers.append(nnx.Linear(width, int(units), rngs=rngs))
+      layers.append(nnx.Linear(width, int(units), kernel_init=_KERNEL_INIT, rngs=rngs))
       norms.append(
         BatchNorm(int(units), momentum=bn_momentum, epsilon=bn_epsilon, rngs=rngs) if batch_norm else None
       )
@@ -54,7 +56,7 @@ class Head(nnx.Module):
     self.hidden = nnx.List(layers)
     self.norms = nnx.List(norms)
     self.dropout = nnx.Dropout(dropout) if dropout > 0 else None
-    self.output = nnx.Linear(width, num_outputs, rngs=rngs)
+    self.output = nnx.Linear(width, num_outputs, kernel_init=_KERNEL_INIT, rngs=rngs)
 
   def pool(self, x: jax.Array) -> jax.Array:
     if self.pooling == "avg":
