@@ -31,9 +31,13 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.image_size = (90, 90)  # (height, width).
   c.data.color_mode = "rgb"  # rgb | grayscale.
   c.data.label_mode = "int"  # int | binary | categorical.
-  # bilinear | nearest (tf.image.resize, as image_dataset_from_directory), or pil_bilinear |
-  # pil_nearest | pil_bicubic (Pillow's, as keras.utils.load_img and flow_from_directory).
+  # bilinear | nearest (tf.image.resize, as image_dataset_from_directory), pil_bilinear |
+  # pil_nearest | pil_bicubic (Pillow's, as keras.utils.load_img and flow_from_directory), or
+  # cv2_bicubic (OpenCV's INTER_CUBIC on 8-bit pixels, as cv2.resize of a cv2.imread image).
   c.data.interpolation = "bilinear"
+  # Decode JPEGs at a reduced size (a power of two, at least image_size) when that is much
+  # smaller: several times faster, pixels within a few levels of a full-size decode.
+  c.data.jpeg_draft = True
   c.data.rescale = 1.0  # Pixels are multiplied by this after resizing (1/255 gives [0, 1]).
   c.data.batch_size = 32
   c.data.eval_batch_size = 0  # 0: same as batch_size.
@@ -209,7 +213,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   choices = {
     "data.color_mode": ("rgb", "grayscale"),
     "data.label_mode": ("int", "binary", "categorical"),
-    "data.interpolation": ("bilinear", "nearest", "pil_bilinear", "pil_nearest", "pil_bicubic"),
+    "data.interpolation": ("bilinear", "nearest", "pil_bilinear", "pil_nearest", "pil_bicubic", "cv2_bicubic"),
     "data.split_order": ("shuffle", "ordered", "per_class"),
     "data.augment_on": ("device", "host"),
     "data.cache": ("", "memory", "disk"),
@@ -232,6 +236,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.{key}={value!r} is not one of {', '.join(allowed)}.")
   if not 0.0 <= config.data.validation_split < 1.0:
     raise ValueError(f"config.data.validation_split={config.data.validation_split} must be in [0, 1).")
+  if config.data.backend == "tf" and config.data.interpolation not in ("bilinear", "nearest"):
+    raise ValueError(f"data.backend='tf' resizes with tf.image.resize: data.interpolation must be bilinear or nearest, "
+                     f"not {config.data.interpolation!r} (the grain backend has it).")
   from imgcls.data import augment  # Fails naming an unknown op or bad arguments.
 
   augment.parse(config.data.augment, config.data.fill_mode, config.data.fill_value)

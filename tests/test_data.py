@@ -343,3 +343,24 @@ def test_jpegs_pillow_must_read_are_left_to_it(tmp_path):
   for name in ("cmyk.jpg", "rotated.jpg", "truncated.jpg"):
     assert images._decode_jpeg(str(tmp_path / name), "rgb", (16, 16)) is None, name
   assert images.decode(str(tmp_path / "rotated.jpg"), draft_size=(16, 16)).shape == (24, 32, 3)  # Halved and turned upright.
+
+
+def test_cv2_bicubic_and_full_size_jpeg_decoding(tmp_path):
+  """interpolation="cv2_bicubic" is cv2.resize(cv2.imread(path), INTER_CUBIC) in RGB, and
+  data.jpeg_draft=False decodes JPEGs at full size before resizing."""
+  import cv2
+
+  rng = np.random.default_rng(0)
+  smooth = cv2.resize(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8), (320, 240), interpolation=cv2.INTER_CUBIC)
+  for label in range(2):
+    write_image(tmp_path / "t" / f"c{label}" / "big.jpg", np.roll(smooth, 40 * label, axis=1))
+  paths = sorted(str(p) for p in (tmp_path / "t").glob("*/big.jpg"))
+  for path in paths:
+    expected = cv2.resize(cv2.imread(path), (40, 30), interpolation=cv2.INTER_CUBIC)[..., ::-1]
+    np.testing.assert_array_equal(images.load_image(path, (30, 40), "rgb", "cv2_bicubic"), expected)
+  split = sources.Split(paths, np.array([0, 1]), ["c0", "c1"], "test")
+  for draft in (True, False):
+    config = tiny_config(tmp_path / "t", **{"data.image_size": (30, 40), "data.rescale": 1.0, "data.jpeg_draft": draft})
+    batch = next(iter(pipeline.eval_batches(split, config.data)))["image"][:2]
+    full = np.stack([images.resize(images.decode(p), (30, 40)) for p in paths])
+    assert np.array_equal(batch, full) != draft  # The draft decodes at 1/4 size (80x60): other pixels.

@@ -143,7 +143,7 @@ def resize(pixels: np.ndarray, size: tuple[int, int], interpolation: str = "bili
   "bilinear" and "nearest" are `tf.image.resize` (half-pixel centres, no antialiasing), as in
   Keras's `image_dataset_from_directory`; "pil_bilinear", "pil_nearest", "pil_bicubic" are
   Pillow's (which averages when shrinking), as in `keras.utils.load_img` and Keras's
-  ImageDataGenerator.flow_from_directory.
+  ImageDataGenerator.flow_from_directory; "cv2_bicubic" is OpenCV's INTER_CUBIC on 8-bit pixels.
   """
   height, width = pixels.shape[:2]
   out_h, out_w = size
@@ -153,12 +153,15 @@ def resize(pixels: np.ndarray, size: tuple[int, int], interpolation: str = "bili
     image = Image.fromarray(np.squeeze(pixels.astype(np.uint8), axis=-1) if pixels.shape[-1] == 1 else pixels.astype(np.uint8))
     out = np.asarray(image.resize((out_w, out_h), _PIL_FILTERS[interpolation]), np.float32)
     return out[:, :, None] if out.ndim == 2 else out
+  if interpolation == "cv2_bicubic":  # As cv2.resize(cv2.imread(path), size, interpolation=cv2.INTER_CUBIC).
+    out = cv2.resize(pixels.astype(np.uint8), (out_w, out_h), interpolation=cv2.INTER_CUBIC)
+    return out.reshape(out_h, out_w, pixels.shape[2]).astype(np.float32)
   if interpolation == "nearest":
     rows = np.minimum(np.floor((np.arange(out_h) + 0.5) * height / out_h).astype(np.int64), height - 1)
     cols = np.minimum(np.floor((np.arange(out_w) + 0.5) * width / out_w).astype(np.int64), width - 1)
     return pixels[rows][:, cols].astype(np.float32)
   if interpolation != "bilinear":
-    raise ValueError(f"Unknown interpolation {interpolation!r}: use bilinear or nearest.")
+    raise ValueError(f"Unknown interpolation {interpolation!r}: use bilinear, nearest, {', '.join(_PIL_FILTERS)} or cv2_bicubic.")
   # OpenCV's INTER_LINEAR is tf.image.resize's bilinear (half-pixel centres, no antialiasing).
   out = cv2.resize(pixels.astype(np.float32), (out_w, out_h), interpolation=cv2.INTER_LINEAR)
   return out.reshape(out_h, out_w, pixels.shape[2])
