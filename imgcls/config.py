@@ -236,6 +236,27 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.{key}={value!r} is not one of {', '.join(allowed)}.")
   if not 0.0 <= config.data.validation_split < 1.0:
     raise ValueError(f"config.data.validation_split={config.data.validation_split} must be in [0, 1).")
+  size = tuple(config.data.image_size) if isinstance(config.data.image_size, (tuple, list)) else ()
+  if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
+    raise ValueError(f"config.data.image_size={config.data.image_size!r} must be (height, width), two positive integers.")
+  at_least = {
+    "data.batch_size": 1, "data.eval_batch_size": 0, "data.num_threads": 0, "data.prefetch": 0, "train.epochs": 1,
+    "train.log_every_steps": 1, "checkpoint.max_to_keep": 1, "checkpoint.every_steps": 0, "model.filters": 0,
+  }
+  for key, low in at_least.items():
+    section, name = key.split(".")
+    if config[section][name] < low:
+      raise ValueError(f"config.{key}={config[section][name]} must be at least {low}.")
+  if not config.optimizer.learning_rate > 0:
+    raise ValueError(f"config.optimizer.learning_rate={config.optimizer.learning_rate} must be positive.")
+  if not 0.0 <= config.loss.label_smoothing < 1.0:
+    raise ValueError(f"config.loss.label_smoothing={config.loss.label_smoothing} must be in [0, 1).")
+  metrics = [f"{split}_{name}" for split in ("val", "train") for name in ("loss", "accuracy", "precision", "recall", "f1")]
+  for section in ("checkpoint", "reduce_on_plateau", "early_stopping"):
+    if config[section].monitor not in metrics:
+      near = nearest_keys(config[section].monitor, metrics)
+      raise ValueError(f"config.{section}.monitor={config[section].monitor!r} is not a logged metric; "
+                       f"{'did you mean ' + ', '.join(near) + '? ' if near else ''}one of: {', '.join(metrics)}.")
   if config.data.backend == "tf" and config.data.interpolation not in ("bilinear", "nearest"):
     raise ValueError(f"data.backend='tf' resizes with tf.image.resize: data.interpolation must be bilinear or nearest, "
                      f"not {config.data.interpolation!r} (the grain backend has it).")

@@ -90,20 +90,21 @@ def main(argv: list[str]) -> None:
   if mode != "train" and parallel.launched_as_several_processes():
     raise app.UsageError(f"--mode={mode} runs as one process, on this host's devices: run it without launch/.")
   parallel.initialize_distributed()
-  if mode == "train":
-    if _CONFIG.value is None:
-      raise app.UsageError("--mode=train needs --config=configs/<recipe>.py.")
-    config_lib.check_config(_CONFIG.value)
-    from imgcls import train
-
-    train.train_and_evaluate(_CONFIG.value, workdir)
-    return
-  from imgcls import checkpoint, restore
-  from imgcls.data import sources
+  if mode == "train" and _CONFIG.value is None:
+    raise app.UsageError("--mode=train needs --config=configs/<recipe>.py.")
+  from imgcls import train
 
   try:
-    _run_mode(mode, workdir)
-  except (restore.RunError, checkpoint.CheckpointError, sources.DataError, FileNotFoundError) as e:
+    if mode == "train":
+      config_lib.check_config(_CONFIG.value)
+      train.train_and_evaluate(_CONFIG.value, workdir)
+    else:
+      _run_mode(mode, workdir)
+  # Bad input (our errors are ValueErrors), a missing file, a diverged run: one line, no traceback
+  # (IMGCLS_TRACEBACK=1 shows it).
+  except (ValueError, FileNotFoundError, train.TrainingDiverged) as e:
+    if os.environ.get("IMGCLS_TRACEBACK"):
+      raise
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
 

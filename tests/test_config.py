@@ -59,3 +59,36 @@ def test_tf_backend_is_checked_and_needs_tensorflow(monkeypatch):
   monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorflow" else find_spec(name, *a))
   with pytest.raises(ValueError, match=r"TensorFlow is not installed.*pip install 'imgcls\[tf\]'"):
     config_lib.check_config(config)
+
+
+@pytest.mark.parametrize("key, value, message", [
+  ("checkpoint.monitor", "val_acc", "checkpoint.monitor='val_acc' is not a logged metric; did you mean val_accuracy"),
+  ("early_stopping.monitor", "loss", "early_stopping.monitor='loss' is not a logged metric"),
+  ("train.log_every_steps", 0, "train.log_every_steps=0 must be at least 1"),
+  ("checkpoint.max_to_keep", 0, "checkpoint.max_to_keep=0 must be at least 1"),
+  ("data.num_threads", -1, "data.num_threads=-1 must be at least 0"),
+  ("optimizer.learning_rate", -1.0, "learning_rate=-1.0 must be positive"),
+  ("loss.label_smoothing", 2.0, r"label_smoothing=2.0 must be in \[0, 1\)"),
+  ("data.image_size", (16,), r"image_size=\(16,\) must be \(height, width\)"),
+  ("data.interpolation", "pil_bicubic", "data.backend='tf' resizes with tf.image.resize"),
+])
+def test_bad_values_fail_before_training(key, value, message):
+  config = config_lib.default_config()
+  section, name = key.split(".")
+  config[section][name] = value
+  if name == "interpolation":
+    config.data.backend = "tf"
+  with pytest.raises(ValueError, match=message):
+    config_lib.check_config(config)
+
+
+def test_cli_training_errors_are_one_line_and_train_nothing(tmp_path):
+  workdir = tmp_path / "run"
+  result = run_cli("--config=configs/digits.py", f"--workdir={workdir}", "--config.checkpoint.monitor=val_acc", timeout=120)
+  assert result.returncode == 1 and "Traceback" not in result.stderr
+  assert "error: config.checkpoint.monitor='val_acc' is not a logged metric" in result.stderr
+  assert not (workdir / "checkpoints").exists()
+  not_a_folder = tmp_path / "file.txt"
+  not_a_folder.write_text("not images")
+  result = run_cli("--config=configs/digits.py", f"--workdir={workdir}", f"--config.data.dir={not_a_folder}", timeout=120)
+  assert result.returncode == 1 and "Traceback" not in result.stderr and "error: " in result.stderr
