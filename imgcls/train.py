@@ -409,9 +409,21 @@ def load_weights(state: TrainState, path: str) -> TrainState:
 # The loop.
 
 
+def check_workdir_outside_data(workdir: str, data_config: ml_collections.ConfigDict) -> None:
+  """Fails if the run would write into its own image folders (its outputs would be read as classes)."""
+  folder = data_config.dir
+  if not folder or data_config.index or folder.startswith(("builtin:", "tfds:")):
+    return
+  data = os.path.realpath(folder)
+  if os.path.commonpath([data, os.path.realpath(workdir)]) == data:
+    raise ValueError(f"--workdir={workdir} is inside data.dir={folder}: its checkpoints and logs would be read as "
+                     "images. Put the workdir elsewhere.")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains `config` in `workdir` (resuming what is there) and returns the run summary."""
   start_time = time.time()
+  check_workdir_outside_data(workdir, config.data)
   os.makedirs(workdir, exist_ok=True)
   enable_compile_cache(config.compile_cache)
   splits = sources.find_splits(config.data, config.seed)
@@ -447,6 +459,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   meta: dict[str, Any] = {"epoch": 0, "data_state": None, "best": None, "history": []}
   if checkpoints.latest_step() is not None:
     state, meta = checkpoints.restore(state)
+    if meta.get("class_names") and list(meta["class_names"]) != list(class_names):
+      raise ckpt_lib.CheckpointError(
+        f"The run in {workdir} was trained on the classes {meta['class_names']}, the data now has {class_names}: "
+        f"train in a new --workdir (--config.init_from={workdir} starts it from this run's best weights)."
+      )
     plateau = Plateau(config.reduce_on_plateau, **meta["plateau"])
     early = EarlyStopping(config.early_stopping, **meta["early_stopping"])
     best.best = meta["best"]["value"] if meta["best"] else None

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO
 
 ARGS = [
@@ -67,3 +69,26 @@ def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path):
   assert actual["final"] == expected["final"]
   assert actual["best"] == expected["best"]
   assert epochs(killed) == epochs(tmp_path / "reference")
+
+
+def test_resume_refuses_other_classes_and_workdir_inside_the_data(tree, tmp_path):
+  """Rerunning a run on data whose classes changed fails before training, its checkpoints intact;
+  so does a workdir inside data.dir (its outputs would become class folders)."""
+  import shutil
+
+  from conftest import tiny_config
+  from imgcls import checkpoint as ckpt_lib
+  from imgcls import train
+
+  data = tmp_path / "data"
+  shutil.copytree(tree, data)
+  workdir = tmp_path / "run"
+  train.train_and_evaluate(tiny_config(data, **{"train.epochs": 1}), str(workdir))
+  saved = committed_steps(workdir)
+  (data / "class_2").rename(data / "class_9")
+  with pytest.raises(ckpt_lib.CheckpointError, match=r"trained on the classes \['class_0', 'class_1', 'class_2'\].*class_9.*init_from"):
+    train.train_and_evaluate(tiny_config(data, **{"train.epochs": 2}), str(workdir))
+  assert committed_steps(workdir) == saved
+  with pytest.raises(ValueError, match="is inside data.dir"):
+    train.train_and_evaluate(tiny_config(data), str(data / "runs" / "a"))
+  assert not (data / "runs").exists()

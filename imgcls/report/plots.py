@@ -43,8 +43,8 @@ def training_curves(epochs: list[dict], path: str) -> str | None:
   for ax, name in zip(axes[:3], ("loss", "accuracy", "f1")):
     for split in ("train", "val"):
       key = f"{split}_{name}"
-      if key in epochs[0]:
-        ax.plot(x, [r[key] for r in epochs], marker="o", label=split)
+      if any(key in r for r in epochs):  # A resumed run may have gained or lost its validation split.
+        ax.plot(x, [r.get(key, float("nan")) for r in epochs], marker="o", label=split)
     ax.set_title(name)
     ax.set_xlabel("epoch")
     ax.legend()
