@@ -129,9 +129,32 @@ def write_results(root: str, rows: list[dict]) -> None:
     plt.close(fig)
 
 
+def load_grid(config: str, sweep: str, extra: Sequence[str] = ()) -> list[Override]:
+  """The sweep file's runs, every override key checked against the base recipe's config."""
+  from imgcls import config as config_lib
+
+  for path in (config.partition(":")[0], sweep):
+    if not os.path.isfile(path):
+      raise ValueError(f"No file {path!r}.")
+  get_sweep = runpy.run_path(sweep).get("get_sweep")
+  if get_sweep is None:
+    raise ValueError(f"The sweep file {sweep} has no get_sweep() function.")
+  grid = get_sweep()
+  if not isinstance(grid, list) or not all(isinstance(o, dict) for o in grid):
+    raise ValueError(f"{sweep}: get_sweep() must return a list of override dicts (use product(...) and zip_(...)).")
+  path, _, arg = config.partition(":")
+  get_config = runpy.run_path(path).get("get_config")
+  if get_config is None:
+    raise ValueError(f"The recipe {path} has no get_config() function.")
+  base = get_config(arg) if arg else get_config()
+  keys = dict.fromkeys(k for overrides in grid for k in overrides)
+  config_lib.check_overrides(base, [f"--config.{k}=" for k in keys] + list(extra))
+  return grid
+
+
 def run_sweep(config: str, sweep: str, root: str, parallel: int = 1, extra: Sequence[str] = (), metric: str = "", dry_run: bool = False) -> list[dict]:
   """Runs (or resumes) every run of the sweep not finished yet and writes the results table."""
-  grid = runpy.run_path(sweep)["get_sweep"]()
+  grid = load_grid(config, sweep, extra)
   runs = [(run_name(o), o) for o in grid]
   names = [n for n, _ in runs]
   if len(set(names)) != len(names):
@@ -170,7 +193,15 @@ def run(argv: Sequence[str] | None = None) -> None:
   extra = [a for a in argv if a.startswith("--config.")]
   args = parser.parse_args([a for a in argv if not a.startswith("--config.")])
   root = args.root or os.path.join("runs", "sweeps", os.path.splitext(os.path.basename(args.sweep))[0])
-  run_sweep(args.config, args.sweep, root, args.parallel, extra, args.metric, args.dry_run)
+  try:
+    rows = run_sweep(args.config, args.sweep, root, args.parallel, extra, args.metric, args.dry_run)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  failed = [r["run"] for r in rows if r.get("status") != "done"]
+  if failed:
+    print(f"error: {len(failed)} of {len(rows)} runs did not finish: {', '.join(failed)}", file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 from imgcls import sweep
 
@@ -50,3 +52,22 @@ def test_sweep_runs_skips_and_resumes(tmp_path):
   assert "2 runs, 1 finished, 1 to run" in second.stdout
   assert "Resuming from step" in (root / "filters=8" / "sweep.log").read_text()
   assert (root / "filters=8" / "summary.json").exists()
+
+
+def test_bad_sweeps_fail_before_running_anything(tmp_path):
+  grid = tmp_path / "grid.py"
+  grid.write_text("from imgcls.sweep import product\ndef get_sweep():\n  return product({'optimizer.learning_rat': [1e-3]})\n")
+  with pytest.raises(ValueError, match="'optimizer.learning_rat'.*optimizer.learning_rate"):
+    sweep.run_sweep("configs/digits.py", str(grid), str(tmp_path / "runs"))
+  grid.write_text("def get_sweep():\n  return {'model.filters': [4]}\n")
+  with pytest.raises(ValueError, match="must return a list of override dicts"):
+    sweep.run_sweep("configs/digits.py", str(grid), str(tmp_path / "runs"))
+  assert not (tmp_path / "runs").exists()
+  args = [sys.executable, "-m", "imgcls.sweep", "--config=configs/digits.py", f"--sweep={tmp_path / 'none.py'}", f"--root={tmp_path / 'runs'}"]
+  result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2 and result.stderr.startswith("error: No file") and "Traceback" not in result.stderr
+  grid.write_text("def get_sweep():\n  return [{'model.filters': -4}]\n")  # A valid key whose run fails.
+  args[4] = f"--sweep={grid}"
+  result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1 and "error: 1 of 1 runs did not finish: filters=-4" in result.stderr
+  assert "model.filters=-4 must be at least 0" in (tmp_path / "runs" / "filters=-4" / "sweep.log").read_text()
