@@ -113,6 +113,12 @@ def test_symlinked_folders_follow_config(hostile, tmp_path):
   assert len(sources.find_splits(config.data, 0)["train"]) == 6
   config.data.follow_links = True
   assert len(sources.find_splits(config.data, 0)["train"]) == 10
+  # Link loops (a folder linking to its parent or itself) and a second link to a folder add nothing.
+  os.symlink("..", root / "class_0" / "up")
+  os.symlink(".", root / "class_1" / "self")
+  os.symlink(tmp_path / "elsewhere" / "class_0", root / "class_0" / "again")
+  paths = sources.find_splits(config.data, 0)["train"].paths
+  assert len(paths) == 10 and len({os.path.realpath(p) for p in paths}) == 10
 
 
 def test_training_runs_through_the_hostile_tree(hostile, tmp_path):

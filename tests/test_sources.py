@@ -67,6 +67,16 @@ def test_index_errors_name_the_problem(tmp_path):
   config.data.class_columns = ("a", "b")
   with pytest.raises(sources.DataError, match=r"no column\(s\) \['a', 'b'\]"):
     sources.find_splits(config.data, 0)
+  config.data.class_columns = ()
+  for rows, message in (
+    ([], "has no rows"),
+    ([("class_0/img_000.png", "a"), (None, "b")], r"Rows \[3\] of .* have no 'file'"),
+    ([("class_0/img_000.png", "a"), ("class_1/img_000.png", None)], r"Rows \[3\] of .* have no 'y'"),
+    ([("class_0/img_000.png", "a"), ("class_1/img_000.png", "b"), ("class_0/img_000.png", "a")], "1 image\\(s\\) are listed more than once"),
+  ):
+    pd.DataFrame(rows, columns=["file", "y"]).to_csv(tmp_path / "i.csv", index=False)
+    with pytest.raises(sources.DataError, match=message):
+      sources.find_splits(config.data, 0)
 
 
 def test_tfds_dataset_through_data_source(tmp_path):

@@ -8,6 +8,7 @@ the validation subset), so the same seed puts the same files in the same subset.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 from collections.abc import Sequence
@@ -76,8 +77,10 @@ def scan_folder(root: str, class_names: Sequence[str] = (), follow_links: bool =
       raise DataError(f"config.data.class_names names {missing}, which are not subfolders of {root!r} (found: {found}).")
     found = list(class_names)
   paths, labels, skipped, empty = [], [], [], []
+  # Folders already walked: a link back up (or to another class) is not walked again.
+  seen = {os.path.realpath(root), *(os.path.realpath(os.path.join(root, name)) for name in found)}
   for index, name in enumerate(found):
-    class_paths, class_skipped = _walk_images(os.path.join(root, name), follow_links)
+    class_paths, class_skipped = _walk_images(os.path.join(root, name), follow_links, seen)
     skipped += class_skipped
     if not class_paths:
       empty.append(name)
@@ -93,17 +96,27 @@ def scan_folder(root: str, class_names: Sequence[str] = (), follow_links: bool =
   return Scan(paths, np.asarray(labels, np.int32), list(found), skipped)
 
 
-def _walk_images(directory: str, follow_links: bool) -> tuple[list[str], list[str]]:
-  """Image files under `directory`, in Keras's order: folders sorted by path, files by name."""
+def _walk_images(directory: str, follow_links: bool, seen: set[str]) -> tuple[list[str], list[str]]:
+  """Image files under `directory`, in Keras's order: folders sorted by path, files by name.
+  Folders in `seen` (real paths, added to as it walks) are not entered: a link loop, or a second
+  link to one folder, adds nothing."""
   found, skipped = [], []
-  for dirpath, dirnames, filenames in sorted(os.walk(directory, followlinks=follow_links), key=lambda w: w[0]):
-    dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+  for dirpath, dirnames, filenames in sorted(_walk_once(directory, follow_links, seen), key=lambda w: w[0]):
     for name in sorted(filenames):
       if name.startswith("."):  # Hidden files (.DS_Store, ._x.jpg) are not data.
         continue
       path = os.path.join(dirpath, name)
       (found if images.is_image_file(name) else skipped).append(path)
   return found, skipped
+
+
+def _walk_once(directory: str, follow_links: bool, seen: set[str]):
+  """os.walk without hidden folders, never entering a real folder in `seen`."""
+  for dirpath, dirnames, filenames in os.walk(directory, followlinks=follow_links):
+    dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                         and os.path.realpath(os.path.join(dirpath, d)) not in seen)
+    seen.update(os.path.realpath(os.path.join(dirpath, d)) for d in dirnames)
+    yield dirpath, dirnames, filenames
 
 
 def holdout_split(scan: Scan, validation_split: float, seed: int, order: str = "shuffle") -> tuple[Split, Split | None]:
@@ -160,6 +173,8 @@ def scan_index(index: str, data_config, class_names: Sequence[str] = ()) -> Scan
     table = pd.read_excel(index) if index.lower().endswith((".xlsx", ".xls")) else pd.read_csv(index)
   except Exception as e:  # pandas raises many types for unreadable files.
     raise DataError(f"Cannot read index {index!r}: {e}") from e
+  if table.empty:
+    raise DataError(f"Index {index!r} has no rows.")
   columns = list(table.columns)
   one_hot = list(data_config.class_columns)
   needed = [data_config.path_column] + (one_hot or [data_config.label_column])
@@ -175,7 +190,7 @@ def scan_index(index: str, data_config, class_names: Sequence[str] = ()) -> Scan
   else:
     raw = table[data_config.label_column]
     if raw.isna().any():
-      raise DataError(f"Rows {[i + 2 for i in np.flatnonzero(raw.isna())][:10]} of {index!r} have no {data_config.label_column!r}.")
+      raise DataError(f"Rows {[int(i) + 2 for i in np.flatnonzero(raw.isna())][:10]} of {index!r} have no {data_config.label_column!r}.")
     if pd.api.types.is_integer_dtype(raw):
       found = [str(v) for v in sorted(set(raw.tolist()))]
     else:
@@ -185,8 +200,15 @@ def scan_index(index: str, data_config, class_names: Sequence[str] = ()) -> Scan
     if unknown:
       raise DataError(f"Labels {unknown} in {index!r} are not among the classes {names}.")
     labels = np.asarray([names.index(v) for v in raw.astype(str)])
+  column = table[data_config.path_column]
+  if column.isna().any():
+    raise DataError(f"Rows {[int(i) + 2 for i in np.flatnonzero(column.isna())][:10]} of {index!r} have no {data_config.path_column!r}.")
   root = data_config.dir or os.path.dirname(os.path.abspath(index))
-  paths = [p if os.path.isabs(p) else os.path.join(root, p) for p in table[data_config.path_column].astype(str)]
+  paths = [p if os.path.isabs(p) else os.path.join(root, p) for p in column.astype(str)]
+  repeated = sorted(p for p, n in collections.Counter(paths).items() if n > 1)
+  if repeated:
+    raise DataError(f"{len(repeated)} image(s) are listed more than once in {index!r} (they would land in several "
+                    f"splits), e.g. {repeated[:3]}.")
   if len(names) < 2:
     raise DataError(f"Index {index!r} has a single class ({names}); a classifier needs at least two.")
   return Scan(paths, np.asarray(labels, np.int32), list(names), [])
