@@ -39,7 +39,7 @@ def image_files(inputs: str) -> list[str]:
   found = []
   for root, dirs, names in os.walk(inputs):
     dirs.sort()
-    found += [os.path.join(root, name) for name in sorted(names) if is_image_file(name)]
+    found += [os.path.join(root, name) for name in sorted(names) if is_image_file(name) and os.path.isfile(os.path.join(root, name))]
   if not found:
     raise sources.DataError(f"No image files under {inputs}.")
   return found
@@ -314,6 +314,8 @@ def predict(
   image the probabilities are also printed, one line per class. Without `workdir` the model is
   the config's ImageNet classifier (configs/imagenet.py): path, class_1, prob_1, ... class_k, prob_k.
   """
+  if os.path.isdir(output) or not output.lower().endswith(".csv"):
+    raise sources.DataError(f"--output={output} must name a .csv file: predict writes a CSV table.")
   if workdir is not None:
     return _predict_run(config, inputs, output, workdir, checkpoint, step, threshold)
   paths = image_files(inputs)
@@ -334,7 +336,7 @@ def predict(
         image = load_image(path, config.data.image_size, config.data.color_mode, config.data.interpolation)
       except BadImageError as e:
         if not config.data.skip_bad_images:
-          raise
+          raise BadImageError(f"{e} (--config.data.skip_bad_images=True leaves such images out)") from e
         warnings.warn(f"Skipping {e}", stacklevel=2)
         continue
       batch_paths.append(path)

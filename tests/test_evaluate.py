@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -202,6 +203,7 @@ def test_predict_a_folder_and_an_index(pollen_run, tmp_path):
   picked = sorted((POLLEN / "P").iterdir())[:3] + sorted((POLLEN / "NP").iterdir())[:2]
   for i, path in enumerate(picked):
     shutil.copy(path, folder / ("nested" if i % 2 else "") / path.name)
+  os.mkfifo(folder / "pipe.png")  # Not a file: never opened (reading it would wait forever).
   rows = evaluate.predict(config, inputs=str(folder), output=str(tmp_path / "folder.csv"), workdir=str(workdir))
   table = pd.read_csv(tmp_path / "folder.csv")
   assert len(rows) == len(table) == 5 and np.allclose(table["prob_NP"] + table["prob_P"], 1.0)
@@ -213,6 +215,9 @@ def test_predict_a_folder_and_an_index(pollen_run, tmp_path):
   assert [Path(r["path"]).name for r in indexed] == [p.name for p in picked[:2]]
   by_name = {Path(p).name: q for p, q in zip(table["path"], table["prob_P"])}
   assert [r["prob_P"] for r in indexed] == pytest.approx([by_name[p.name] for p in picked[:2]], rel=1e-5)
+  for output in (tmp_path, tmp_path / "preds.xlsx"):
+    with pytest.raises(sources.DataError, match="must name a .csv file"):
+      evaluate.predict(config, inputs=str(folder), output=str(output), workdir=str(workdir))
 
 
 def test_features_table_pca_and_umap(pollen_run, tmp_path):
