@@ -115,7 +115,10 @@ def input_paths(inputs: str, config: ml_collections.ConfigDict) -> list[str]:
   if is_index(inputs):
     import pandas as pd
 
-    table = pd.read_excel(inputs) if inputs.lower().endswith((".xlsx", ".xls")) else pd.read_csv(inputs)
+    try:
+      table = pd.read_excel(inputs) if inputs.lower().endswith((".xlsx", ".xls")) else pd.read_csv(inputs)
+    except Exception as e:  # pandas raises many types for unreadable files.
+      raise sources.DataError(f"Cannot read index {inputs!r}: {e}") from e
     column = config.data.path_column
     if column not in table.columns:
       raise sources.DataError(f"Index {inputs!r} has no column {column!r}; its columns are {list(table.columns)}. Set data.path_column.")
