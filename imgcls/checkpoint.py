@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
 
 class CheckpointError(ValueError):
@@ -54,23 +55,38 @@ class Checkpoints:
     return self._latest.latest_step()
 
   def restore(self, state_like: Any, step: int | None = None, *, best: bool = False) -> tuple[Any, dict]:
-    """The state (shaped like `state_like`) and meta of `step` (default: the latest)."""
+    """The state (shaped like `state_like`) and meta of `step` (default: the latest that can be
+    read: a damaged newer one is moved aside to `checkpoints/damaged/`, with a warning)."""
     manager = self._best if best else self._latest
-    step = manager.latest_step() if step is None else step
-    if step is None:
+    steps = sorted(manager.all_steps(), reverse=True) if step is None else [step]
+    if not steps:
       raise CheckpointError(f"No checkpoint in {self.best_dir if best else self.latest_dir}.")
-    try:
-      restored = manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(state_like)), meta=ocp.args.JsonRestore())
-      )
-    except (ValueError, KeyError) as e:
-      folder = os.path.join(self.best_dir if best else self.latest_dir, str(step))
-      raise CheckpointError(
-        f"The checkpoint {folder} does not fit this run: its model or optimizer differ from this config's "
-        f"({str(e)[:300]}). Use another workdir, with --config.init_from={os.path.dirname(os.path.dirname(folder))} "
-        "to start from its weights."
-      ) from e
-    return restored.state, restored.meta
+    errors = []
+    for candidate in steps:
+      try:
+        restored = manager.restore(
+          candidate, args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(state_like)), meta=ocp.args.JsonRestore())
+        )
+      except Exception as e:  # Orbax and TensorStore raise many types for unfitting or damaged files.
+        errors.append((os.path.join(str(manager.directory), str(candidate)), e))
+        continue
+      for folder, error in errors:
+        aside = _unused(os.path.join(os.path.dirname(self.latest_dir), "damaged", "_".join(folder.split(os.sep)[-2:])))
+        if jax.process_index() == 0:
+          os.makedirs(os.path.dirname(aside), exist_ok=True)
+          os.rename(folder, aside)
+        logging.warning("Could not read the checkpoint %s (%s): moved it to %s and restored step %d.",
+                        folder, _first_line(error), aside, candidate)
+      if errors:
+        parallel_sync("imgcls_checkpoint_moved_aside")
+        manager.reload()
+      return restored.state, restored.meta
+    folder, error = errors[0]
+    raise CheckpointError(
+      f"The checkpoint {folder} cannot be restored into this run: its model or optimizer differ from this config's, "
+      f"or its files are damaged ({_first_line(error)}). Use another workdir, with "
+      f"--config.init_from={os.path.dirname(os.path.dirname(os.path.dirname(folder)))} to start from its best weights."
+    ) from error
 
   def wait(self) -> None:
     self._latest.wait_until_finished()
@@ -110,20 +126,55 @@ def _committed_steps(folder: str) -> list[int]:
   return [int(d) for d in os.listdir(folder) if d.isdigit() and os.path.isdir(os.path.join(folder, d, "state"))]
 
 
+def _unused(path: str) -> str:
+  """`path`, or `path.1`, `path.2`, ... the first that does not exist."""
+  candidate, number = path, 0
+  while os.path.exists(candidate):
+    number += 1
+    candidate = f"{path}.{number}"
+  return candidate
+
+
+def parallel_sync(name: str) -> None:
+  """Waits for every process (a no-op in a single process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
+
+
+def _first_line(error: BaseException) -> str:
+  lines = str(error).strip().splitlines()
+  return f"{type(error).__name__}: {lines[0][:300] if lines else ''}"
+
+
 def read_state(checkpoint_dir: str) -> dict:
   """The raw state pytree of a checkpoint folder, as nested dicts of arrays on this process's
   first device, whatever devices and processes saved it."""
   state_dir = os.path.join(checkpoint_dir, "state")
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  with ocp.StandardCheckpointer() as checkpointer:
-    metadata = checkpointer.metadata(state_dir)
-    tree = metadata.item_metadata.tree if hasattr(metadata, "item_metadata") else metadata
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
-    return checkpointer.restore(state_dir, target)
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      metadata = checkpointer.metadata(state_dir)
+      tree = metadata.item_metadata.tree if getattr(metadata, "item_metadata", None) is not None else metadata
+      if tree is None:
+        raise ValueError("no readable metadata")
+      target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
+      return checkpointer.restore(state_dir, target)
+  except Exception as e:  # Orbax and TensorStore raise many types for damaged files.
+    raise CheckpointError(
+      f"Cannot read the checkpoint {checkpoint_dir}; its files may be damaged ({_first_line(e)}). "
+      "Pick another one with --step or --checkpoint."
+    ) from e
 
 
 def read_meta(checkpoint_dir: str) -> dict:
   import json
 
-  with open(os.path.join(checkpoint_dir, "meta", "metadata")) as f:
-    return json.load(f)
+  path = os.path.join(checkpoint_dir, "meta", "metadata")
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f"The checkpoint {checkpoint_dir} has no readable meta ({_first_line(e)}): it is not a "
+                          "complete imgcls checkpoint.") from e

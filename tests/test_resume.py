@@ -92,3 +92,27 @@ def test_resume_refuses_other_classes_and_workdir_inside_the_data(tree, tmp_path
   with pytest.raises(ValueError, match="is inside data.dir"):
     train.train_and_evaluate(tiny_config(data), str(data / "runs" / "a"))
   assert not (data / "runs").exists()
+
+
+def test_a_damaged_checkpoint_is_passed_over_on_resume_and_named_in_eval(tree, tmp_path):
+  """Truncated data files (an interrupted copy): resuming restores the checkpoint before it, with
+  a warning; reading it for eval fails naming the folder."""
+  from conftest import run_cli, tiny_config
+  from imgcls import checkpoint as ckpt_lib
+  from imgcls import train
+
+  workdir = tmp_path / "run"
+  train.train_and_evaluate(tiny_config(tree, **{"train.epochs": 2}), str(workdir))
+  older, newest = committed_steps(workdir)
+  for path in (workdir / "checkpoints" / "latest" / str(newest) / "state").rglob("d/*"):
+    path.write_bytes(path.read_bytes()[:10])
+  with pytest.raises(ckpt_lib.CheckpointError, match=f"Cannot read the checkpoint .*latest/{newest}; its files may be damaged"):
+    ckpt_lib.read_state(str(workdir / "checkpoints" / "latest" / str(newest)))
+  result = run_cli("--mode=eval", f"--workdir={workdir}", f"--step={newest}", timeout=300)
+  # TensorStore may print its own tracebacks after the message (callbacks at exit).
+  assert result.returncode == 1 and result.stderr.startswith("error: Cannot read the checkpoint"), result.stderr[-2000:]
+  assert "its files may be damaged" in result.stderr.splitlines()[0]
+  summary = train.train_and_evaluate(tiny_config(tree, **{"train.epochs": 3}), str(workdir))
+  log = (workdir / "metrics.jsonl").read_text()
+  assert summary["final"]["step"] == newest // 2 * 3 and f'"step": {older}' in log
+  assert (workdir / "checkpoints" / "damaged" / f"latest_{newest}" / "state").is_dir()  # Moved aside, not deleted.
