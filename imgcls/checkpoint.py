@@ -156,7 +156,8 @@ def read_state(checkpoint_dir: str) -> dict:
   try:
     with ocp.StandardCheckpointer() as checkpointer:
       metadata = checkpointer.metadata(state_dir)
-      tree = metadata.item_metadata.tree if getattr(metadata, "item_metadata", None) is not None else metadata
+      item = getattr(metadata, "item_metadata", metadata)
+      tree = getattr(item, "tree", item)
       if tree is None:
         raise ValueError("no readable metadata")
       target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)

@@ -38,8 +38,16 @@ class RunLog:
     """Writes config.json, trims records past `step` (a resumed run), prints the data summary."""
     if not self.enabled:
       return
-    with open(os.path.join(self.workdir, "config.json"), "w") as f:
-      f.write(self.config.to_json_best_effort(indent=2, sort_keys=True))
+    path, text = os.path.join(self.workdir, "config.json"), self.config.to_json_best_effort(indent=2, sort_keys=True)
+    if step and os.path.exists(path):  # Resumed with another config: keep the one steps 1..step ran with.
+      with open(path) as f:
+        before = f.read()
+      if before != text:
+        with open(os.path.join(self.workdir, f"config.until_step{step}.json"), "w") as f:
+          f.write(before)
+        self.message(f"The config differs from the one this run started with: that one is kept as config.until_step{step}.json.")
+    with open(path, "w") as f:
+      f.write(text)
     if os.path.exists(self.metrics_path):
       with open(self.metrics_path) as f:
         kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]

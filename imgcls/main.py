@@ -27,7 +27,8 @@ _INPUT = flags.DEFINE_string(
 _OUTPUT = flags.DEFINE_string("output", None, "predict: CSV file to write; features: .csv or .xlsx (default WORKDIR/features/features.csv).")
 _SPLIT = flags.DEFINE_string("split", "val", "eval: the run's subset to evaluate (train, val, test) when --input is not given.")
 _STEP = flags.DEFINE_integer(
-  "step", None, "eval, predict, features: the checkpoint of this step (default: the best); inspect: the training step to show (default 0)."
+  "step", None, "eval, predict, features: the checkpoint of this step (default: the best); inspect: the training step to show (default 0).",
+  lower_bound=0,
 )
 _CHECKPOINT = flags.DEFINE_string(
   "checkpoint", None, "eval, predict, features: take the weights from this workdir or checkpoint folder instead of --workdir's."
@@ -74,7 +75,9 @@ def _load_config_file(argv: list[str]):
       value = argv[i + 1]
     if value:
       path, _, config_arg = value.partition(":")
-      get_config = runpy.run_path(path)["get_config"]
+      get_config = runpy.run_path(path).get("get_config")
+      if get_config is None:
+        raise ValueError(f"The recipe {path} has no get_config() function.")
       return get_config(config_arg) if config_arg else get_config()
   return None
 
@@ -161,7 +164,16 @@ def run() -> None:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   logging.set_verbosity(logging.WARNING)
-  app.run(main)
+  app.run(_main_with_short_usage)
+
+
+def _main_with_short_usage(argv: list[str]) -> None:
+  """`main`, a usage error reported in one line (absl would print the whole --help first)."""
+  try:
+    main(argv)
+  except app.UsageError as e:
+    print(f"error: {e} (python -m imgcls.main --help lists the flags)", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

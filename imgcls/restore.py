@@ -30,8 +30,13 @@ def saved_config(workdir: str) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
     raise RunError(f"{workdir!r} has no config.json: it is not a training workdir (train with --mode=train first).")
-  with open(path) as f:
-    saved = json.load(f)
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except ValueError as e:
+    raise RunError(f"{path} is not valid JSON ({e}).") from e
+  if not isinstance(saved, dict):
+    raise RunError(f"{path} holds a {type(saved).__name__}, not a config (a JSON object).")
   config = config_lib.default_config()
   unknown = _merge(config, saved, "")
   if unknown:
@@ -45,6 +50,8 @@ def _merge(config: ml_collections.ConfigDict, saved: dict, prefix: str) -> list[
     if key not in config:
       unknown.append(prefix + key)
     elif isinstance(config[key], ml_collections.ConfigDict):
+      if not isinstance(value, dict):
+        raise RunError(f"config.json: {prefix}{key} is {value!r}, not a section of keys.")
       unknown += _merge(config[key], value, f"{prefix}{key}.")
     else:
       config[key] = tuple(value) if isinstance(config[key], tuple) else value

@@ -92,3 +92,16 @@ def test_cli_training_errors_are_one_line_and_train_nothing(tmp_path):
   not_a_folder.write_text("not images")
   result = run_cli("--config=configs/digits.py", f"--workdir={workdir}", f"--config.data.dir={not_a_folder}", timeout=120)
   assert result.returncode == 1 and "Traceback" not in result.stderr and "error: " in result.stderr
+
+
+def test_usage_errors_and_broken_recipes_are_one_line(tmp_path):
+  result = run_cli("--mode=eval", timeout=120)
+  assert result.returncode == 2 and result.stderr.strip() == "error: --mode=eval needs --workdir. (python -m imgcls.main --help lists the flags)"
+  recipe = tmp_path / "recipe.py"
+  recipe.write_text("def config():\n  return None\n")
+  result = run_cli(f"--config={recipe}", f"--workdir={tmp_path / 'run'}", timeout=120)
+  assert result.returncode == 2 and result.stderr.strip() == f"error: The recipe {recipe} has no get_config() function."
+  (tmp_path / "run").mkdir()
+  (tmp_path / "run" / "config.json").write_text("[1, 2]")
+  result = run_cli("--mode=eval", f"--workdir={tmp_path / 'run'}", timeout=120)
+  assert result.returncode != 0 and "holds a list, not a config" in result.stderr and "Traceback" not in result.stderr

@@ -136,6 +136,8 @@ def holdout_split(scan: Scan, validation_split: float, seed: int, order: str = "
   elif int(validation_split * len(paths)):
     held[-int(validation_split * len(paths)):] = True
   if not held.any():
+    if validation_split:
+      logging.warning("validation_split=%s of %d images holds out none: the run has no validation subset.", validation_split, len(paths))
     return Split(paths, labels, scan.class_names, "train"), None
   train, val = np.flatnonzero(~held), np.flatnonzero(held)
   return (Split([paths[i] for i in train], labels[train], scan.class_names, "train"),
