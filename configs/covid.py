@@ -8,6 +8,8 @@ def get_config():
   c.data.dir = "../shared/data/covid_xray_small"
   c.data.image_size = (224, 224)
   c.data.rescale = 1 / 255  # The backbone undoes it and applies Inception's preprocess_input.
+  # The seed feeds InceptionV3 the [0, 1] images themselves: --config.model.preprocess_input=False.
+  c.model.preprocess_input = True
   c.data.interpolation = "pil_nearest"  # flow_from_directory(interpolation="nearest").
   c.data.color_mode = "rgb"  # Greyscale X-rays are read as three equal channels.
   # ImageDataGenerator(validation_split=0.2): the first 20% of each class's files validate.

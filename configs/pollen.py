@@ -9,6 +9,8 @@ def get_config():
   c.data.dir = "../shared/data/pollen"
   c.data.image_size = (90, 90)
   c.data.rescale = 1 / 255  # As the seed; the backbone undoes it and applies Keras's preprocess_input.
+  # The seed feeds MobileNetV2 the [0, 1] images themselves: --config.model.preprocess_input=False.
+  c.model.preprocess_input = True
   c.data.label_mode = "binary"  # One sigmoid output unit.
   c.data.validation_split = 0.2
   c.data.batch_size = 32

@@ -96,6 +96,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.include_top = False  # Keep Keras's 1000-way classifier as the output layer (model.head unused).
   c.model.pooling = ""  # Keras's include_top=False pooling: "" (the feature map), avg or max (a vector).
   c.model.cut_at = ""  # Keras layer whose output the head sees, e.g. block_6_expand_relu; "": the last.
+  # Keras's preprocess_input of the family (e.g. [-1, 1] for MobileNetV2) before the backbone, what
+  # its ImageNet weights expect; False feeds the pipeline's images as they are, as seeds 000 and
+  # 004 do (in [0, 1] with data.rescale=1/255).
+  c.model.preprocess_input = True
   c.model.freeze = ""  # "": train all; "all": freeze the backbone; a Keras layer: freeze up to and with it.
   c.model.backbone_learning_rate = 0.0  # Learning rate of the backbone's parameters (0: optimizer's).
   c.model.bn_momentum = 0.0  # Backbone BatchNorm momentum, Keras's meaning (0: the model's, e.g. 0.999).

@@ -48,3 +48,14 @@ def test_greyscale_images_are_repeated_to_three_channels():
     keras.applications.vgg16.preprocess_input(np.repeat(grey, 3, axis=-1)),
     atol=1e-5,
   )
+
+
+def test_without_preprocess_input_the_backbone_sees_the_pipeline_images():
+  """Seeds 000 and 004 feed their pretrained networks [0, 1] images, no preprocess_input."""
+  c = default_config()
+  c.model.update(name="mobilenet_v2", preprocess_input=False)
+  c.data.image_size = (32, 32)
+  backbone = nnx.eval_shape(lambda: MODELS["mobilenet_v2"](c, nnx.Rngs(0)))
+  images = np.random.default_rng(0).random((2, 4, 4, 3)).astype(np.float32)
+  np.testing.assert_array_equal(np.asarray(backbone.preprocess(images, 1 / 255)), images)
+  np.testing.assert_array_equal(np.asarray(backbone.preprocess(images[..., :1], 1 / 255)), np.repeat(images[..., :1], 3, axis=-1))

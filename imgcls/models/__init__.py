@@ -67,7 +67,8 @@ def keras_backbone(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> KerasNe
   g = keras_graph(config)
   output = g["predictions"].inputs[0] if m.include_top else m.cut_at
   module, _ = KERAS_MODELS[m.name]
-  return KerasNet(g, output=output, preprocessing=module.PREPROCESSING, bn_momentum=m.bn_momentum,
+  preprocessing = module.PREPROCESSING if m.preprocess_input else "none"
+  return KerasNet(g, output=output, preprocessing=preprocessing, bn_momentum=m.bn_momentum,
                   bn_epsilon=m.bn_epsilon, convs=m.convs, rngs=rngs)
 
 

@@ -217,7 +217,7 @@ class KerasNet(nnx.Module):
   """A `Graph` as a backbone: the layers up to `output` (default: the graph's last layer).
 
   `preprocessing` is Keras's `preprocess_input` mode of the family: "tf" (x / 127.5 - 1) or
-  "caffe" (RGB to BGR, minus the ImageNet channel means). `bn_momentum` / `bn_epsilon` override
+  "caffe" (RGB to BGR, minus the ImageNet channel means), or "none". `bn_momentum` / `bn_epsilon` override
   every BatchNorm's (0: Keras's values for the model). `convs` picks how depthwise and 1x1
   convolutions are computed (see `imgcls.models.convs`).
   """
@@ -233,8 +233,8 @@ class KerasNet(nnx.Module):
     convs: str = "auto",
     rngs: nnx.Rngs,
   ):
-    if preprocessing not in ("tf", "caffe"):
-      raise ValueError(f"Unknown preprocessing {preprocessing!r}: use tf or caffe.")
+    if preprocessing not in ("tf", "caffe", "none"):
+      raise ValueError(f"Unknown preprocessing {preprocessing!r}: use tf, caffe or none.")
     by_name = {layer.name: layer for layer in graph.layers}
     output = output or graph.output
     if output not in by_name:
@@ -279,7 +279,10 @@ class KerasNet(nnx.Module):
     return tuple(layer.name for layer in self.spec[1:])
 
   def preprocess(self, images: jax.Array, pixel_scale: float) -> jax.Array:
-    """Keras's `preprocess_input` for the family, on images that are pixels times `pixel_scale`."""
+    """Keras's `preprocess_input` for the family, on images that are pixels times `pixel_scale`
+    ("none": the images as they are)."""
+    if self.preprocessing == "none":
+      return jnp.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
     x = images if pixel_scale == 1.0 else images / pixel_scale
     if x.shape[-1] == 1:  # Greyscale: the ImageNet networks take three channels.
       x = jnp.repeat(x, 3, axis=-1)
