@@ -238,7 +238,11 @@ def evaluate(
 
   plots.confusion_matrix(np.asarray(report["confusion_matrix"]), run.class_names, os.path.join(out, "confusion_matrix.png"))
   plots.confusion_matrix(
-    np.asarray(report["confusion_matrix_normalized"]), run.class_names, os.path.join(out, "confusion_matrix_normalized.png"), normalized=True
+    np.asarray(report["confusion_matrix_normalized"]), run.class_names, os.path.join(out, "confusion_matrix_normalized.png"), normalized="true"
+  )
+  plots.confusion_matrix(
+    np.asarray(report["confusion_matrix_normalized_all"]), run.class_names, os.path.join(out, "confusion_matrix_normalized_all.png"),
+    normalized="all",
   )
   plots.roc_pr_curves(report["curves"], os.path.join(out, "roc_pr.png"))
   plots.reliability_diagram(report["reliability"], report["ece"], os.path.join(out, "reliability.png"))

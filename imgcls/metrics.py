@@ -116,6 +116,8 @@ def evaluation_report(labels: np.ndarray, probs: np.ndarray, class_names: list[s
     "classification_report_text": text,
     "confusion_matrix": confusion.tolist(),
     "confusion_matrix_normalized": np.divide(confusion, rows, out=np.zeros(confusion.shape), where=rows > 0).tolist(),
+    # Fractions of all examples, as confusion_matrix(normalize="all") in seed 000.
+    "confusion_matrix_normalized_all": skm.confusion_matrix(labels, predictions, labels=list(range(k)), normalize="all").tolist(),
     "threshold": threshold,
     "curves": {"roc": {}, "pr": {}},
   }

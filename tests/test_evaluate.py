@@ -25,7 +25,7 @@ from imgcls import checkpoint as ckpt_lib
 from imgcls import evaluate, features, inspection, restore, train
 from imgcls.data import sources
 
-GRID_FILES = ("confusion_matrix.png", "confusion_matrix_normalized.png", "roc_pr.png", "reliability.png", "random_predictions.png", "hard_cases.png")
+GRID_FILES = ("confusion_matrix.png", "confusion_matrix_normalized.png", "confusion_matrix_normalized_all.png", "roc_pr.png", "reliability.png", "random_predictions.png", "hard_cases.png")
 
 
 def _needs(path: Path) -> None:

@@ -24,6 +24,8 @@ def test_evaluation_report_hand_case():
   assert report["roc_auc"] == pytest.approx(5 / 6)
   assert report["log_loss"] == pytest.approx(-np.mean(np.log([0.9, 0.4, 0.7, 0.2, 0.9])))
   assert report["confusion_matrix_normalized"][1] == pytest.approx([1 / 3, 2 / 3])
+  assert np.sum(report["confusion_matrix_normalized_all"]) == pytest.approx(1.0)
+  np.testing.assert_allclose(report["confusion_matrix_normalized_all"], np.asarray(report["confusion_matrix"]) / report["count"])
   assert report["threshold"] == 0.5 and metrics.evaluation_report(labels, probs, ["neg", "pos"], 0.65)["accuracy"] == pytest.approx(4 / 5)
 
 
@@ -79,8 +81,8 @@ def test_report_loads_in_headless_chromium_with_images(tmp_path, tree):
     page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
     browser.close()
   assert problems == []
-  # Curves x2, the inspected batch, eval's confusion x2, ROC/PR, reliability, random and hard-case grids.
-  assert len(sizes) == 9 and all(done and w > 100 and h > 100 for done, w, h in sizes)
+  # Curves x2, the inspected batch, eval's confusion x3, ROC/PR, reliability, random and hard-case grids.
+  assert len(sizes) == 10 and all(done and w > 100 and h > 100 for done, w, h in sizes)
   assert "Evaluation: eval_val" in text and "Input samples" in text and "Checkpoints" in text and "train_loss" in text
   assert "images/s" in text and "macro avg" in text
   from PIL import Image

@@ -67,7 +67,7 @@ def _eval_section(folder: str) -> str:
     _table(rows, ["metric", "value"]),
     _table(per_class, ["class", "precision", "recall", "f1", "support"]),
   ]
-  for png in ("confusion_matrix.png", "confusion_matrix_normalized.png", "roc_pr.png", "reliability.png", "random_predictions.png", "hard_cases.png"):
+  for png in ("confusion_matrix.png", "confusion_matrix_normalized.png", "confusion_matrix_normalized_all.png", "roc_pr.png", "reliability.png", "random_predictions.png", "hard_cases.png"):
     parts.append(_img(os.path.join(folder, png), png))
   parts.append(f'<p><a href="{html.escape(name)}/predictions.csv">predictions.csv</a></p>')
   return "\n".join(parts)

@@ -67,13 +67,15 @@ def batch_curves(batches: list[dict], path: str) -> str | None:
   return _save(fig, path)
 
 
-def confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: str, normalized: bool = False) -> str:
+def confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: str, normalized: str = "") -> str:
+  """Counts, or fractions `normalized` by "true" class (rows) or of "all" examples."""
   size = max(4.0, 0.45 * len(class_names) + 2)
   fig, ax = plt.subplots(figsize=(size + 1, size))
   ConfusionMatrixDisplay(np.asarray(matrix), display_labels=list(class_names)).plot(
     ax=ax, cmap="Blues", colorbar=True, values_format=".2f" if normalized else "d", xticks_rotation=45 if len(class_names) > 4 else 0
   )
-  ax.set_title("confusion matrix" + (" (normalized by true class)" if normalized else ""))
+  titles = {"": "", "true": " (normalized by true class)", "all": " (fractions of all examples)"}
+  ax.set_title("confusion matrix" + titles[normalized])
   return _save(fig, path)
 
 
