@@ -188,7 +188,9 @@ def load_pixels(paths: Sequence[str], data_config) -> np.ndarray:
   """Images as the eval pipeline reads them (decoded, resized; before rescaling), NHWC float32."""
   size = tuple(data_config.image_size)
   return np.stack([
-    images.resize(images.decode(p, data_config.color_mode, draft_size=size), size, data_config.interpolation) for p in paths
+    images.resize(images.decode(p, data_config.color_mode, draft_size=size if data_config.jpeg_draft else None), size,
+                  data_config.interpolation)
+    for p in paths
   ])
 
 
@@ -288,6 +290,9 @@ def _predict_run(config, inputs, output, workdir, checkpoint, step, threshold) -
   if os.path.dirname(output):
     os.makedirs(os.path.dirname(output), exist_ok=True)
   table.to_csv(output, index=False)
+  confidence = probs[np.arange(len(probs)), predicted]
+  titles = [f"{run.class_names[i]} ({p:.2f})" for i, p in zip(predicted, confidence)]
+  prediction_grid(found.paths, titles, output, run.config.data, "model predictions")
   if len(found) == 1:  # As seed 004: "Covid % is: ..." for every class.
     for name, p in zip(run.class_names, probs[0]):
       print(f"{name} % is: {100 * p:.2f}")
@@ -361,7 +366,20 @@ def predict(
         record[f"prob_{rank}"] = float(row[index])
       rows.append(record)
   _write_csv(output, rows, top_k)
+  prediction_grid([r["path"] for r in rows], [f"{r['class_1']} ({r['prob_1']:.2f})" for r in rows], output, config.data,
+                  "ImageNet predictions")
   return rows
+
+
+def prediction_grid(paths: Sequence[str], titles: Sequence[str], output: str, data_config, title: str) -> str:
+  """The first images of a prediction table, titled with their prediction, beside it as a PNG."""
+  from imgcls.report import plots
+
+  path = os.path.splitext(output)[0] + ".png"
+  if not paths:
+    return ""
+  plots.image_grid(load_pixels(paths[:GRID_SIZE], data_config), titles[:GRID_SIZE], path, title=title)
+  return path
 
 
 def _write_csv(output: str, rows: list[dict], top_k: int) -> None:

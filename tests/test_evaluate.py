@@ -207,6 +207,7 @@ def test_predict_a_folder_and_an_index(pollen_run, tmp_path):
   rows = evaluate.predict(config, inputs=str(folder), output=str(tmp_path / "folder.csv"), workdir=str(workdir))
   table = pd.read_csv(tmp_path / "folder.csv")
   assert len(rows) == len(table) == 5 and np.allclose(table["prob_NP"] + table["prob_P"], 1.0)
+  assert Image.open(tmp_path / "folder.png").size[0] > 400  # The images titled with their predictions.
   assert (table["predicted"] == np.where(table["prob_P"] >= 0.5, "P", "NP")).all()
   pd.DataFrame({"path": [p.name for p in picked[:2]]}).to_csv(tmp_path / "photos" / "index.csv", index=False)
   shutil.copy(picked[0], folder / picked[0].name)

@@ -92,6 +92,7 @@ def test_predict_writes_top_k_csv(tmp_path):
     written = list(csv.DictReader(f))
   assert list(written[0]) == ["path", "class_1", "prob_1", "class_2", "prob_2", "class_3", "prob_3"]
   assert [w["class_1"] for w in written] == [r["class_1"] for r in rows]
+  assert Image.open(output.with_suffix(".png")).size[0] > 400  # Seed 001's grid of titled predictions.
   # One file, and a folder's non-image files are skipped.
   one = predict(config, inputs=str(folder / "parrot.jpg"), output=str(tmp_path / "one.csv"), top_k=1)
   assert len(one) == 1 and one[0]["class_1"] == "macaw"
