@@ -61,7 +61,8 @@ class _LoadBatch(grain.transforms.Map):
     self.spec = spec
     self.cache = None
     if spec.cache:
-      fields = {"size": list(spec.image_size), "color": spec.color_mode, "interpolation": spec.interpolation}
+      fields = {"size": list(spec.image_size), "color": spec.color_mode, "interpolation": spec.interpolation,
+                "jpeg_draft": spec.jpeg_draft}
       shape = (*spec.image_size, spec.channels)
       self.cache = pixel_cache.for_paths(split.paths, shape, spec.cache, fields, spec.cache_dir)
 
