@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from conftest import tiny_config, write_tree
+from paths import load_recipe
 from imgcls import train
 from imgcls.data import pipeline, sources
 
@@ -37,6 +38,16 @@ def test_excel_one_hot_with_ordered_split(spreadsheet):
   assert splits["train"].paths == table["File_paths"].tolist()[:14]
   assert splits["val"].paths == table["File_paths"].tolist()[14:]
   np.testing.assert_array_equal(splits["train"].labels, table["Dogs"].to_numpy()[:14])
+
+
+def test_cats_dogs_recipe_reads_seed_003s_spreadsheet(spreadsheet):
+  """configs/cats_dogs.py as is, given the seed's train.xlsx: its first 70% of rows train."""
+  path, table = spreadsheet
+  config = load_recipe("cats_dogs")
+  config.data.index = str(path)
+  splits = sources.find_splits(config.data, config.seed)
+  assert splits["train"].class_names == ["Cats", "Dogs"]
+  assert splits["train"].paths == table["File_paths"].tolist()[:14] and splits["val"].paths == table["File_paths"].tolist()[14:]
 
 
 def test_csv_label_column_relative_paths_and_test_index(tmp_path):
