@@ -1,8 +1,9 @@
 """What a run writes besides checkpoints: console lines, a progress bar, metrics.jsonl,
-TensorBoard events, config.json and summary.json. Only process 0 writes."""
+history.csv, TensorBoard events, config.json and summary.json. Only process 0 writes."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import sys
@@ -89,6 +90,7 @@ class RunLog:
     if not self.enabled:
       return
     self._write({"type": "epoch", **record, **({"seconds": round(seconds, 3)} if seconds is not None else {})})
+    self._write_history()
     for key, value in record.items():
       if key.startswith(("train_", "val_")):
         split, name = key.split("_", 1)
@@ -98,6 +100,16 @@ class RunLog:
     shown = " ".join(f"{k}={v:.4f}" for k, v in record.items() if k.endswith(("_loss", "_accuracy", "_f1")))
     took = f" ({seconds:.1f} s)" if seconds is not None else ""
     self.message(f"Epoch {record['epoch']} step {record['step']}: {shown}{' (best)' if is_best else ''}{took}")
+
+  def _write_history(self) -> None:
+    """history.csv: one row per epoch so far (as Keras's CSVLogger), from metrics.jsonl."""
+    with open(self.metrics_path) as f:
+      epochs = [r for r in map(json.loads, filter(str.strip, f)) if r.pop("type") == "epoch"]
+    columns = list(dict.fromkeys(k for r in epochs for k in r))
+    with open(os.path.join(self.workdir, "history.csv"), "w", newline="") as f:
+      writer = csv.DictWriter(f, fieldnames=columns)
+      writer.writeheader()
+      writer.writerows(epochs)
 
   def finish(self, summary: dict) -> None:
     if not self.enabled:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -43,6 +44,12 @@ def epochs(workdir: Path) -> list[dict]:
   return [{k: v for k, v in r.items() if k != "seconds"} for r in map(json.loads, lines) if r["type"] == "epoch"]
 
 
+def history(workdir: Path) -> list[dict]:
+  """history.csv's rows (one per epoch, as Keras's CSVLogger writes), wall times left out."""
+  with open(workdir / "history.csv", newline="") as f:
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+
+
 def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path):
   reference = start(tmp_path / "reference")
   out, _ = reference.communicate(timeout=600)
@@ -69,6 +76,7 @@ def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path):
   assert actual["final"] == expected["final"]
   assert actual["best"] == expected["best"]
   assert epochs(killed) == epochs(tmp_path / "reference")
+  assert len(history(killed)) == 3 and history(killed) == history(tmp_path / "reference")
 
 
 def test_resume_refuses_other_classes_and_workdir_inside_the_data(tree, tmp_path):
