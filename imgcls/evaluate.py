@@ -99,12 +99,15 @@ def labelled_data(run: restore.Run, split: str = "val", inputs: str | None = Non
   if is_index(inputs):
     scan = sources.scan_index(inputs, _index_config(config), run.class_names)
     restore.check_classes(scan.class_names, run.class_names, f"The index {inputs!r}")
-  else:
-    scan = sources.scan_folder(inputs, follow_links=config.data.follow_links)
-    if sorted(scan.class_names) == sorted(run.class_names):  # The run's order (data.class_names may set it).
+  elif os.path.isdir(inputs):
+    # Some of the run's classes may be absent or empty here: labels follow the run's class names.
+    scan = sources.scan_folder(inputs, follow_links=config.data.follow_links, for_training=False)
+    if set(scan.class_names) <= set(run.class_names):
       scan.labels = np.asarray([run.class_names.index(scan.class_names[i]) for i in scan.labels], np.int32)
       scan.class_names = list(run.class_names)
     restore.check_classes(scan.class_names, run.class_names, f"The folder {inputs!r}")
+  else:
+    raise sources.DataError(f"--input={inputs} is neither a folder of class subfolders nor a CSV/Excel index ({', '.join(INDEX_EXTENSIONS)}).")
   name = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.splitext(os.path.basename(os.path.normpath(inputs)))[0]) or "input"
   found = sources.Split(scan.paths, scan.labels, list(run.class_names), name)
   return without_bad_images(found, config.data), os.path.abspath(inputs), name

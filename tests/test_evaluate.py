@@ -360,6 +360,19 @@ def test_checkpoint_with_other_shapes(pollen_run):
   assert "shape of backbone/conv3/kernel" in str(error.value)
 
 
+def test_folder_with_some_of_the_classes(pollen_run, tmp_path):
+  """A test folder may lack images of some classes (absent or empty class folders)."""
+  config, workdir, _ = pollen_run
+  for name in ("NP", "P"):
+    (tmp_path / "some" / name).mkdir(parents=True)
+  for path in sorted((POLLEN / "P").iterdir())[:5]:
+    shutil.copy(path, tmp_path / "some" / "P" / path.name)
+  report = evaluate.evaluate(config, str(workdir), inputs=str(tmp_path / "some"))
+  assert report["count"] == 5 and np.asarray(report["confusion_matrix"])[0].sum() == 0  # No NP images.
+  shutil.rmtree(tmp_path / "some" / "NP")
+  assert evaluate.evaluate(config, str(workdir), inputs=str(tmp_path / "some"))["count"] == 5
+
+
 def test_folder_with_other_class_names(pollen_run, tree):
   config, workdir, _ = pollen_run
   with pytest.raises(restore.RunError, match=r"has the classes \['class_0', 'class_1', 'class_2'\], the run \['NP', 'P'\]: missing \['NP', 'P'\]; extra \['class_0'"):
@@ -373,6 +386,9 @@ def test_empty_folder_missing_workdir_and_checkpoint(pollen_run, tmp_path):
     evaluate.evaluate(config, str(workdir), inputs=str(tmp_path / "empty"))
   with pytest.raises(sources.DataError, match="No image files under"):
     evaluate.predict(config, inputs=str(tmp_path / "empty"), output=str(tmp_path / "p.csv"), workdir=str(workdir))
+  (tmp_path / "notes.txt").write_text("not images")
+  with pytest.raises(sources.DataError, match="is neither a folder of class subfolders nor a CSV/Excel index"):
+    evaluate.evaluate(config, str(workdir), inputs=str(tmp_path / "notes.txt"))
   with pytest.raises(restore.RunError, match="No run at"):
     evaluate.evaluate(config, str(tmp_path / "nowhere"))
   with pytest.raises(ckpt_lib.CheckpointError, match="Found no step 999"):

@@ -56,11 +56,11 @@ def list_class_folders(root: str) -> list[str]:
   return sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
 
 
-def scan_folder(root: str, class_names: Sequence[str] = (), follow_links: bool = False) -> Scan:
+def scan_folder(root: str, class_names: Sequence[str] = (), follow_links: bool = False, for_training: bool = True) -> Scan:
   """Lists the images of a class-per-folder tree in Keras's order (not shuffled).
 
-  Fails with a clear message for a missing or empty folder, a class folder without images,
-  or fewer than two classes. Non-image files are skipped and returned in `skipped`.
+  Fails with a clear message for a missing or empty folder, and (`for_training`) a class folder
+  without images or fewer than two classes. Non-image files are skipped and returned in `skipped`.
   """
   if not os.path.exists(root):
     raise DataError(f"Data folder {root!r} does not exist. Set config.data.dir to a folder of class subfolders.")
@@ -86,12 +86,14 @@ def scan_folder(root: str, class_names: Sequence[str] = (), follow_links: bool =
       empty.append(name)
     paths += class_paths
     labels += [index] * len(class_paths)
-  if empty:
+  if empty and for_training:
     raise DataError(
       f"Class folder(s) {empty} in {root!r} hold no images ({', '.join(images.IMAGE_EXTENSIONS)}). "
       "Add images, remove the folder, or list the classes to use in config.data.class_names."
     )
-  if len(found) < 2:
+  if not paths:
+    raise DataError(f"Data folder {root!r} holds no images ({', '.join(images.IMAGE_EXTENSIONS)}) in its class folders {found}.")
+  if len(found) < 2 and for_training:
     raise DataError(f"Data folder {root!r} has a single class ({found[0]!r}); a classifier needs at least two.")
   return Scan(paths, np.asarray(labels, np.int32), list(found), skipped)
 
