@@ -193,6 +193,17 @@ def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
   return keys
 
 
+def load_recipe(spec: str) -> ml_collections.ConfigDict:
+  """The config of a recipe named as `--config` names it: `path.py` or `path.py:arg`."""
+  import runpy
+
+  path, _, arg = spec.partition(":")
+  get_config = runpy.run_path(path).get("get_config")
+  if get_config is None:
+    raise ValueError(f"The recipe {path} has no get_config() function.")
+  return get_config(arg) if arg else get_config()
+
+
 def check_overrides(config: ml_collections.ConfigDict, argv: Iterable[str], flag: str = "config") -> None:
   """Fails naming the key and its nearest valid keys if an override names no config key."""
   valid = flat_keys(config)

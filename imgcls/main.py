@@ -10,7 +10,6 @@ key that does not exist fails at once, naming the nearest valid keys.
 from __future__ import annotations
 
 import os
-import runpy
 import sys
 
 from absl import app, flags, logging
@@ -74,11 +73,7 @@ def _load_config_file(argv: list[str]):
     elif arg == "--config" and i + 1 < len(argv):
       value = argv[i + 1]
     if value:
-      path, _, config_arg = value.partition(":")
-      get_config = runpy.run_path(path).get("get_config")
-      if get_config is None:
-        raise ValueError(f"The recipe {path} has no get_config() function.")
-      return get_config(config_arg) if config_arg else get_config()
+      return config_lib.load_recipe(value)
   return None
 
 

@@ -142,13 +142,8 @@ def load_grid(config: str, sweep: str, extra: Sequence[str] = ()) -> list[Overri
   grid = get_sweep()
   if not isinstance(grid, list) or not all(isinstance(o, dict) for o in grid):
     raise ValueError(f"{sweep}: get_sweep() must return a list of override dicts (use product(...) and zip_(...)).")
-  path, _, arg = config.partition(":")
-  get_config = runpy.run_path(path).get("get_config")
-  if get_config is None:
-    raise ValueError(f"The recipe {path} has no get_config() function.")
-  base = get_config(arg) if arg else get_config()
   keys = dict.fromkeys(k for overrides in grid for k in overrides)
-  config_lib.check_overrides(base, [f"--config.{k}=" for k in keys] + list(extra))
+  config_lib.check_overrides(config_lib.load_recipe(config), [f"--config.{k}=" for k in keys] + list(extra))
   return grid
 
 
