@@ -16,6 +16,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from imgcls import parallel
+
 
 class CheckpointError(ValueError):
   """A checkpoint that cannot be used for this run; the message names what differs."""
@@ -78,7 +80,7 @@ class Checkpoints:
         logging.warning("Could not read the checkpoint %s (%s): moved it to %s and restored step %d.",
                         folder, _first_line(error), aside, candidate)
       if errors:
-        parallel_sync("imgcls_checkpoint_moved_aside")
+        parallel.sync_processes("imgcls_checkpoint_moved_aside")
         manager.reload()
       return restored.state, restored.meta
     folder, error = errors[0]
@@ -133,14 +135,6 @@ def _unused(path: str) -> str:
     number += 1
     candidate = f"{path}.{number}"
   return candidate
-
-
-def parallel_sync(name: str) -> None:
-  """Waits for every process (a no-op in a single process)."""
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-
-    multihost_utils.sync_global_devices(name)
 
 
 def _first_line(error: BaseException) -> str:

@@ -38,6 +38,14 @@ def launched_as_several_processes() -> bool:
   return bool(explicit) or os.environ.get("IMGCLS_DISTRIBUTED") == "1"
 
 
+def sync_processes(name: str) -> None:
+  """Waits for every process (a no-op in a single process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
+
+
 class DataParallel:
   """The mesh of all devices and the shardings of a batch and of the (replicated) state."""
 
