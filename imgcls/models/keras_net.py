@@ -281,11 +281,11 @@ class KerasNet(nnx.Module):
   def preprocess(self, images: jax.Array, pixel_scale: float) -> jax.Array:
     """Keras's `preprocess_input` for the family, on images that are pixels times `pixel_scale`
     ("none": the images as they are)."""
+    # Greyscale: the ImageNet networks take three channels.
+    x = jnp.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
     if self.preprocessing == "none":
-      return jnp.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
-    x = images if pixel_scale == 1.0 else images / pixel_scale
-    if x.shape[-1] == 1:  # Greyscale: the ImageNet networks take three channels.
-      x = jnp.repeat(x, 3, axis=-1)
+      return x
+    x = x if pixel_scale == 1.0 else x / pixel_scale
     if self.preprocessing == "tf":
       return x / 127.5 - 1.0
     return x[..., ::-1] - jnp.asarray(CAFFE_MEAN, x.dtype)
