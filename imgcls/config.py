@@ -104,9 +104,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.backbone_learning_rate = 0.0  # Learning rate of the backbone's parameters (0: optimizer's).
   c.model.bn_momentum = 0.0  # Backbone BatchNorm momentum, Keras's meaning (0: the model's, e.g. 0.999).
   c.model.bn_epsilon = 0.0  # Backbone BatchNorm epsilon (0: the model's own, 1e-3).
-  # Keras backbones' convolutions and BatchNorms: "auto" ("cpu" on the CPU backend: shifted
-  # multiply-adds, matrix products and hand-written gradients; XLA's own ops on GPU/TPU), "cpu" or
-  # "xla" (imgcls/models/convs.py, imgcls/models/batch_norm.py).
+  # How convolutions and BatchNorms are computed: "auto" (on the CPU backend "onednn" where its
+  # library loaded, else "cpu"; XLA's own ops on GPU/TPU), "onednn" (oneDNN's convolutions, the
+  # library TensorFlow and PyTorch use), "cpu" (imgcls's JAX kernels: shifted multiply-adds, matrix
+  # products, hand-written gradients) or "xla" (imgcls/models/convs.py, imgcls/models/batch_norm.py).
   c.model.convs = "auto"
 
   c.optimizer = ml_collections.ConfigDict()
@@ -235,7 +236,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     "data.fill_mode": ("nearest", "constant", "reflect", "wrap"),
     "data.backend": ("grain", "tf"),
     "model.pooling": ("", "avg", "max"),
-    "model.convs": ("auto", "xla", "cpu"),
+    "model.convs": ("auto", "onednn", "cpu", "xla"),
     "dtype": ("float32", "bfloat16"),
     "optimizer.name": ("adam", "adamw", "sgd"),
     "optimizer.schedule": ("constant", "cosine", "warmup_cosine", "warmup_constant"),

@@ -45,7 +45,7 @@ class InsectsCNN(SimpleBackbone):
 
   def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
     for conv in (self.conv1, self.conv2, self.conv3):
-      x = _max_pool(nnx.relu(conv(x)))
+      x = _max_pool(conv(x, relu=True))
     return x
 
 
@@ -68,7 +68,7 @@ class BatchNormCNN(SimpleBackbone):
 
   def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
     for conv, norm in zip((self.conv1, self.conv2, self.conv3), self.norms):
-      x = _max_pool(norm(nnx.relu(conv(x))))
+      x = _max_pool(norm(conv(x, relu=True)))
     return x
 
 
@@ -88,7 +88,7 @@ class DropoutCNN(SimpleBackbone):
     self.drop2 = nnx.Dropout(0.25)
 
   def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
-    x = nnx.relu(self.conv2(nnx.relu(self.conv1(x))))
+    x = self.conv2(self.conv1(x, relu=True), relu=True)
     x = self.drop1(_max_pool(x), rngs=rngs)
-    x = self.drop2(_max_pool(nnx.relu(self.conv3(x))), rngs=rngs)
+    x = self.drop2(_max_pool(self.conv3(x, relu=True)), rngs=rngs)
     return x

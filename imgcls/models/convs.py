@@ -1,12 +1,18 @@
-"""Depthwise and 1x1 convolutions with an implementation chosen per backend.
+"""Convolutions with an implementation chosen per backend (`config.model.convs`).
 
-XLA's CPU convolutions are slow for these two, their gradients most of all (Keras on JAX runs
-MobileNetV2 several times slower than on TensorFlow for it). With `"cpu"`:
-  - a depthwise convolution is k*k shifted, strided slices times the kernel's taps, added up:
-    plain elementwise work that XLA fuses, forwards and backwards;
-  - a 1x1 convolution is a matrix product of the (N*H*W, C) pixels with the (C, D) kernel.
-`"xla"` is `lax.conv_general_dilated`, kept on GPU and TPU. Both give the same results to float
-rounding; `"auto"` picks `"cpu"` on the CPU backend. Measured by bench/conv_ops.py.
+XLA's CPU convolutions are slow, their gradients most of all (the insects CNN trained at 0.4x
+Keras-on-TensorFlow's speed with them). The implementations:
+  - `"onednn"`: regular and depthwise convolutions (forward, input and kernel gradients, fused
+    bias and ReLU) through oneDNN, the library TensorFlow and PyTorch use (`imgcls.models.onednn`);
+    1x1 convolutions as `"cpu"`'s matrix product (as fast in bench/conv_ops.py, and XLA fuses it).
+  - `"cpu"`: imgcls's kernels written in JAX, where oneDNN is not built:
+      - a depthwise convolution is k*k shifted, strided slices times the kernel's taps, added up:
+        plain elementwise work that XLA fuses, forwards and backwards;
+      - a 1x1 convolution is a matrix product of the (N*H*W, C) pixels with the (C, D) kernel;
+      - some regular convolutions are matrix products of the image's patches (`Conv`).
+  - `"xla"`: `lax.conv_general_dilated`, kept on GPU and TPU.
+All give the same results to float rounding. `"auto"` picks `"onednn"` on the CPU backend where it
+loaded (else `"cpu"`, saying why in one log line) and `"xla"` elsewhere.
 """
 
 from __future__ import annotations
@@ -18,16 +24,30 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-IMPLEMENTATIONS = ("auto", "xla", "cpu")
+from imgcls.models import onednn
+
+IMPLEMENTATIONS = ("auto", "onednn", "cpu", "xla")
 MAX_UNROLLED_WIDTH = 48  # widest output row whose depthwise taps gradient is one unrolled loop
 
 
 def resolve(implementation: str) -> str:
-  """"auto" -> "cpu" on the CPU backend, "xla" elsewhere."""
+  """"auto" -> "onednn" (or "cpu" where oneDNN did not load) on the CPU backend, "xla" elsewhere.
+
+  "onednn" where it did not load, or off the CPU backend, is a ValueError saying why."""
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"Convolution implementation {implementation!r} is not one of {', '.join(IMPLEMENTATIONS)}.")
+  on_cpu = jax.default_backend() == "cpu"
   if implementation == "auto":
-    return "cpu" if jax.default_backend() == "cpu" else "xla"
+    if not on_cpu:
+      return "xla"
+    if onednn.available():
+      return "onednn"
+    onednn.warn_unavailable()
+    return "cpu"
+  if implementation == "onednn" and not on_cpu:
+    raise ValueError(f"model.convs='onednn' runs on the CPU only, not on {jax.default_backend()}: use 'auto' or 'xla'.")
+  if implementation == "onednn" and not onednn.available():
+    raise ValueError(f"model.convs='onednn', but {onednn.unavailable_reason()}. Use 'auto' or 'cpu'.")
   return implementation
 
 
@@ -115,6 +135,13 @@ def depthwise_shift(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], p
   return _depthwise_valid(_pad(x, (kh, kw), strides, padding), kernel.reshape(kh, kw, kernel.shape[-1]), tuple(strides))
 
 
+def _onednn_padding(padding) -> bool:
+  """Whether oneDNN takes this nnx padding: "SAME", "VALID" or explicit ((top, bottom), (left, right))."""
+  if isinstance(padding, str):
+    return padding in ("SAME", "VALID")
+  return len(padding) == 2 and all(not isinstance(p, int) and len(p) == 2 for p in padding)
+
+
 def as_pair(value) -> tuple[int, int]:
   """An int or a pair (as nnx.Conv takes strides and dilations) as a pair; None as (1, 1)."""
   value = 1 if value is None else value
@@ -122,32 +149,45 @@ def as_pair(value) -> tuple[int, int]:
 
 
 class _ConvWithCpuPath(nnx.Conv):
-  """`nnx.Conv` (same parameters) that subclasses compute by `cpu_conv` where `uses_cpu_path`."""
+  """`nnx.Conv` (same parameters) that subclasses compute by `cpu_conv` where `uses_cpu_path`.
+
+  `conv(x, relu=True)` is `relu(conv(x))`, fused into the convolution where oneDNN computes it."""
 
   def __init__(self, *args, implementation: str = "auto", **kwargs):
     super().__init__(*args, **kwargs)
     self.implementation = resolve(implementation)
 
   def uses_cpu_path(self) -> bool:
-    return self.implementation == "cpu" and isinstance(self.padding, str)
+    return self.implementation in ("cpu", "onednn") and isinstance(self.padding, str)
+
+  def uses_onednn(self) -> bool:
+    return False
 
   def cpu_conv(self, x: jax.Array, kernel: jax.Array, strides: tuple[int, int]) -> jax.Array:
     raise NotImplementedError
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, *, relu: bool = False) -> jax.Array:
+    if self.uses_onednn():
+      bias = self.bias[...] if self.bias is not None else None
+      return onednn.conv(x, self.kernel[...], bias, strides=as_pair(self.strides), padding=self.padding,
+                         dilation=as_pair(self.kernel_dilation), groups=self.feature_group_count, relu=relu)
     if not self.uses_cpu_path():
-      return super().__call__(x)
-    y = self.cpu_conv(x, self.kernel[...], as_pair(self.strides))
-    if self.bias is not None:
-      y = y + self.bias[...].astype(y.dtype)
-    return y
+      y = super().__call__(x)
+    else:
+      y = self.cpu_conv(x, self.kernel[...], as_pair(self.strides))
+      if self.bias is not None:
+        y = y + self.bias[...].astype(y.dtype)
+    return nnx.relu(y) if relu else y
 
 
 class DepthwiseConv(_ConvWithCpuPath):
-  """`nnx.Conv` with `feature_group_count == in_features`; "cpu": `depthwise_shift`."""
+  """`nnx.Conv` with `feature_group_count == in_features`; "onednn": oneDNN's; "cpu": `depthwise_shift`."""
 
   def __init__(self, channels: int, kernel_size, *, implementation: str = "auto", **kwargs):
     super().__init__(channels, channels, kernel_size, feature_group_count=channels, implementation=implementation, **kwargs)
+
+  def uses_onednn(self) -> bool:
+    return self.implementation == "onednn" and _onednn_padding(self.padding)
 
   def cpu_conv(self, x, kernel, strides):
     return depthwise_shift(x, kernel, strides, self.padding)
@@ -216,7 +256,8 @@ conv_patches_kernel_grad.defvjp(_conv_patches_kernel_grad_fwd, _conv_patches_ker
 
 
 class Conv(_ConvWithCpuPath):
-  """`nnx.Conv`; with `"cpu"`, XLA's convolution except where the patches were measured faster
+  """`nnx.Conv`; with `"onednn"`, oneDNN's convolution (any padding, dilation and groups); with
+  `"cpu"`, XLA's convolution except where the patches were measured faster
   (bench/compare_keras.py, the seed CNNs and MobileNetV2's stem):
     - few inputs per output (kh*kw*C up to 64: an image's 3 channels): `patches_conv`, both ways;
     - long patches (kh*kw*C from 256) that fit in `MAX_PATCHES_BYTES`: `conv_patches_kernel_grad`.
@@ -225,6 +266,9 @@ class Conv(_ConvWithCpuPath):
   MAX_PATCH = 64  # kh*kw*C up to which the forward pass is the patches' product
   MIN_PATCH_FOR_KERNEL_GRAD = 256  # kh*kw*C from which the kernel's gradient is the patches' product
   MAX_PATCHES_BYTES = 128 << 20  # and the patches of the batch take no more memory than this
+
+  def uses_onednn(self) -> bool:
+    return self.implementation == "onednn" and as_pair(self.input_dilation) == (1, 1) and _onednn_padding(self.padding)
 
   def uses_cpu_path(self) -> bool:
     return super().uses_cpu_path() and self.feature_group_count == 1 and as_pair(self.kernel_dilation) == (1, 1)

@@ -187,6 +187,8 @@ def _module(layer: Layer, in_shape: tuple[int, ...], momentum: float, epsilon: f
 def _apply(layer: Layer, module: nnx.Module | None, xs: list[jax.Array]) -> jax.Array:
   x = xs[0]
   op = layer.op
+  if op in ("conv", "depthwise"):
+    return module(x, relu=layer.activation == "relu")  # fused into oneDNN's convolution
   if op in WEIGHTED:
     x = module(x)
     return nnx.relu(x) if layer.activation == "relu" else x
