@@ -1,15 +1,20 @@
-"""imgcls vs Keras on TensorFlow, side by side in one process: train images/s, ratio, compile time.
+"""imgcls vs Keras on TensorFlow and PyTorch on the CPU, side by side in one process: ms/step and ratios.
 
-  python bench/compare_keras.py [--cases=pollen,insects,flowers_vgg19,pollen_eval,flowers_vgg19_epochs] [--steps=10] [--repeats=3]
+  python bench/compare_keras.py [--cases=pollen,pollen_eval,insects,bn_cnn,dropout_cnn,flowers_vgg19,inception_v3]
+      [--sides=imgcls,keras_tf,torch_eager,torch_compile] [--steps=10] [--repeats=3]
 
-Same model, batch size and real batches (from imgcls's pipeline) for both. After compiling, each
-repeat times `--steps` steps of imgcls, then of Keras, so a busy moment slows both; the step time
-reported is each side's median over repeats. The first case is also timed before TensorFlow is
-loaded (`imgcls_before_tf`), since imgcls runs faster in a process where TensorFlow has run. Needs the `tf` extra
-(`pip install -e '.[tf]'`). Random weights: speed does not depend on them. Prints one JSON object.
+Same architecture, batch size and real batches (from imgcls's pipeline, flowers17 or pollen) on
+every side. After each side has compiled (its first step: `compile_s`), each repeat times `--steps`
+steps of every side in turn, so a busy moment slows all of them; a side's step time is its median
+over repeats. `speedup_vs_<side>` is that side's step time over imgcls's (above 1: imgcls is faster).
+PyTorch runs channels_last (its faster CPU layout), eager and `torch.compile`d (inductor). Peak RSS
+is the process's resident memory at its highest while a side built, compiled and ran
+(`peak_rss_mb`), and what it added to the memory before it was built (`added_rss_mb`): the sides
+share one process. Needs the `bench` extra (`pip install -e '.[bench]'`: TensorFlow and PyTorch).
+Random weights: speed does not depend on them. Prints one JSON line per case, then one JSON object.
 
-`flowers_vgg19_epochs` times whole epochs of seed 002's recipe (frozen VGG19, random flips) on
-`--images` flowers17 training images: Keras's `fit` on the decoded images in memory, and
+`flowers_vgg19_epochs` times whole epochs of the flowers tutorial's recipe (frozen VGG19, random
+flips) on `--images` flowers17 training images: Keras's `fit` on the decoded images in memory, and
 imgcls's train loop with the backbone's features cached (the default) and not cached.
 """
 
@@ -18,9 +23,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable
 
@@ -29,52 +34,85 @@ os.environ["KERAS_BACKEND"] = "tensorflow"
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 
 from imgcls import train  # noqa: E402
 from imgcls.config import default_config  # noqa: E402
 from imgcls.data import pipeline, sources  # noqa: E402
+from imgcls.models import onednn  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
+SIDES = ("imgcls", "keras_tf", "torch_eager", "torch_compile")
+
+# case -> (model, image size, batch size, data folder, label mode, model and head settings)
+CASES = {
+  "pollen": ("mobilenet_v2", (90, 90), 32, "pollen", "binary",
+             dict(cut_at="block_6_expand_relu"), dict(pooling="flatten", hidden=(64,), dropout=0.0)),
+  "insects": ("insects_cnn", (180, 180), 32, "flowers17/train", "int", {}, {}),
+  "bn_cnn": ("bn_cnn", (256, 256), 16, "flowers17/train", "int", {}, {}),
+  "dropout_cnn": ("dropout_cnn", (224, 224), 32, "flowers17/train", "int", {}, {}),
+  "flowers_vgg19": ("vgg19", (224, 224), 32, "flowers17/train", "int",
+                    dict(pooling="max", freeze="all"), dict(pooling="none", hidden=(128,), dropout=0.3)),
+  "inception_v3": ("inception_v3", (299, 299), 16, "flowers17/train", "int",
+                   {}, dict(pooling="avg", hidden=(1024,), dropout=0.0)),
+}
 
 
-def configs() -> dict:
-  pollen = default_config()
-  pollen.data.update(dir=os.path.join(SHARED, "pollen"), image_size=(90, 90), rescale=1 / 255, label_mode="binary", batch_size=32)
-  pollen.model.update(name="mobilenet_v2", cut_at="block_6_expand_relu")
-  pollen.model.head.update(pooling="flatten", hidden=(64,), dropout=0.0)
-  insects = default_config()
-  insects.data.update(dir=os.path.join(SHARED, "flowers17", "train"), image_size=(180, 180), rescale=1 / 255, batch_size=32)
-  insects.model.update(name="insects_cnn")
-  flowers = default_config()
-  flowers.data.update(dir=os.path.join(SHARED, "flowers17"), image_size=(224, 224), rescale=1 / 255, batch_size=32)
-  flowers.model.update(name="vgg19", pooling="max", freeze="all")
-  flowers.model.head.update(pooling="none", hidden=(128,), dropout=0.3)
-  return {"pollen": pollen, "insects": insects, "flowers_vgg19": flowers}
+def case_config(case: str):
+  name, size, batch, folder, label_mode, model, head = CASES[case.removesuffix("_eval")]
+  config = default_config()
+  config.data.update(dir=os.path.join(SHARED, folder), image_size=size, rescale=1 / 255, label_mode=label_mode, batch_size=batch)
+  config.model.update(name=name, weights="", **model)
+  config.model.head.update(**head)
+  return config
 
 
-def keras_model(case: str, num_classes: int):
+def keras_model(case: str, num_classes: int, image_size: tuple[int, int]):
   import keras
   from keras import layers
 
+  shape = (*image_size, 3)
+  loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
   if case.startswith("pollen"):
-    base = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(90, 90, 3))
+    base = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=shape)
     cut = keras.Model(base.input, base.get_layer("block_6_expand_relu").output)
     model = keras.Sequential([cut, layers.Flatten(), layers.Dense(64, activation="relu"), layers.Dense(1, activation="sigmoid")])
-    model.compile(optimizer="adam", loss="binary_crossentropy")
+    loss = "binary_crossentropy"
   elif case == "insects":
     model = keras.Sequential([
-      keras.Input((180, 180, 3)),
+      keras.Input(shape),
       layers.Conv2D(16, 3, padding="same", activation="relu"), layers.MaxPooling2D(),
       layers.Conv2D(32, 3, padding="same", activation="relu"), layers.MaxPooling2D(),
       layers.Conv2D(64, 3, padding="same", activation="relu"), layers.MaxPooling2D(),
       layers.Flatten(), layers.Dense(128, activation="relu"), layers.Dense(num_classes),
     ])
-    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-  else:
-    base = keras.applications.VGG19(include_top=False, weights=None, input_shape=(224, 224, 3), pooling="max")
+  elif case == "bn_cnn":
+    bn = lambda: layers.BatchNormalization(momentum=0.1, epsilon=1e-5)  # noqa: E731
+    model = keras.Sequential([
+      keras.Input(shape),
+      layers.Conv2D(32, 7, strides=2, activation="relu"), bn(), layers.MaxPooling2D(),
+      layers.Conv2D(32, 3, activation="relu"), bn(), layers.MaxPooling2D(),
+      layers.Conv2D(32, 3, activation="relu"), bn(), layers.MaxPooling2D(),
+      layers.Dropout(0.3), layers.Flatten(), layers.Dense(image_size[1], activation="relu"), bn(), layers.Dense(num_classes),
+    ])
+  elif case == "dropout_cnn":
+    model = keras.Sequential([
+      keras.Input(shape),
+      layers.Conv2D(32, 3, activation="relu"), layers.Conv2D(64, 3, activation="relu"), layers.MaxPooling2D(), layers.Dropout(0.25),
+      layers.Conv2D(64, 3, activation="relu"), layers.MaxPooling2D(), layers.Dropout(0.25),
+      layers.Flatten(), layers.Dense(64, activation="relu"), layers.Dropout(0.5), layers.Dense(num_classes),
+    ])
+  elif case.startswith("flowers_vgg19"):
+    base = keras.applications.VGG19(include_top=False, weights=None, input_shape=shape, pooling="max")
     base.trainable = False
-    model = keras.Sequential([base, layers.Dense(128, activation="relu"), layers.Dropout(0.3), layers.Dense(num_classes, activation="softmax")])
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model = keras.Sequential([base, layers.Dense(128, activation="relu"), layers.Dropout(0.3), layers.Dense(num_classes)])
+  elif case == "inception_v3":
+    base = keras.applications.InceptionV3(include_top=False, weights=None, input_shape=shape, pooling="avg")
+    model = keras.Sequential([base, layers.Dense(1024, activation="relu"), layers.Dense(num_classes)])
+  else:
+    raise ValueError(f"No Keras model for case {case!r}.")
+  model.compile(optimizer="adam", loss=loss)
   return model
 
 
@@ -127,12 +165,83 @@ def imgcls_runner(config, batches, num_classes, eval_only: bool) -> tuple[float,
   return timed(run_index, batches)
 
 
-def keras_runner(case, batches, num_classes, eval_only: bool) -> tuple[float, Callable[[], float]]:
-  model = keras_model(case, num_classes)
-  x = [b["image"] * 255.0 if case.startswith("pollen") or case == "flowers_vgg19" else b["image"] for b in batches]
+def keras_runner(case, batches, num_classes, eval_only: bool, image_size) -> tuple[float, Callable[[], float]]:
+  model = keras_model(case, num_classes, image_size)
+  x = [b["image"] for b in batches]
   y = [b["label"].astype("float32") if case.startswith("pollen") else b["label"] for b in batches]
   step = (lambda i: model.predict_on_batch(x[i])) if eval_only else (lambda i: model.train_on_batch(x[i], y[i]))
   return timed(lambda i: None if i is None else step(i), batches)  # Keras returns numpy: each step waits.
+
+
+def torch_runner(case, batches, num_classes, eval_only: bool, image_size, compiled: bool) -> tuple[float, Callable[[], float]]:
+  import torch
+  import torch_models
+
+  torch.manual_seed(0)
+  backbone, head, frozen = torch_models.model(case, num_classes, image_size)
+  backbone, head = backbone.to(memory_format=torch.channels_last), head.to(memory_format=torch.channels_last)
+  x = [torch.from_numpy(np.ascontiguousarray(b["image"])).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+       for b in batches]
+  binary = case.startswith("pollen")
+  y = [torch.from_numpy(np.asarray(b["label"], np.float32 if binary else np.int64)) for b in batches]
+  loss_fn = torch.nn.BCEWithLogitsLoss() if binary else torch.nn.CrossEntropyLoss()
+  if frozen:
+    backbone.eval()
+    backbone.requires_grad_(False)
+
+  def forward(images):
+    if frozen:
+      with torch.no_grad():
+        features = backbone(images)
+    else:
+      features = backbone(images)
+    out = head(features)
+    return out[:, 0] if binary else out
+
+  forward = torch.compile(forward) if compiled else forward
+  if eval_only:
+    backbone.eval()
+    head.eval()
+
+    def step(i):
+      with torch.inference_mode():
+        forward(x[i])
+  else:
+    backbone.train(not frozen)
+    head.train()
+    optimizer = torch.optim.Adam([p for p in (*backbone.parameters(), *head.parameters()) if p.requires_grad], lr=1e-3)
+
+    def step(i):
+      optimizer.zero_grad(set_to_none=True)
+      loss_fn(forward(x[i]), y[i]).backward()
+      optimizer.step()
+
+  return timed(lambda i: None if i is None else step(i), batches)  # Eager on the CPU: each step has run when it returns.
+
+
+class ResidentMemory:
+  """Samples the process's resident memory every 10 ms: `peak()` since the last `reset()`."""
+
+  def __init__(self):
+    self._peak = self.now()
+    threading.Thread(target=self._sample, daemon=True).start()
+
+  @staticmethod
+  def now() -> float:
+    with open("/proc/self/statm") as f:
+      return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+  def _sample(self) -> None:
+    while True:
+      self._peak = max(self._peak, self.now())
+      time.sleep(0.01)
+
+  def reset(self) -> float:
+    self._peak = self.now()
+    return self._peak
+
+  def peak(self) -> float:
+    return max(self._peak, self.now())
 
 
 def time_epochs(epochs: int, images: int) -> dict:
@@ -196,48 +305,82 @@ def time_epochs(epochs: int, images: int) -> dict:
   return results
 
 
+def build_sides(case: str, sides: list[str], memory: ResidentMemory) -> tuple[dict, dict]:
+  """Each side's (compile seconds, one timed pass) and its memory figures, built one after another."""
+  config = case_config(case)
+  eval_only = case.endswith("_eval")
+  batches, num_classes = real_batches(config, ARGS.steps + 1)
+  size = tuple(config.data.image_size)
+  make = {
+    "imgcls": lambda: imgcls_runner(config, batches, num_classes, eval_only),
+    "keras_tf": lambda: keras_runner(case, batches, num_classes, eval_only, size),
+    "torch_eager": lambda: torch_runner(case, batches, num_classes, eval_only, size, compiled=False),
+    "torch_compile": lambda: torch_runner(case, batches, num_classes, eval_only, size, compiled=True),
+  }
+  runners, rss = {}, {}
+  for side in sides:
+    before = memory.reset()
+    runners[side] = make[side]()
+    rss[side] = (before, memory.peak())
+  return runners, rss
+
+
+def compare(case: str, sides: list[str], memory: ResidentMemory) -> dict:
+  runners, rss = build_sides(case, sides, memory)
+  passes = {side: [] for side in runners}
+  for _ in range(ARGS.repeats):
+    for side, (_, one_pass) in runners.items():
+      peak_before = memory.reset()
+      passes[side].append(one_pass())
+      rss[side] = (rss[side][0], max(rss[side][1], memory.peak(), peak_before))
+  batch = case_config(case).data.batch_size
+  result = {}
+  for side, (compile_s, _) in runners.items():
+    seconds = statistics.median(passes[side])
+    result[side] = {
+      "compile_s": round(compile_s, 2), "step_ms": round(seconds * 1000, 1), "images_per_s": round(batch / seconds, 1),
+      "pass_step_ms": [round(t * 1000, 1) for t in passes[side]],
+      "peak_rss_mb": round(rss[side][1]), "added_rss_mb": round(rss[side][1] - rss[side][0]),
+    }
+  for side in sides:
+    if side != "imgcls" and "imgcls" in result:
+      result[f"speedup_vs_{side}"] = round(result[side]["step_ms"] / result["imgcls"]["step_ms"], 2)
+  return result
+
+
+ARGS = argparse.Namespace(steps=10, repeats=3)
+
+
 def main() -> None:
+  global ARGS
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--cases", default="pollen,insects,pollen_eval,flowers_vgg19")
+  parser.add_argument("--cases", default="pollen,pollen_eval,insects,bn_cnn,dropout_cnn,flowers_vgg19,inception_v3")
+  parser.add_argument("--sides", default=",".join(SIDES))
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--repeats", type=int, default=3, help="passes of --steps steps per side, taken in turns")
   parser.add_argument("--epochs", type=int, default=3, help="flowers_vgg19_epochs: epochs per run")
   parser.add_argument("--images", type=int, default=256, help="flowers_vgg19_epochs: training images")
-  args = parser.parse_args()
-  cases = configs()
+  ARGS = parser.parse_args()
+  sides = ARGS.sides.split(",")
+  unknown = set(sides) - set(SIDES)
+  if unknown:
+    parser.error(f"unknown sides {sorted(unknown)}; pick from {', '.join(SIDES)}")
+  memory = ResidentMemory()
   results = {}
-  for case in args.cases.split(","):
+  for case in ARGS.cases.split(","):
     if case == "flowers_vgg19_epochs":
-      results[case] = time_epochs(args.epochs, args.images)
-      print(json.dumps({case: results[case]}), flush=True)
-      continue
-    config = cases[case.removesuffix("_eval")]
-    batches, num_classes = real_batches(config, args.steps + 1)
-    eval_only = case.endswith("_eval")
-    ours = imgcls_runner(config, batches, num_classes, eval_only)
-    # imgcls also runs faster once TensorFlow has run in the process (pollen: about 138 before,
-    # 120 ms/step after): so it is timed alone too, while TensorFlow is not yet loaded.
-    alone = [ours[1]() for _ in range(args.repeats)] if "tensorflow" not in sys.modules else []
-    runners = {"imgcls": ours, "keras_tf": keras_runner(case, batches, num_classes, eval_only)}
-    passes = {side: [] for side in runners}
-    for _ in range(args.repeats):
-      for side, (_, one_pass) in runners.items():
-        passes[side].append(one_pass())
-    results[case] = {}
-    for side, (compile_s, _) in runners.items():
-      seconds = statistics.median(passes[side])
-      results[case][side] = {
-        "compile_s": round(compile_s, 2), "step_ms": round(seconds * 1000, 1),
-        "images_per_s": round(config.data.batch_size / seconds, 1), "pass_step_ms": [round(t * 1000, 1) for t in passes[side]],
-      }
-    if alone:
-      seconds = statistics.median(alone)
-      results[case]["imgcls_before_tf"] = {"step_ms": round(seconds * 1000, 1), "pass_step_ms": [round(t * 1000, 1) for t in alone]}
-      results[case]["speedup_before_tf"] = round(results[case]["keras_tf"]["step_ms"] / (seconds * 1000), 2)
-    results[case]["speedup"] = round(results[case]["imgcls"]["images_per_s"] / results[case]["keras_tf"]["images_per_s"], 2)
+      results[case] = time_epochs(ARGS.epochs, ARGS.images)
+    elif case.removesuffix("_eval") in CASES:
+      results[case] = compare(case, sides, memory)
+    else:
+      parser.error(f"unknown case {case!r}")
     print(json.dumps({case: results[case]}), flush=True)
-  results["device"] = str(jax.devices()[0])
-  results["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+  import torch
+
+  results["device"] = f"{jax.devices()[0]}, {os.cpu_count()} cores"
+  results["versions"] = {"jax": jax.__version__, "onednn": onednn.version(), "torch": torch.__version__,
+                         "tensorflow": sys.modules["tensorflow"].__version__ if "tensorflow" in sys.modules else None,
+                         "torch_threads": torch.get_num_threads()}
   print(json.dumps(results, indent=2))
 
 

@@ -1,11 +1,12 @@
-"""Forward + backward time of each CPU kernel against XLA's standard op, on MobileNetV2 shapes.
+"""Forward + backward time of each CPU convolution implementation against XLA's, layer by layer.
 
-  python bench/conv_ops.py [--repeats=20]
+  python bench/conv_ops.py [--repeats=20] [--impls=xla,cpu,onednn] [--cases=...]
 
 For each layer shape: a training step's worth of work (output, gradients w.r.t. input and
-weights) with `implementation="xla"` and `"cpu"`, their ratio and the largest difference of
-the outputs and gradients, relative to the largest value of each. Batch 32, the pollen
-recipe's 90x90 input. Prints one JSON object.
+weights) with each `implementation`, each one's speedup over `"xla"` and the largest difference
+of its outputs and gradients from XLA's, relative to the largest value of each. MobileNetV2's
+layers at the pollen recipe's 90x90 input, the tutorials' CNN layers, VGG's and InceptionV3's;
+batch 32 (8 for VGG and InceptionV3). Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -31,6 +32,17 @@ CASES = {
   "pointwise_45x45_16to96": ((32, 45, 45, 16), lambda impl: PointwiseConv(16, 96, implementation=impl, rngs=nnx.Rngs(0))),
   "batch_norm_45x45x96": ((32, 45, 45, 96), lambda impl: BatchNorm(96, implementation=impl, rngs=nnx.Rngs(0))),
   "batch_norm_23x23x144": ((32, 23, 23, 144), lambda impl: BatchNorm(144, implementation=impl, rngs=nnx.Rngs(0))),
+  "insects_conv_3x3_180x180_3to16": ((32, 180, 180, 3), lambda impl: Conv(3, 16, (3, 3), implementation=impl, rngs=nnx.Rngs(0))),
+  "insects_conv_3x3_90x90_16to32": ((32, 90, 90, 16), lambda impl: Conv(16, 32, (3, 3), implementation=impl, rngs=nnx.Rngs(0))),
+  "insects_conv_3x3_45x45_32to64": ((32, 45, 45, 32), lambda impl: Conv(32, 64, (3, 3), implementation=impl, rngs=nnx.Rngs(0))),
+  "bn_cnn_conv_7x7_s2_256_3to32": ((16, 256, 256, 3), lambda impl: Conv(3, 32, (7, 7), strides=2, padding="VALID", implementation=impl,
+                                                                       rngs=nnx.Rngs(0))),
+  "vgg_conv_3x3_56x56_128to256": ((8, 56, 56, 128), lambda impl: Conv(128, 256, (3, 3), implementation=impl, rngs=nnx.Rngs(0))),
+  "vgg_conv_3x3_14x14_512to512": ((8, 14, 14, 512), lambda impl: Conv(512, 512, (3, 3), implementation=impl, rngs=nnx.Rngs(0))),
+  "inception_conv_1x7_17x17_128to128": ((8, 17, 17, 128), lambda impl: Conv(128, 128, (1, 7), use_bias=False, implementation=impl,
+                                                                            rngs=nnx.Rngs(0))),
+  "inception_conv_3x3_s2_35x35_288to384": ((8, 35, 35, 288), lambda impl: Conv(288, 384, (3, 3), strides=2, padding="VALID",
+                                                                               use_bias=False, implementation=impl, rngs=nnx.Rngs(0))),
 }
 
 
@@ -47,10 +59,10 @@ def step_fn(module: nnx.Module):
   return step, state
 
 
-def time_case(shape, make, repeats: int) -> dict:
+def time_case(shape, make, repeats: int, impls: list[str]) -> dict:
   x = jnp.asarray(np.random.default_rng(0).standard_normal(shape, np.float32))
   out, results = {}, {}
-  for impl in ("xla", "cpu"):
+  for impl in impls:
     step, state = step_fn(make(impl))
     results[impl] = jax.block_until_ready(step(x, state))
     start = time.perf_counter()
@@ -58,9 +70,11 @@ def time_case(shape, make, repeats: int) -> dict:
       result = step(x, state)
     jax.block_until_ready(result)
     out[f"{impl}_ms"] = round((time.perf_counter() - start) / repeats * 1000, 2)
-  out["speedup"] = round(out["xla_ms"] / out["cpu_ms"], 2)
-  out["max_rel_diff"] = float(max(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(a))
-                                  for a, b in zip(jax.tree.leaves(results["xla"]), jax.tree.leaves(results["cpu"]))))
+  for impl in impls:
+    if impl != "xla" and "xla" in impls:
+      out[f"{impl}_speedup"] = round(out["xla_ms"] / out[f"{impl}_ms"], 2)
+      out[f"{impl}_max_rel_diff"] = float(max(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(a))
+                                              for a, b in zip(jax.tree.leaves(results["xla"]), jax.tree.leaves(results[impl]))))
   return out
 
 
@@ -68,10 +82,11 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--repeats", type=int, default=20)
   parser.add_argument("--cases", default=",".join(CASES))
+  parser.add_argument("--impls", default="xla,cpu,onednn", help="implementations to time (imgcls.models.convs)")
   args = parser.parse_args()
   results = {}
   for name in args.cases.split(","):
-    results[name] = time_case(*CASES[name], args.repeats)
+    results[name] = time_case(*CASES[name], args.repeats, args.impls.split(","))
     print(json.dumps({name: results[name]}), flush=True)
   print(json.dumps({"device": str(jax.devices()[0]), **results}, indent=2))
 
