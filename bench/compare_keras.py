@@ -3,6 +3,9 @@
   python bench/compare_keras.py [--cases=pollen,pollen_eval,insects,bn_cnn,dropout_cnn,flowers_vgg19,inception_v3]
       [--sides=imgcls,keras_tf,torch_eager,torch_compile] [--steps=10] [--repeats=3]
 
+Sides `imgcls_onednn`, `imgcls_cpu` and `imgcls_xla` force one convolution implementation
+(`model.convs`; `imgcls` is the default, `auto`).
+
 Same architecture, batch size and real batches (from imgcls's pipeline, flowers17 or pollen) on
 every side. After each side has compiled (its first step: `compile_s`), each repeat times `--steps`
 steps of every side in turn, so a busy moment slows all of them; a side's step time is its median
@@ -21,6 +24,7 @@ imgcls's train loop with the backbone's features cached (the default) and not ca
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -44,6 +48,7 @@ from imgcls.models import onednn  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
 SIDES = ("imgcls", "keras_tf", "torch_eager", "torch_compile")
+IMGCLS_CONVS = ("onednn", "cpu", "xla")  # sides imgcls_onednn, imgcls_cpu, imgcls_xla: one implementation forced
 
 # case -> (model, image size, batch size, data folder, label mode, model and head settings)
 CASES = {
@@ -311,8 +316,14 @@ def build_sides(case: str, sides: list[str], memory: ResidentMemory) -> tuple[di
   eval_only = case.endswith("_eval")
   batches, num_classes = real_batches(config, ARGS.steps + 1)
   size = tuple(config.data.image_size)
+  def imgcls_with(convs: str):
+    other = config.copy_and_resolve_references()
+    other.model.convs = convs
+    return imgcls_runner(other, batches, num_classes, eval_only)
+
   make = {
     "imgcls": lambda: imgcls_runner(config, batches, num_classes, eval_only),
+    **{f"imgcls_{convs}": functools.partial(imgcls_with, convs) for convs in IMGCLS_CONVS},
     "keras_tf": lambda: keras_runner(case, batches, num_classes, eval_only, size),
     "torch_eager": lambda: torch_runner(case, batches, num_classes, eval_only, size, compiled=False),
     "torch_compile": lambda: torch_runner(case, batches, num_classes, eval_only, size, compiled=True),
@@ -362,7 +373,7 @@ def main() -> None:
   parser.add_argument("--images", type=int, default=256, help="flowers_vgg19_epochs: training images")
   ARGS = parser.parse_args()
   sides = ARGS.sides.split(",")
-  unknown = set(sides) - set(SIDES)
+  unknown = set(sides) - set(SIDES) - {f"imgcls_{convs}" for convs in IMGCLS_CONVS}
   if unknown:
     parser.error(f"unknown sides {sorted(unknown)}; pick from {', '.join(SIDES)}")
   memory = ResidentMemory()

@@ -48,18 +48,22 @@ def _equations(jaxpr):
           yield from _equations(inner)
 
 
-def model_convolutions(name: str, image_size: tuple[int, int]) -> list[dict]:
-  """The model's distinct convolutions (input shape, kernel shape, strides, pads, dilation,
-  groups) as XLA runs them, read from its jaxpr."""
+def model_equations(name: str, image_size: tuple[int, int], implementation: str) -> list:
+  """The equations of the model's forward pass on one image, with `model.convs=implementation`."""
   config = default_config()
   config.data.image_size = image_size
-  config.model.update(name=name, convs="xla", weights="")
+  config.model.update(name=name, convs=implementation, weights="")
   model = train.create_model(config, 3)
   model.eval()  # inference mode: the trace changes no BatchNorm statistics
   images = jax.ShapeDtypeStruct((1, *image_size, 3), jnp.float32)
-  jaxpr = jax.make_jaxpr(lambda x: model(x))(images)
+  return list(_equations(jax.make_jaxpr(lambda x: model(x))(images).jaxpr))
+
+
+def model_convolutions(name: str, image_size: tuple[int, int]) -> list[dict]:
+  """The model's distinct convolutions (input shape, kernel shape, strides, pads, dilation,
+  groups) as XLA runs them, read from its jaxpr."""
   found = {}
-  for eqn in _equations(jaxpr.jaxpr):
+  for eqn in model_equations(name, image_size, "xla"):
     if eqn.primitive.name != "conv_general_dilated":
       continue
     x, kernel = (v.aval.shape for v in eqn.invars)
@@ -108,12 +112,34 @@ def _assert_parity(case: dict, dtype=jnp.float32, tolerance: float = 1e-5) -> No
     assert error <= tolerance, f"{what}: relative error {error:.2e} for {case}"
 
 
+@pytest.fixture(params=["nhwc", "blocked"])
+def layout(request):
+  """Each activation layout oneDNN may run in (by measurement, "auto" picks one per convolution)."""
+  onednn.set_layout(request.param)
+  yield request.param
+  onednn.set_layout("auto")
+
+
 @pytest.mark.parametrize("name", list(MODELS))
-def test_every_convolution_of_the_model_matches_xla(name):
+def test_every_convolution_of_the_model_matches_xla(name, layout):
   cases = model_convolutions(name, MODELS[name])
   assert cases, f"no convolution found in {name}"
   for case in cases:
     _assert_parity(case)
+
+
+def test_auto_layout_matches_xla():
+  for case in model_convolutions("inception_v3", MODELS["inception_v3"])[:12]:
+    _assert_parity(case)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_no_convolution_is_left_to_xla(name):
+  """With oneDNN every convolution is its custom call or (1x1) a matrix product, whose gradients
+  are those again: none of XLA's convolutions, slow on the CPU, is left, forwards or backwards."""
+  primitives = [eqn.primitive.name for eqn in model_equations(name, MODELS[name], "onednn")]
+  assert "conv_general_dilated" not in primitives
+  assert "ffi_call" in primitives
 
 
 def test_the_models_convolutions_cover_odd_sizes_strides_and_valid_padding():
@@ -131,7 +157,7 @@ def test_the_models_convolutions_cover_odd_sizes_strides_and_valid_padding():
   dict(x=(2, 12, 13, 6), kernel=(5, 5, 3, 6), strides=(2, 2), padding=((2, 2), (2, 2)), dilation=(1, 1), groups=2),
   dict(x=(2, 11, 11, 4), kernel=(3, 3, 4, 5), strides=(1, 1), padding=((2, 2), (2, 2)), dilation=(2, 2), groups=1),
 ])
-def test_groups_dilation_and_uneven_strides_match_xla(kwargs):
+def test_groups_dilation_and_uneven_strides_match_xla(kwargs, layout):
   _assert_parity(kwargs)
 
 

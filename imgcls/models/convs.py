@@ -207,7 +207,7 @@ class PointwiseConv(_ConvWithCpuPath):
     super().__init__(in_features, out_features, (1, 1), implementation=implementation, **kwargs)
 
   def uses_cpu_path(self) -> bool:
-    return self.implementation == "cpu"
+    return self.implementation in ("cpu", "onednn")
 
   def cpu_conv(self, x, kernel, strides):
     return pointwise_dot(x, kernel)

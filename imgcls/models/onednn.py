@@ -54,6 +54,10 @@ def _preload_dnnl() -> None:
       return
 
 
+_LIBRARY: list[ctypes.CDLL] = []  # the loaded handlers' library, once loaded
+LAYOUTS = ("auto", "nhwc", "blocked")
+
+
 @functools.cache
 def _load() -> tuple[str | None, str]:
   """(oneDNN's version, "") once the handlers are registered with XLA, else (None, why not)."""
@@ -68,6 +72,7 @@ def _load() -> tuple[str | None, str]:
     library = ctypes.CDLL(path)
     library.imgcls_onednn_version.restype = ctypes.c_char_p
     version = library.imgcls_onednn_version().decode()
+    _LIBRARY.append(library)
     for name in TARGETS:
       jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, name)), platform="cpu")
   except (OSError, AttributeError) as error:
@@ -88,6 +93,17 @@ def unavailable_reason() -> str:
 def version() -> str | None:
   """The loaded oneDNN's version ("3.2.0"), or None."""
   return _load()[0]
+
+
+def set_layout(layout: str) -> None:
+  """The activations' layout inside oneDNN for convolutions met from now on: "auto" (the default:
+  NHWC or oneDNN's blocked layout, whichever ran faster on a convolution's first call), "nhwc" or
+  "blocked" (reordered from and to NHWC around each call). `IMGCLS_ONEDNN_LAYOUT` sets it too."""
+  if layout not in LAYOUTS:
+    raise ValueError(f"oneDNN layout {layout!r} is not one of {', '.join(LAYOUTS)}.")
+  if not available():
+    raise RuntimeError(unavailable_reason())
+  _LIBRARY[0].imgcls_onednn_set_layout(LAYOUTS.index(layout))
 
 
 @functools.cache

@@ -7,9 +7,13 @@
 //   imgcls_onednn_conv_bwd_w    dw [, db] from x and dy
 // Activations are NHWC and kernels HWIO (XLA's layouts for flax's convolutions; a grouped kernel
 // is HW(I/G)O, oneDNN's hwigo) at the call boundary. oneDNN picks the kernel's inner layout
-// (`any`), reordered here each call: kernels are small beside activations. Primitive descriptors
-// and primitives are built once per shape and kept (`Cache`); scratchpads are per thread.
+// (`any`), reordered here each call: kernels are small beside activations. The activations stay
+// NHWC or take oneDNN's blocked layout (reordered on each call), whichever ran faster on the first
+// call of each convolution (`Choose`; IMGCLS_ONEDNN_LAYOUT=nhwc|blocked forces one). Primitives are
+// built once per convolution and kept (`Cache`); scratchpads and reorder buffers are per thread.
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -17,6 +21,8 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <utility>
+#include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -51,7 +57,13 @@ class Buffer {
   size_t size_ = 0;
 };
 
-thread_local Buffer scratch_buffer, weights_buffer;
+thread_local Buffer scratch_buffer;
+
+dnnl::primitive_attr UserScratchpadAttr() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
 
 // What a convolution is: shapes (NHWC input, HWIO kernel, NHWC output), geometry and dtype.
 struct Geometry {
@@ -85,63 +97,160 @@ struct Geometry {
   memory::dims PadL() const { return {pt, pl}; }
   memory::dims PadR() const { return {pb, pr}; }
 
-  dnnl::convolution_forward::primitive_desc Forward() const {
-    dnnl::primitive_attr attr;
-    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  dnnl::convolution_forward::primitive_desc Forward(const memory::desc& src, const memory::desc& dst) const {
+    dnnl::primitive_attr attr = UserScratchpadAttr();
     if (relu) {
       dnnl::post_ops ops;
       ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
       attr.set_post_ops(ops);
     }
     return dnnl::convolution_forward::primitive_desc(
-        Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, Src(),
-        AnyWeights(), Bias(), Dst(), Strides(), Dilation(), PadL(), PadR(), attr);
+        Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src,
+        AnyWeights(), Bias(), dst, Strides(), Dilation(), PadL(), PadR(), attr);
   }
 };
 
-// A primitive with its descriptor's memory layouts, and the reorder of the user's kernel.
-struct Entry {
-  dnnl::primitive primitive;
-  memory::desc weights, scratchpad;
-  dnnl::reorder weights_reorder;  // user layout <-> weights; empty where they are the same
-};
-
+// Primitives by convolution (shapes, geometry, dtype, layout), built once: building one takes
+// longer than running a small one.
+template <typename T>
 class Cache {
  public:
   template <typename Make>
-  std::shared_ptr<const Entry> Get(const std::string& key, Make make) {
+  std::shared_ptr<const T> Get(const std::string& key, Make make) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       auto it = entries_.find(key);
       if (it != entries_.end()) return it->second;
     }
-    auto entry = std::make_shared<const Entry>(make());
+    auto entry = std::make_shared<const T>(make());
     std::lock_guard<std::mutex> lock(mutex_);
     return entries_.emplace(key, entry).first->second;
   }
 
  private:
   std::mutex mutex_;
-  std::unordered_map<std::string, std::shared_ptr<const Entry>> entries_;
+  std::unordered_map<std::string, std::shared_ptr<const T>> entries_;
 };
 
-Cache& Primitives() {
-  static Cache cache;
+// One tensor argument of a primitive: the caller's layout, the primitive's, and the reorder
+// between them (empty where they are the same), into the primitive for an input, out of it for
+// an output.
+struct Slot {
+  int arg;
+  memory::desc user, inner;
+  bool output;
+  dnnl::reorder reorder;
+};
+
+Slot MakeSlot(int arg, const memory::desc& user, const memory::desc& inner, bool output) {
+  Slot slot{arg, user, inner, output, dnnl::reorder()};
+  if (user != inner) {
+    auto& engine = Engine();
+    slot.reorder = output ? dnnl::reorder(dnnl::reorder::primitive_desc(engine, inner, engine, user))
+                          : dnnl::reorder(dnnl::reorder::primitive_desc(engine, user, engine, inner));
+  }
+  return slot;
+}
+
+// A primitive and its arguments' slots, built once per convolution (`Cache`).
+struct Entry {
+  dnnl::primitive primitive;
+  memory::desc scratchpad;
+  std::vector<Slot> slots;
+};
+
+Cache<Entry>& Primitives() {
+  static Cache<Entry> cache;
   return cache;
 }
 
-template <typename PrimitiveDesc>
-memory::desc WeightsOf(const PrimitiveDesc& pd, bool diff) {
-  return diff ? pd.diff_weights_desc() : pd.weights_desc();
+constexpr int kMaxSlots = 4;
+thread_local Buffer slot_buffers[kMaxSlots];
+
+// One convolution at a time: each runs on every core (oneDNN's OpenMP team), and XLA would
+// otherwise start independent ones together (a layer's two gradients), oversubscribing the cores.
+std::mutex& RunMutex() {
+  static std::mutex mutex;
+  return mutex;
 }
 
-// The reorder between the user's kernel and the primitive's: `to_primitive` for the kernel an
-// input, else for the kernel's gradient an output.
-dnnl::reorder WeightsReorder(const memory::desc& user, const memory::desc& inner, bool to_primitive) {
-  if (user == inner) return dnnl::reorder();
+// Runs the primitive on the caller's buffers (one per slot), reordering where its layouts differ.
+void Run(const Entry& entry, void* const* data) {
+  static bool serial = std::getenv("IMGCLS_ONEDNN_CONCURRENT") == nullptr;
+  std::unique_lock<std::mutex> lock(RunMutex(), std::defer_lock);
+  if (serial) lock.lock();
   auto& engine = Engine();
-  return to_primitive ? dnnl::reorder(dnnl::reorder::primitive_desc(engine, user, engine, inner))
-                      : dnnl::reorder(dnnl::reorder::primitive_desc(engine, inner, engine, user));
+  dnnl::stream stream(engine);
+  std::unordered_map<int, memory> args;
+  std::vector<std::pair<const Slot*, std::pair<memory, memory>>> outputs;
+  for (size_t i = 0; i < entry.slots.size(); ++i) {
+    const Slot& slot = entry.slots[i];
+    memory user(slot.user, engine, data[i]);
+    if (!slot.reorder) {
+      args.emplace(slot.arg, user);
+      continue;
+    }
+    memory inner(slot.inner, engine, slot_buffers[i].Get(slot.inner.get_size()));
+    if (slot.output) {
+      outputs.push_back({&slot, {inner, user}});
+    } else {
+      slot.reorder.execute(stream, user, inner);
+    }
+    args.emplace(slot.arg, inner);
+  }
+  args.emplace(DNNL_ARG_SCRATCHPAD, memory(entry.scratchpad, engine, scratch_buffer.Get(entry.scratchpad.get_size())));
+  entry.primitive.execute(stream, args);
+  for (auto& [slot, memories] : outputs) slot->reorder.execute(stream, memories.first, memories.second);
+  stream.wait();
+}
+
+// Activation layouts: NHWC as the caller holds them, oneDNN's own choice (blocked, reordered on
+// each call), or whichever of the two runs faster, timed on the first call of each convolution.
+enum class Layout : int { kAuto = 0, kNhwc = 1, kBlocked = 2 };
+std::atomic<int> layout_choice{-1};
+
+Layout ChosenLayout() {
+  int choice = layout_choice.load();
+  if (choice < 0) {
+    const char* env = std::getenv("IMGCLS_ONEDNN_LAYOUT");
+    std::string value = env ? env : "auto";
+    choice = value == "nhwc" ? 1 : value == "blocked" ? 2 : 0;
+    layout_choice.store(choice);
+  }
+  return Layout(choice);
+}
+
+double Seconds(const Entry& entry, void* const* data, int repeats) {
+  double best = 1e30;
+  for (int r = 0; r < repeats; ++r) {
+    auto start = std::chrono::steady_clock::now();
+    Run(entry, data);
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  return best;
+}
+
+// The entry of the layout asked for; with kAuto the faster of the two on this call's buffers
+// (outputs are written while timing: the call that follows writes them again).
+template <typename Make>
+std::shared_ptr<const Entry> Choose(const Geometry& g, const char* op, void* const* data, Make make) {
+  Layout layout = ChosenLayout();
+  std::string key = g.Key(op) + ",layout=" + std::to_string(int(layout));
+  return Primitives().Get(key, [&] {
+    if (layout != Layout::kAuto) return make(layout == Layout::kBlocked);
+    Entry nhwc = make(false), blocked = make(true);
+    bool same = true;
+    for (size_t i = 0; i < nhwc.slots.size(); ++i) same = same && nhwc.slots[i].inner == blocked.slots[i].inner;
+    if (same) return nhwc;
+    Run(nhwc, data);  // warm both: first touches of buffers, caches
+    Run(blocked, data);
+    return Seconds(blocked, data, 2) < Seconds(nhwc, data, 2) ? blocked : nhwc;
+  });
+}
+
+memory::desc Activations(const Geometry& g, bool output_side, bool blocked) {
+  memory::dims dims = output_side ? memory::dims{g.n, g.o, g.oh, g.ow} : memory::dims{g.n, g.c, g.h, g.w};
+  return memory::desc(dims, g.dtype, blocked ? tag::any : tag::nhwc);
 }
 
 ffi::Error Fail(const std::string& what) {
@@ -175,8 +284,6 @@ ffi::Error MakeGeometry(ffi::AnyBuffer::Dimensions x, ffi::AnyBuffer::Dimensions
   return ffi::Error::Success();
 }
 
-void* Scratchpad(const Entry& entry) { return scratch_buffer.Get(entry.scratchpad.get_size()); }
-
 ffi::Error ConvForward(ffi::AnyBuffer x, ffi::AnyBuffer kernel, ffi::AnyBuffer bias,
                        ffi::Result<ffi::AnyBuffer> y, ffi::Span<const int64_t> strides,
                        ffi::Span<const int64_t> padding, ffi::Span<const int64_t> dilation,
@@ -189,28 +296,17 @@ ffi::Error ConvForward(ffi::AnyBuffer x, ffi::AnyBuffer kernel, ffi::AnyBuffer b
     return error;
   }
   if (y->element_count() == 0) return ffi::Error::Success();
+  void* data[] = {x.untyped_data(), kernel.untyped_data(), y->untyped_data(), bias.untyped_data()};
   try {
-    auto entry = Primitives().Get(g.Key("fwd"), [&] {
-      auto pd = g.Forward();
-      return Entry{dnnl::convolution_forward(pd), pd.weights_desc(), pd.scratchpad_desc(),
-                   WeightsReorder(g.UserWeights(), pd.weights_desc(), true)};
+    auto entry = Choose(g, "fwd", data, [&](bool blocked) {
+      auto pd = g.Forward(Activations(g, false, blocked), Activations(g, true, blocked));
+      std::vector<Slot> slots{MakeSlot(DNNL_ARG_SRC, g.Src(), pd.src_desc(), false),
+                              MakeSlot(DNNL_ARG_WEIGHTS, g.UserWeights(), pd.weights_desc(), false),
+                              MakeSlot(DNNL_ARG_DST, g.Dst(), pd.dst_desc(), true)};
+      if (g.bias) slots.push_back(MakeSlot(DNNL_ARG_BIAS, g.Bias(), pd.bias_desc(), false));
+      return Entry{dnnl::convolution_forward(pd), pd.scratchpad_desc(), slots};
     });
-    auto& engine = Engine();
-    dnnl::stream stream(engine);
-    memory user_weights(g.UserWeights(), engine, kernel.untyped_data());
-    memory weights = user_weights;
-    if (entry->weights_reorder) {
-      weights = memory(entry->weights, engine, weights_buffer.Get(entry->weights.get_size()));
-      entry->weights_reorder.execute(stream, user_weights, weights);
-    }
-    std::unordered_map<int, memory> args{
-        {DNNL_ARG_SRC, memory(g.Src(), engine, x.untyped_data())},
-        {DNNL_ARG_WEIGHTS, weights},
-        {DNNL_ARG_DST, memory(g.Dst(), engine, y->untyped_data())},
-        {DNNL_ARG_SCRATCHPAD, memory(entry->scratchpad, engine, Scratchpad(*entry))}};
-    if (has_bias) args.emplace(DNNL_ARG_BIAS, memory(g.Bias(), engine, bias.untyped_data()));
-    entry->primitive.execute(stream, args);
-    stream.wait();
+    Run(*entry, data);
   } catch (const dnnl::error& e) {
     return Fail(e.what());
   }
@@ -231,29 +327,19 @@ ffi::Error ConvBackwardData(ffi::AnyBuffer dy, ffi::AnyBuffer kernel, ffi::Resul
     std::memset(dx->untyped_data(), 0, dx->size_bytes());
     return ffi::Error::Success();
   }
+  void* data[] = {dy.untyped_data(), kernel.untyped_data(), dx->untyped_data()};
   try {
-    auto entry = Primitives().Get(g.Key("bwd_data"), [&] {
-      dnnl::primitive_attr attr;
-      attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    auto entry = Choose(g, "bwd_data", data, [&](bool blocked) {
+      auto src = Activations(g, false, blocked), dst = Activations(g, true, blocked);
       auto pd = dnnl::convolution_backward_data::primitive_desc(
-          Engine(), dnnl::algorithm::convolution_direct, g.Src(), g.AnyWeights(), g.Dst(), g.Strides(),
-          g.Dilation(), g.PadL(), g.PadR(), g.Forward(), attr);
-      return Entry{dnnl::convolution_backward_data(pd), pd.weights_desc(), pd.scratchpad_desc(),
-                   WeightsReorder(g.UserWeights(), pd.weights_desc(), true)};
+          Engine(), dnnl::algorithm::convolution_direct, src, g.AnyWeights(), dst, g.Strides(),
+          g.Dilation(), g.PadL(), g.PadR(), g.Forward(src, dst), UserScratchpadAttr());
+      return Entry{dnnl::convolution_backward_data(pd), pd.scratchpad_desc(),
+                   {MakeSlot(DNNL_ARG_DIFF_DST, g.Dst(), pd.diff_dst_desc(), false),
+                    MakeSlot(DNNL_ARG_WEIGHTS, g.UserWeights(), pd.weights_desc(), false),
+                    MakeSlot(DNNL_ARG_DIFF_SRC, g.Src(), pd.diff_src_desc(), true)}};
     });
-    auto& engine = Engine();
-    dnnl::stream stream(engine);
-    memory user_weights(g.UserWeights(), engine, kernel.untyped_data());
-    memory weights = user_weights;
-    if (entry->weights_reorder) {
-      weights = memory(entry->weights, engine, weights_buffer.Get(entry->weights.get_size()));
-      entry->weights_reorder.execute(stream, user_weights, weights);
-    }
-    entry->primitive.execute(stream, {{DNNL_ARG_DIFF_DST, memory(g.Dst(), engine, dy.untyped_data())},
-                                      {DNNL_ARG_WEIGHTS, weights},
-                                      {DNNL_ARG_DIFF_SRC, memory(g.Src(), engine, dx->untyped_data())},
-                                      {DNNL_ARG_SCRATCHPAD, memory(entry->scratchpad, engine, Scratchpad(*entry))}});
-    stream.wait();
+    Run(*entry, data);
   } catch (const dnnl::error& e) {
     return Fail(e.what());
   }
@@ -277,32 +363,20 @@ ffi::Error ConvBackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<
     if (has_bias) std::memset(dbias->untyped_data(), 0, dbias->size_bytes());
     return ffi::Error::Success();
   }
+  void* data[] = {x.untyped_data(), dy.untyped_data(), dkernel->untyped_data(), dbias->untyped_data()};
   try {
-    auto entry = Primitives().Get(g.Key("bwd_w"), [&] {
-      dnnl::primitive_attr attr;
-      attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    auto entry = Choose(g, "bwd_w", data, [&](bool blocked) {
+      auto src = Activations(g, false, blocked), dst = Activations(g, true, blocked);
       auto pd = dnnl::convolution_backward_weights::primitive_desc(
-          Engine(), dnnl::algorithm::convolution_direct, g.Src(), g.AnyWeights(), g.Bias(), g.Dst(),
-          g.Strides(), g.Dilation(), g.PadL(), g.PadR(), g.Forward(), attr);
-      return Entry{dnnl::convolution_backward_weights(pd), pd.diff_weights_desc(), pd.scratchpad_desc(),
-                   WeightsReorder(g.UserWeights(), pd.diff_weights_desc(), false)};
+          Engine(), dnnl::algorithm::convolution_direct, src, g.AnyWeights(), g.Bias(), dst,
+          g.Strides(), g.Dilation(), g.PadL(), g.PadR(), g.Forward(src, dst), UserScratchpadAttr());
+      std::vector<Slot> slots{MakeSlot(DNNL_ARG_SRC, g.Src(), pd.src_desc(), false),
+                              MakeSlot(DNNL_ARG_DIFF_DST, g.Dst(), pd.diff_dst_desc(), false),
+                              MakeSlot(DNNL_ARG_DIFF_WEIGHTS, g.UserWeights(), pd.diff_weights_desc(), true)};
+      if (g.bias) slots.push_back(MakeSlot(DNNL_ARG_DIFF_BIAS, g.Bias(), pd.diff_bias_desc(), true));
+      return Entry{dnnl::convolution_backward_weights(pd), pd.scratchpad_desc(), slots};
     });
-    auto& engine = Engine();
-    dnnl::stream stream(engine);
-    memory user_weights(g.UserWeights(), engine, dkernel->untyped_data());
-    memory weights = user_weights;
-    if (entry->weights_reorder) {
-      weights = memory(entry->weights, engine, weights_buffer.Get(entry->weights.get_size()));
-    }
-    std::unordered_map<int, memory> args{
-        {DNNL_ARG_SRC, memory(g.Src(), engine, x.untyped_data())},
-        {DNNL_ARG_DIFF_DST, memory(g.Dst(), engine, dy.untyped_data())},
-        {DNNL_ARG_DIFF_WEIGHTS, weights},
-        {DNNL_ARG_SCRATCHPAD, memory(entry->scratchpad, engine, Scratchpad(*entry))}};
-    if (has_bias) args.emplace(DNNL_ARG_DIFF_BIAS, memory(g.Bias(), engine, dbias->untyped_data()));
-    entry->primitive.execute(stream, args);
-    if (entry->weights_reorder) entry->weights_reorder.execute(stream, weights, user_weights);
-    stream.wait();
+    Run(*entry, data);
   } catch (const dnnl::error& e) {
     return Fail(e.what());
   }
@@ -346,6 +420,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(imgcls_onednn_conv_bwd_w, ConvBackwardWeights,
                                   .Attr<ffi::Span<const int64_t>>("padding")
                                   .Attr<ffi::Span<const int64_t>>("dilation")
                                   .Attr<int64_t>("groups"));
+
+// The activations' layout for convolutions met from now on: 0 by measurement, 1 NHWC, 2 blocked.
+extern "C" void imgcls_onednn_set_layout(int layout) { layout_choice.store(layout); }
 
 // The oneDNN version this library runs with, "major.minor.patch", and whether it loaded at all.
 extern "C" const char* imgcls_onednn_version() {
