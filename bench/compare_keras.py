@@ -16,6 +16,9 @@ is the process's resident memory at its highest while a side built, compiled and
 share one process. Needs the `bench` extra (`pip install -e '.[bench]'`: TensorFlow and PyTorch).
 Random weights: speed does not depend on them. Prints one JSON line per case, then one JSON object.
 
+`insects_fit` times the insects tutorial end to end on flowers17: `configs/insects.py` against
+the tutorial's Keras script, `--fit_epochs` epochs each, from the image files to the last epoch.
+
 `flowers_vgg19_epochs` times whole epochs of the flowers tutorial's recipe (frozen VGG19, random
 flips) on `--images` flowers17 training images: Keras's `fit` on the decoded images in memory, and
 imgcls's train loop with the backbone's features cached (the default) and not cached.
@@ -362,6 +365,46 @@ def compare(case: str, sides: list[str], memory: ResidentMemory) -> dict:
 ARGS = argparse.Namespace(steps=10, repeats=3)
 
 
+def time_insects_fit(epochs: int) -> dict:
+  """Wall seconds of the insects tutorial end to end on flowers17 (17 classes at 180x180): imgcls's
+  `configs/insects.py` against the tutorial's own Keras script (image_dataset_from_directory,
+  cache, shuffle, prefetch, `fit` validating on test/), each from its files to the last epoch."""
+  import runpy
+  import tempfile
+
+  import keras
+  import tensorflow as tf
+  from keras import layers
+
+  root = os.path.join(SHARED, "flowers17")
+  config = runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "configs", "insects.py"))["get_config"]()
+  config.data.dir = root
+  config.train.update(epochs=epochs, progress=False)
+  config.compile_cache = "off"
+  start = time.perf_counter()
+  summary = train.train_and_evaluate(config, tempfile.mkdtemp(prefix="imgcls_insects_"))
+  results = {"imgcls": {"total_s": round(time.perf_counter() - start, 1), "final_val_accuracy": round(summary["final"]["val_accuracy"], 3)}}
+
+  start = time.perf_counter()
+  load = lambda folder: keras.utils.image_dataset_from_directory(  # noqa: E731
+    os.path.join(root, folder), image_size=(180, 180), batch_size=32, verbose=False)
+  train_ds = load("train").cache().shuffle(1000).prefetch(tf.data.AUTOTUNE)
+  test_ds = load("test").cache().prefetch(tf.data.AUTOTUNE)
+  model = keras.Sequential([
+    keras.Input((180, 180, 3)), layers.Rescaling(1.0 / 255),
+    layers.Conv2D(16, 3, padding="same", activation="relu"), layers.MaxPooling2D(),
+    layers.Conv2D(32, 3, padding="same", activation="relu"), layers.MaxPooling2D(),
+    layers.Conv2D(64, 3, padding="same", activation="relu"), layers.MaxPooling2D(),
+    layers.Flatten(), layers.Dense(128, activation="relu"), layers.Dense(17),
+  ])
+  model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+  history = model.fit(train_ds, validation_data=test_ds, epochs=epochs, verbose=0)
+  results["keras_tf"] = {"total_s": round(time.perf_counter() - start, 1), "final_val_accuracy": round(history.history["val_accuracy"][-1], 3)}
+  results["epochs"] = epochs
+  results["speedup"] = round(results["keras_tf"]["total_s"] / results["imgcls"]["total_s"], 2)
+  return results
+
+
 def main() -> None:
   global ARGS
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -371,6 +414,7 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=3, help="passes of --steps steps per side, taken in turns")
   parser.add_argument("--epochs", type=int, default=3, help="flowers_vgg19_epochs: epochs per run")
   parser.add_argument("--images", type=int, default=256, help="flowers_vgg19_epochs: training images")
+  parser.add_argument("--fit_epochs", type=int, default=10, help="insects_fit: epochs (the tutorial's 10)")
   ARGS = parser.parse_args()
   sides = ARGS.sides.split(",")
   unknown = set(sides) - set(SIDES) - {f"imgcls_{convs}" for convs in IMGCLS_CONVS}
@@ -381,6 +425,8 @@ def main() -> None:
   for case in ARGS.cases.split(","):
     if case == "flowers_vgg19_epochs":
       results[case] = time_epochs(ARGS.epochs, ARGS.images)
+    elif case == "insects_fit":
+      results[case] = time_insects_fit(ARGS.fit_epochs)
     elif case.removesuffix("_eval") in CASES:
       results[case] = compare(case, sides, memory)
     else:

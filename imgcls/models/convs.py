@@ -167,7 +167,7 @@ class _ConvWithCpuPath(nnx.Conv):
     raise NotImplementedError
 
   def __call__(self, x: jax.Array, *, relu: bool = False) -> jax.Array:
-    if self.uses_onednn():
+    if self.uses_onednn() and (x.dtype != jnp.bfloat16 or onednn.supports_bfloat16()):
       bias = self.bias[...] if self.bias is not None else None
       return onednn.conv(x, self.kernel[...], bias, strides=as_pair(self.strides), padding=self.padding,
                          dilation=as_pair(self.kernel_dilation), groups=self.feature_group_count, relu=relu)

@@ -55,7 +55,7 @@ def _preload_dnnl() -> None:
 
 
 _LIBRARY: list[ctypes.CDLL] = []  # the loaded handlers' library, once loaded
-LAYOUTS = ("auto", "nhwc", "blocked")
+LAYOUTS = ("auto", "nhwc", "blocked")  # the index is the handlers' code
 
 
 @functools.cache
@@ -95,10 +95,17 @@ def version() -> str | None:
   return _load()[0]
 
 
+@functools.cache
+def supports_bfloat16() -> bool:
+  """Whether this CPU runs oneDNN's bfloat16 convolutions (AVX-512 and newer do)."""
+  return available() and bool(_LIBRARY[0].imgcls_onednn_supports_bfloat16())
+
+
 def set_layout(layout: str) -> None:
-  """The activations' layout inside oneDNN for convolutions met from now on: "auto" (the default:
-  NHWC or oneDNN's blocked layout, whichever ran faster on a convolution's first call), "nhwc" or
-  "blocked" (reordered from and to NHWC around each call). `IMGCLS_ONEDNN_LAYOUT` sets it too."""
+  """The activations' layout inside oneDNN for convolutions met from now on: "nhwc" (the default,
+  as XLA holds them), "blocked" (oneDNN's, reordered from and to NHWC around each call) or "auto"
+  (whichever ran faster on a convolution's first call: a few percent faster on some models, but a
+  resumed run may then pick differently and differ by float rounding). `IMGCLS_ONEDNN_LAYOUT` too."""
   if layout not in LAYOUTS:
     raise ValueError(f"oneDNN layout {layout!r} is not one of {', '.join(LAYOUTS)}.")
   if not available():

@@ -8,9 +8,10 @@
 // Activations are NHWC and kernels HWIO (XLA's layouts for flax's convolutions; a grouped kernel
 // is HW(I/G)O, oneDNN's hwigo) at the call boundary. oneDNN picks the kernel's inner layout
 // (`any`), reordered here each call: kernels are small beside activations. The activations stay
-// NHWC or take oneDNN's blocked layout (reordered on each call), whichever ran faster on the first
-// call of each convolution (`Choose`; IMGCLS_ONEDNN_LAYOUT=nhwc|blocked forces one). Primitives are
-// built once per convolution and kept (`Cache`); scratchpads and reorder buffers are per thread.
+// NHWC (IMGCLS_ONEDNN_LAYOUT=blocked takes oneDNN's blocked layout, reordered on each call; =auto
+// whichever ran faster on a convolution's first call, see `Choose`). Primitives are
+// built once per convolution and kept (`Cache`); one scratchpad and one set of reorder buffers.
+// Convolutions run one at a time, each on oneDNN's OpenMP team of every core (`Run`).
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -38,7 +39,7 @@ dnnl::engine& Engine() {
   return engine;
 }
 
-// A 64-byte aligned buffer per thread, grown as needed.
+// A 64-byte aligned buffer, grown as needed.
 class Buffer {
  public:
   ~Buffer() { std::free(data_); }
@@ -56,8 +57,6 @@ class Buffer {
   void* data_ = nullptr;
   size_t size_ = 0;
 };
-
-thread_local Buffer scratch_buffer;
 
 dnnl::primitive_attr UserScratchpadAttr() {
   dnnl::primitive_attr attr;
@@ -164,11 +163,13 @@ Cache<Entry>& Primitives() {
   return cache;
 }
 
+// The scratchpad and the slots' reorder buffers, shared: convolutions run one at a time.
 constexpr int kMaxSlots = 4;
-thread_local Buffer slot_buffers[kMaxSlots];
+Buffer scratch_buffer, slot_buffers[kMaxSlots];
 
 // One convolution at a time: each runs on every core (oneDNN's OpenMP team), and XLA would
-// otherwise start independent ones together (a layer's two gradients), oversubscribing the cores.
+// otherwise start independent ones together (a layer's two gradients), oversubscribing the cores;
+// they then share one set of buffers.
 std::mutex& RunMutex() {
   static std::mutex mutex;
   return mutex;
@@ -176,9 +177,7 @@ std::mutex& RunMutex() {
 
 // Runs the primitive on the caller's buffers (one per slot), reordering where its layouts differ.
 void Run(const Entry& entry, void* const* data) {
-  static bool serial = std::getenv("IMGCLS_ONEDNN_CONCURRENT") == nullptr;
-  std::unique_lock<std::mutex> lock(RunMutex(), std::defer_lock);
-  if (serial) lock.lock();
+  std::lock_guard<std::mutex> lock(RunMutex());
   auto& engine = Engine();
   dnnl::stream stream(engine);
   std::unordered_map<int, memory> args;
@@ -204,8 +203,10 @@ void Run(const Entry& entry, void* const* data) {
   stream.wait();
 }
 
-// Activation layouts: NHWC as the caller holds them, oneDNN's own choice (blocked, reordered on
-// each call), or whichever of the two runs faster, timed on the first call of each convolution.
+// Activation layouts: NHWC as the caller holds them (the default), oneDNN's own choice (blocked,
+// reordered on each call), or whichever of the two runs faster, timed on the first call of each
+// convolution. Timing is not the default: a resumed run could pick another layout than the run
+// it resumes, and its results would then differ by float rounding.
 enum class Layout : int { kAuto = 0, kNhwc = 1, kBlocked = 2 };
 std::atomic<int> layout_choice{-1};
 
@@ -213,7 +214,7 @@ Layout ChosenLayout() {
   int choice = layout_choice.load();
   if (choice < 0) {
     const char* env = std::getenv("IMGCLS_ONEDNN_LAYOUT");
-    std::string value = env ? env : "auto";
+    std::string value = env ? env : "nhwc";
     choice = value == "nhwc" ? 1 : value == "blocked" ? 2 : 0;
     layout_choice.store(choice);
   }
@@ -284,6 +285,17 @@ ffi::Error MakeGeometry(ffi::AnyBuffer::Dimensions x, ffi::AnyBuffer::Dimensions
   return ffi::Error::Success();
 }
 
+// Runs the convolution `make` builds (once, see `Choose`) on the call's buffers.
+template <typename Make>
+ffi::Error Convolve(const Geometry& g, const char* op, void* const* data, Make make) {
+  try {
+    Run(*Choose(g, op, data, make), data);
+  } catch (const dnnl::error& e) {
+    return Fail(e.what());
+  }
+  return ffi::Error::Success();
+}
+
 ffi::Error ConvForward(ffi::AnyBuffer x, ffi::AnyBuffer kernel, ffi::AnyBuffer bias,
                        ffi::Result<ffi::AnyBuffer> y, ffi::Span<const int64_t> strides,
                        ffi::Span<const int64_t> padding, ffi::Span<const int64_t> dilation,
@@ -297,20 +309,14 @@ ffi::Error ConvForward(ffi::AnyBuffer x, ffi::AnyBuffer kernel, ffi::AnyBuffer b
   }
   if (y->element_count() == 0) return ffi::Error::Success();
   void* data[] = {x.untyped_data(), kernel.untyped_data(), y->untyped_data(), bias.untyped_data()};
-  try {
-    auto entry = Choose(g, "fwd", data, [&](bool blocked) {
-      auto pd = g.Forward(Activations(g, false, blocked), Activations(g, true, blocked));
-      std::vector<Slot> slots{MakeSlot(DNNL_ARG_SRC, g.Src(), pd.src_desc(), false),
-                              MakeSlot(DNNL_ARG_WEIGHTS, g.UserWeights(), pd.weights_desc(), false),
-                              MakeSlot(DNNL_ARG_DST, g.Dst(), pd.dst_desc(), true)};
-      if (g.bias) slots.push_back(MakeSlot(DNNL_ARG_BIAS, g.Bias(), pd.bias_desc(), false));
-      return Entry{dnnl::convolution_forward(pd), pd.scratchpad_desc(), slots};
-    });
-    Run(*entry, data);
-  } catch (const dnnl::error& e) {
-    return Fail(e.what());
-  }
-  return ffi::Error::Success();
+  return Convolve(g, "fwd", data, [&](bool blocked) {
+    auto pd = g.Forward(Activations(g, false, blocked), Activations(g, true, blocked));
+    std::vector<Slot> slots{MakeSlot(DNNL_ARG_SRC, g.Src(), pd.src_desc(), false),
+                            MakeSlot(DNNL_ARG_WEIGHTS, g.UserWeights(), pd.weights_desc(), false),
+                            MakeSlot(DNNL_ARG_DST, g.Dst(), pd.dst_desc(), true)};
+    if (g.bias) slots.push_back(MakeSlot(DNNL_ARG_BIAS, g.Bias(), pd.bias_desc(), false));
+    return Entry{dnnl::convolution_forward(pd), pd.scratchpad_desc(), slots};
+  });
 }
 
 ffi::Error ConvBackwardData(ffi::AnyBuffer dy, ffi::AnyBuffer kernel, ffi::Result<ffi::AnyBuffer> dx,
@@ -328,22 +334,16 @@ ffi::Error ConvBackwardData(ffi::AnyBuffer dy, ffi::AnyBuffer kernel, ffi::Resul
     return ffi::Error::Success();
   }
   void* data[] = {dy.untyped_data(), kernel.untyped_data(), dx->untyped_data()};
-  try {
-    auto entry = Choose(g, "bwd_data", data, [&](bool blocked) {
-      auto src = Activations(g, false, blocked), dst = Activations(g, true, blocked);
-      auto pd = dnnl::convolution_backward_data::primitive_desc(
-          Engine(), dnnl::algorithm::convolution_direct, src, g.AnyWeights(), dst, g.Strides(),
-          g.Dilation(), g.PadL(), g.PadR(), g.Forward(src, dst), UserScratchpadAttr());
-      return Entry{dnnl::convolution_backward_data(pd), pd.scratchpad_desc(),
-                   {MakeSlot(DNNL_ARG_DIFF_DST, g.Dst(), pd.diff_dst_desc(), false),
-                    MakeSlot(DNNL_ARG_WEIGHTS, g.UserWeights(), pd.weights_desc(), false),
-                    MakeSlot(DNNL_ARG_DIFF_SRC, g.Src(), pd.diff_src_desc(), true)}};
-    });
-    Run(*entry, data);
-  } catch (const dnnl::error& e) {
-    return Fail(e.what());
-  }
-  return ffi::Error::Success();
+  return Convolve(g, "bwd_data", data, [&](bool blocked) {
+    auto src = Activations(g, false, blocked), dst = Activations(g, true, blocked);
+    auto pd = dnnl::convolution_backward_data::primitive_desc(
+        Engine(), dnnl::algorithm::convolution_direct, src, g.AnyWeights(), dst, g.Strides(),
+        g.Dilation(), g.PadL(), g.PadR(), g.Forward(src, dst), UserScratchpadAttr());
+    return Entry{dnnl::convolution_backward_data(pd), pd.scratchpad_desc(),
+                 {MakeSlot(DNNL_ARG_DIFF_DST, g.Dst(), pd.diff_dst_desc(), false),
+                  MakeSlot(DNNL_ARG_WEIGHTS, g.UserWeights(), pd.weights_desc(), false),
+                  MakeSlot(DNNL_ARG_DIFF_SRC, g.Src(), pd.diff_src_desc(), true)}};
+  });
 }
 
 ffi::Error ConvBackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dkernel,
@@ -364,23 +364,17 @@ ffi::Error ConvBackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<
     return ffi::Error::Success();
   }
   void* data[] = {x.untyped_data(), dy.untyped_data(), dkernel->untyped_data(), dbias->untyped_data()};
-  try {
-    auto entry = Choose(g, "bwd_w", data, [&](bool blocked) {
-      auto src = Activations(g, false, blocked), dst = Activations(g, true, blocked);
-      auto pd = dnnl::convolution_backward_weights::primitive_desc(
-          Engine(), dnnl::algorithm::convolution_direct, src, g.AnyWeights(), g.Bias(), dst,
-          g.Strides(), g.Dilation(), g.PadL(), g.PadR(), g.Forward(src, dst), UserScratchpadAttr());
-      std::vector<Slot> slots{MakeSlot(DNNL_ARG_SRC, g.Src(), pd.src_desc(), false),
-                              MakeSlot(DNNL_ARG_DIFF_DST, g.Dst(), pd.diff_dst_desc(), false),
-                              MakeSlot(DNNL_ARG_DIFF_WEIGHTS, g.UserWeights(), pd.diff_weights_desc(), true)};
-      if (g.bias) slots.push_back(MakeSlot(DNNL_ARG_DIFF_BIAS, g.Bias(), pd.diff_bias_desc(), true));
-      return Entry{dnnl::convolution_backward_weights(pd), pd.scratchpad_desc(), slots};
-    });
-    Run(*entry, data);
-  } catch (const dnnl::error& e) {
-    return Fail(e.what());
-  }
-  return ffi::Error::Success();
+  return Convolve(g, "bwd_w", data, [&](bool blocked) {
+    auto src = Activations(g, false, blocked), dst = Activations(g, true, blocked);
+    auto pd = dnnl::convolution_backward_weights::primitive_desc(
+        Engine(), dnnl::algorithm::convolution_direct, src, g.AnyWeights(), g.Bias(), dst,
+        g.Strides(), g.Dilation(), g.PadL(), g.PadR(), g.Forward(src, dst), UserScratchpadAttr());
+    std::vector<Slot> slots{MakeSlot(DNNL_ARG_SRC, g.Src(), pd.src_desc(), false),
+                            MakeSlot(DNNL_ARG_DIFF_DST, g.Dst(), pd.diff_dst_desc(), false),
+                            MakeSlot(DNNL_ARG_DIFF_WEIGHTS, g.UserWeights(), pd.diff_weights_desc(), true)};
+    if (g.bias) slots.push_back(MakeSlot(DNNL_ARG_DIFF_BIAS, g.Bias(), pd.diff_bias_desc(), true));
+    return Entry{dnnl::convolution_backward_weights(pd), pd.scratchpad_desc(), slots};
+  });
 }
 
 }  // namespace
@@ -423,6 +417,17 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(imgcls_onednn_conv_bwd_w, ConvBackwardWeights,
 
 // The activations' layout for convolutions met from now on: 0 by measurement, 1 NHWC, 2 blocked.
 extern "C" void imgcls_onednn_set_layout(int layout) { layout_choice.store(layout); }
+
+// 1 where this CPU runs oneDNN's bfloat16 convolutions (AVX-512 or newer), else 0.
+extern "C" int imgcls_onednn_supports_bfloat16() {
+  try {
+    Geometry g{1, 8, 8, 16, 3, 3, 16, 8, 8, 1, 1, 1, 1, 1, 1, 1, 1, 1, memory::data_type::bf16, false, false};
+    g.Forward(g.Src(), g.Dst());
+    return 1;
+  } catch (const dnnl::error&) {
+    return 0;
+  }
+}
 
 // The oneDNN version this library runs with, "major.minor.patch", and whether it loaded at all.
 extern "C" const char* imgcls_onednn_version() {
