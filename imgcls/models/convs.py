@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from imgcls.models import onednn
+import imgcls.models.onednn as onednn
 
 IMPLEMENTATIONS = ("auto", "onednn", "cpu", "xla")
 MAX_UNROLLED_WIDTH = 48  # widest output row whose depthwise taps gradient is one unrolled loop
