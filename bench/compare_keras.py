@@ -1,4 +1,4 @@
-"""imgcls vs Keras on TensorFlow and PyTorch on the CPU, side by side in one process: ms/step and ratios.
+"""imgcls vs Keras on TensorFlow and PyTorch on the CPU, side by side in one run, in turns: ms/step and ratios.
 
   python bench/compare_keras.py [--cases=pollen,pollen_eval,insects,bn_cnn,dropout_cnn,flowers_vgg19,inception_v3]
       [--sides=imgcls,keras_tf,torch_eager,torch_compile] [--steps=10] [--repeats=3]
@@ -8,13 +8,15 @@ Sides `imgcls_onednn`, `imgcls_cpu` and `imgcls_xla` force one convolution imple
 
 Same architecture, batch size and real batches (from imgcls's pipeline, flowers17 or pollen) on
 every side. After each side has compiled (its first step: `compile_s`), each repeat times `--steps`
-steps of every side in turn, so a busy moment slows all of them; a side's step time is its median
+steps of every side in turn, so a busy moment slows all of them, after one untimed pass each
+(`warmup_step_ms`: there the processes first fault in their memory); a side's step time is its median
 over repeats. `speedup_vs_<side>` is that side's step time over imgcls's (above 1: imgcls is faster).
-PyTorch runs channels_last (its faster CPU layout), eager and `torch.compile`d (inductor). Peak RSS
-is the process's resident memory at its highest while a side built, compiled and ran
-(`peak_rss_mb`), and what it added to the memory before it was built (`added_rss_mb`): the sides
-share one process. Needs the `bench` extra (`pip install -e '.[bench]'`: TensorFlow and PyTorch).
-Random weights: speed does not depend on them. Prints one JSON line per case, then one JSON object.
+PyTorch runs channels_last (its faster CPU layout), eager and `torch.compile`d (inductor). Each side
+runs in a process of its own, as a user runs one framework (in one process they shared malloc's
+arenas and OpenMP threads, and slowed each other by up to 2x). Peak RSS is that process's resident
+memory at its highest while the side built, compiled and ran (`peak_rss_mb`), and what it added to
+the process's memory after its imports (`added_rss_mb`). Needs the `bench` extra
+(`pip install -e '.[bench]'`: TensorFlow and PyTorch). Random weights: speed does not depend on them. Prints one JSON line per case, then one JSON object.
 
 `insects_fit` times the insects tutorial end to end on flowers17: `configs/insects.py` against
 the tutorial's Keras script, `--fit_epochs` epochs each, from the image files to the last epoch.
@@ -27,9 +29,11 @@ imgcls's train loop with the backbone's features cached (the default) and not ca
 from __future__ import annotations
 
 import argparse
-import functools
+import importlib.metadata
 import json
+import multiprocessing
 import os
+import resource
 import statistics
 import sys
 import threading
@@ -228,7 +232,7 @@ def torch_runner(case, batches, num_classes, eval_only: bool, image_size, compil
 
 
 class ResidentMemory:
-  """Samples the process's resident memory every 10 ms: `peak()` since the last `reset()`."""
+  """Samples this process's resident memory every 10 ms: `peak()` since the last `reset()`."""
 
   def __init__(self):
     self._peak = self.now()
@@ -252,15 +256,108 @@ class ResidentMemory:
     return max(self._peak, self.now())
 
 
-def time_epochs(epochs: int, images: int) -> dict:
-  """Seconds per epoch of the frozen-VGG19 flowers recipe, Keras-TF vs imgcls cached and not."""
+def _side_worker(connection, case: str, side: str, args: dict) -> None:
+  """One side in its own process: builds and compiles it, then times a pass per request."""
+  ARGS.__dict__.update(args)
+  memory = ResidentMemory()
+  before = memory.now()
+  compile_s, one_pass = make_side(case, side)
+  connection.send((compile_s, before, memory.peak()))
+  while connection.recv() == "pass":
+    before_pass = resource.getrusage(resource.RUSAGE_SELF)
+    seconds = one_pass()
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    kernel = {"sys_s": after.ru_stime - before_pass.ru_stime, "page_faults": after.ru_minflt - before_pass.ru_minflt}
+    connection.send((seconds, memory.peak(), kernel))
+
+
+class Side:
+  """A side running in a child process of its own, as a user would run it: frameworks in one
+  process share malloc's arenas and OpenMP runtimes, and there one side's freed memory and
+  threads slowed the next one's steps by up to 2x."""
+
+  def __init__(self, case: str, side: str):
+    context = multiprocessing.get_context("spawn")
+    self.connection, child = context.Pipe()
+    self.process = context.Process(target=_side_worker, args=(child, case, side, vars(ARGS)), daemon=True)
+    self.process.start()
+    self.compile_s, self.rss_before, self.rss_peak = self._receive()
+    self.kernel = []  # per pass: seconds in the kernel, page faults
+
+  def _receive(self):
+    if not self.connection.poll(3600) or not self.process.is_alive() and not self.connection.poll():
+      raise RuntimeError(f"a benchmark side's process stopped (exit code {self.process.exitcode})")
+    return self.connection.recv()
+
+  def one_pass(self) -> float:
+    self.connection.send("pass")
+    seconds, self.rss_peak, kernel = self._receive()
+    self.kernel.append(kernel)
+    return seconds
+
+  def close(self) -> None:
+    self.connection.send("stop")
+    self.process.join()
+
+
+def make_side(case: str, side: str) -> tuple[float, Callable[[], float]]:
+  """Builds one side of `case` in this process: (compile seconds, one timed pass)."""
+  config = case_config(case)
+  eval_only = case.endswith("_eval")
+  batches, num_classes = real_batches(config, ARGS.steps + 1)
+  size = tuple(config.data.image_size)
+  if side.startswith("imgcls"):
+    config.model.convs = side.removeprefix("imgcls").removeprefix("_") or config.model.convs
+    return imgcls_runner(config, batches, num_classes, eval_only)
+  if side == "keras_tf":
+    return keras_runner(case, batches, num_classes, eval_only, size)
+  return torch_runner(case, batches, num_classes, eval_only, size, compiled=side == "torch_compile")
+
+
+def compare(case: str, sides: list[str]) -> dict:
+  runners = {}
+  try:
+    for side in sides:  # One after another: each compiles on an idle machine.
+      runners[side] = Side(case, side)
+    warmup = {side: runner.one_pass() for side, runner in runners.items()}  # First touches of the memory: not timed.
+    for runner in runners.values():
+      runner.kernel.clear()
+    passes = {side: [] for side in runners}
+    for _ in range(ARGS.repeats):
+      for side, runner in runners.items():
+        passes[side].append(runner.one_pass())
+  finally:
+    for runner in runners.values():
+      runner.close()
+  batch = case_config(case).data.batch_size
+  result = {}
+  for side, runner in runners.items():
+    seconds = statistics.median(passes[side])
+    result[side] = {
+      "compile_s": round(runner.compile_s, 2), "warmup_step_ms": round(warmup[side] * 1000, 1), "step_ms": round(seconds * 1000, 1), "images_per_s": round(batch / seconds, 1),
+      "pass_step_ms": [round(t * 1000, 1) for t in passes[side]],
+      "peak_rss_mb": round(runner.rss_peak), "added_rss_mb": round(runner.rss_peak - runner.rss_before),
+      "pass_sys_s": [round(k["sys_s"], 2) for k in runner.kernel], "pass_page_faults": [k["page_faults"] for k in runner.kernel],
+    }
+  for side in sides:
+    if side != "imgcls" and "imgcls" in result:
+      result[f"speedup_vs_{side}"] = round(result[side]["step_ms"] / result["imgcls"]["step_ms"], 2)
+  return result
+
+
+ARGS = argparse.Namespace(steps=10, repeats=3)
+
+
+def in_child(function: Callable, *args):
+  """`function(*args)` in a fresh process of its own (see `Side`): its result."""
+  with multiprocessing.get_context("spawn").Pool(1) as pool:
+    return pool.apply(function, args)
+
+
+def _flowers_config(epochs: int, images: int):
   import csv
   import runpy
   import tempfile
-
-  import keras
-  import numpy as np
-  from keras import layers
 
   root = os.path.join(SHARED, "flowers17", "train")
   rows = [(os.path.join(c, f), c) for c in sorted(os.listdir(root)) for f in sorted(os.listdir(os.path.join(root, c)))]
@@ -273,16 +370,23 @@ def time_epochs(epochs: int, images: int) -> dict:
   config.model.weights = ""
   config.train.update(epochs=epochs, progress=False)
   config.compile_cache = "off"
-  results = {}
-  for setting in ("auto", "off"):
-    config.train.cache_features = setting
-    run_dir = os.path.join(workdir, setting)
-    summary = train.train_and_evaluate(config, run_dir)
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-      seconds = [r["seconds"] for r in map(json.loads, f) if r["type"] == "epoch"]
-    results["imgcls_cached" if setting == "auto" else "imgcls_uncached"] = {
-      "total_s": round(summary["wall_seconds"], 1), "epoch_s": seconds, "final_train_loss": round(summary["final"]["train_loss"], 4)
-    }
+  return config, workdir
+
+
+def _epochs_imgcls(epochs: int, images: int, cache_features: str) -> dict:
+  config, workdir = _flowers_config(epochs, images)
+  config.train.cache_features = cache_features
+  summary = train.train_and_evaluate(config, workdir)
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    seconds = [r["seconds"] for r in map(json.loads, f) if r["type"] == "epoch"]
+  return {"total_s": round(summary["wall_seconds"], 1), "epoch_s": seconds, "final_train_loss": round(summary["final"]["train_loss"], 4)}
+
+
+def _epochs_keras(epochs: int, images: int) -> dict:
+  import keras
+  from keras import layers
+
+  config, _ = _flowers_config(epochs, images)
   split = sources.find_splits(config.data, 0)["train"]
   batches = list(pipeline.eval_batches(split, config.data))
   x = np.concatenate([b["image"][b["mask"] > 0] for b in batches]) * 255.0
@@ -305,86 +409,42 @@ def time_epochs(epochs: int, images: int) -> dict:
 
   start = time.perf_counter()
   model.fit(x, y, batch_size=32, epochs=epochs, shuffle=True, verbose=0, callbacks=[Timer()])
-  results["keras_tf"] = {"total_s": round(time.perf_counter() - start, 1), "epoch_s": times}
+  return {"total_s": round(time.perf_counter() - start, 1), "epoch_s": times, "images": len(y)}
+
+
+def time_epochs(epochs: int, images: int) -> dict:
+  """Seconds per epoch of the frozen-VGG19 flowers recipe, Keras-TF vs imgcls cached and not."""
+  results = {
+    "imgcls_cached": in_child(_epochs_imgcls, epochs, images, "auto"),
+    "imgcls_uncached": in_child(_epochs_imgcls, epochs, images, "off"),
+    "keras_tf": in_child(_epochs_keras, epochs, images),
+  }
   later = lambda r: sum(r["epoch_s"][1:]) / max(len(r["epoch_s"]) - 1, 1)  # noqa: E731
-  results["images"] = len(y)
+  results["images"] = results["keras_tf"].pop("images")
   results["speedup_later_epochs"] = round(later(results["keras_tf"]) / later(results["imgcls_cached"]), 1)
   results["speedup_total"] = round(results["keras_tf"]["total_s"] / results["imgcls_cached"]["total_s"], 2)
   return results
 
 
-def build_sides(case: str, sides: list[str], memory: ResidentMemory) -> tuple[dict, dict]:
-  """Each side's (compile seconds, one timed pass) and its memory figures, built one after another."""
-  config = case_config(case)
-  eval_only = case.endswith("_eval")
-  batches, num_classes = real_batches(config, ARGS.steps + 1)
-  size = tuple(config.data.image_size)
-  def imgcls_with(convs: str):
-    other = config.copy_and_resolve_references()
-    other.model.convs = convs
-    return imgcls_runner(other, batches, num_classes, eval_only)
-
-  make = {
-    "imgcls": lambda: imgcls_runner(config, batches, num_classes, eval_only),
-    **{f"imgcls_{convs}": functools.partial(imgcls_with, convs) for convs in IMGCLS_CONVS},
-    "keras_tf": lambda: keras_runner(case, batches, num_classes, eval_only, size),
-    "torch_eager": lambda: torch_runner(case, batches, num_classes, eval_only, size, compiled=False),
-    "torch_compile": lambda: torch_runner(case, batches, num_classes, eval_only, size, compiled=True),
-  }
-  runners, rss = {}, {}
-  for side in sides:
-    before = memory.reset()
-    runners[side] = make[side]()
-    rss[side] = (before, memory.peak())
-  return runners, rss
-
-
-def compare(case: str, sides: list[str], memory: ResidentMemory) -> dict:
-  runners, rss = build_sides(case, sides, memory)
-  passes = {side: [] for side in runners}
-  for _ in range(ARGS.repeats):
-    for side, (_, one_pass) in runners.items():
-      peak_before = memory.reset()
-      passes[side].append(one_pass())
-      rss[side] = (rss[side][0], max(rss[side][1], memory.peak(), peak_before))
-  batch = case_config(case).data.batch_size
-  result = {}
-  for side, (compile_s, _) in runners.items():
-    seconds = statistics.median(passes[side])
-    result[side] = {
-      "compile_s": round(compile_s, 2), "step_ms": round(seconds * 1000, 1), "images_per_s": round(batch / seconds, 1),
-      "pass_step_ms": [round(t * 1000, 1) for t in passes[side]],
-      "peak_rss_mb": round(rss[side][1]), "added_rss_mb": round(rss[side][1] - rss[side][0]),
-    }
-  for side in sides:
-    if side != "imgcls" and "imgcls" in result:
-      result[f"speedup_vs_{side}"] = round(result[side]["step_ms"] / result["imgcls"]["step_ms"], 2)
-  return result
-
-
-ARGS = argparse.Namespace(steps=10, repeats=3)
-
-
-def time_insects_fit(epochs: int) -> dict:
-  """Wall seconds of the insects tutorial end to end on flowers17 (17 classes at 180x180): imgcls's
-  `configs/insects.py` against the tutorial's own Keras script (image_dataset_from_directory,
-  cache, shuffle, prefetch, `fit` validating on test/), each from its files to the last epoch."""
+def _insects_fit_imgcls(epochs: int) -> dict:
   import runpy
   import tempfile
 
+  config = runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "configs", "insects.py"))["get_config"]()
+  config.data.dir = os.path.join(SHARED, "flowers17")
+  config.train.update(epochs=epochs, progress=False)
+  config.compile_cache = "off"
+  start = time.perf_counter()
+  summary = train.train_and_evaluate(config, tempfile.mkdtemp(prefix="imgcls_insects_"))
+  return {"total_s": round(time.perf_counter() - start, 1), "final_val_accuracy": round(summary["final"]["val_accuracy"], 3)}
+
+
+def _insects_fit_keras(epochs: int) -> dict:
   import keras
   import tensorflow as tf
   from keras import layers
 
   root = os.path.join(SHARED, "flowers17")
-  config = runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "configs", "insects.py"))["get_config"]()
-  config.data.dir = root
-  config.train.update(epochs=epochs, progress=False)
-  config.compile_cache = "off"
-  start = time.perf_counter()
-  summary = train.train_and_evaluate(config, tempfile.mkdtemp(prefix="imgcls_insects_"))
-  results = {"imgcls": {"total_s": round(time.perf_counter() - start, 1), "final_val_accuracy": round(summary["final"]["val_accuracy"], 3)}}
-
   start = time.perf_counter()
   load = lambda folder: keras.utils.image_dataset_from_directory(  # noqa: E731
     os.path.join(root, folder), image_size=(180, 180), batch_size=32, verbose=False)
@@ -399,10 +459,24 @@ def time_insects_fit(epochs: int) -> dict:
   ])
   model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
   history = model.fit(train_ds, validation_data=test_ds, epochs=epochs, verbose=0)
-  results["keras_tf"] = {"total_s": round(time.perf_counter() - start, 1), "final_val_accuracy": round(history.history["val_accuracy"][-1], 3)}
-  results["epochs"] = epochs
+  return {"total_s": round(time.perf_counter() - start, 1), "final_val_accuracy": round(history.history["val_accuracy"][-1], 3)}
+
+
+def time_insects_fit(epochs: int) -> dict:
+  """Wall seconds of the insects tutorial end to end on flowers17 (17 classes at 180x180): imgcls's
+  `configs/insects.py` against the tutorial's own Keras script (image_dataset_from_directory,
+  cache, shuffle, prefetch, `fit` validating on test/), each from its files to the last epoch,
+  each in a process of its own."""
+  results = {"imgcls": in_child(_insects_fit_imgcls, epochs), "keras_tf": in_child(_insects_fit_keras, epochs), "epochs": epochs}
   results["speedup"] = round(results["keras_tf"]["total_s"] / results["imgcls"]["total_s"], 2)
   return results
+
+
+def _installed(distribution: str) -> str | None:
+  try:
+    return importlib.metadata.version(distribution)
+  except importlib.metadata.PackageNotFoundError:
+    return None
 
 
 def main() -> None:
@@ -420,7 +494,6 @@ def main() -> None:
   unknown = set(sides) - set(SIDES) - {f"imgcls_{convs}" for convs in IMGCLS_CONVS}
   if unknown:
     parser.error(f"unknown sides {sorted(unknown)}; pick from {', '.join(SIDES)}")
-  memory = ResidentMemory()
   results = {}
   for case in ARGS.cases.split(","):
     if case == "flowers_vgg19_epochs":
@@ -428,16 +501,13 @@ def main() -> None:
     elif case == "insects_fit":
       results[case] = time_insects_fit(ARGS.fit_epochs)
     elif case.removesuffix("_eval") in CASES:
-      results[case] = compare(case, sides, memory)
+      results[case] = compare(case, sides)
     else:
       parser.error(f"unknown case {case!r}")
     print(json.dumps({case: results[case]}), flush=True)
-  import torch
-
   results["device"] = f"{jax.devices()[0]}, {os.cpu_count()} cores"
-  results["versions"] = {"jax": jax.__version__, "onednn": onednn.version(), "torch": torch.__version__,
-                         "tensorflow": sys.modules["tensorflow"].__version__ if "tensorflow" in sys.modules else None,
-                         "torch_threads": torch.get_num_threads()}
+  results["versions"] = {"jax": jax.__version__, "onednn": onednn.version(),
+                         **{name: _installed(name) for name in ("tensorflow", "keras", "torch")}}
   print(json.dumps(results, indent=2))
 
 
