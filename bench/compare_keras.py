@@ -47,9 +47,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from imgcls import train  # noqa: E402
+from imgcls import optim, steps, train  # noqa: E402  (train: the end-to-end cases time its loop)
 from imgcls.config import default_config  # noqa: E402
-from imgcls.data import pipeline, sources  # noqa: E402
+from imgcls.data import grain_pipeline, images, pipeline, sources  # noqa: E402
 from imgcls.models import onednn  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -130,7 +130,7 @@ def keras_model(case: str, num_classes: int, image_size: tuple[int, int]):
 
 def real_batches(config, count: int) -> list[dict]:
   split = sources.find_splits(config.data, 0)["train"]
-  ds = pipeline.train_dataset(split, pipeline.ImageSpec.from_config(config.data), config.data.batch_size, 0, 0)
+  ds = grain_pipeline.train_dataset(split, images.ImageSpec.from_config(config.data), config.data.batch_size, 0, 0)
   full = [ds[i] for i in range(len(ds)) if len(ds[i]["label"]) == config.data.batch_size]
   return [full[i % len(full)] for i in range(count)], len(split.class_names)
 
@@ -155,15 +155,15 @@ def timed(run, batches: list) -> tuple[float, Callable[[], float]]:
 
 
 def imgcls_runner(config, batches, num_classes, eval_only: bool) -> tuple[float, Callable[[], float]]:
-  model = train.create_model(config, num_classes)
-  graphdef, eval_graphdef, params, frozen, stats = train.split_model(model)
-  tx = train.make_optimizer(config.optimizer, train.learning_rate_schedule(config.optimizer, 100, 1))
-  state = train.initial_state(params, frozen, stats, tx, num_classes)
+  model = steps.create_model(config, num_classes)
+  graphdef, eval_graphdef, params, frozen, stats = steps.split_model(model)
+  tx = optim.make_optimizer(config.optimizer, optim.learning_rate_schedule(config.optimizer, 100, 1))
+  state = steps.initial_state(params, frozen, stats, tx, num_classes)
   if eval_only:
-    step = train.make_eval_step(eval_graphdef)
+    step = steps.make_eval_step(eval_graphdef)
     run = lambda s, b: (s, step(s, b["image"]))
   else:
-    fn = train.make_train_step(graphdef, tx, train.update_scales(params, config), train.StepConfig(num_classes, 0.5, 0.0, ()))
+    fn = steps.make_train_step(graphdef, tx, optim.update_scales(params, config), steps.StepConfig(num_classes, 0.5, 0.0, ()))
     key, scale = jax.random.key(0), jnp.float32(1.0)
     run = lambda s, b: (fn(s, b, key, scale), None)
   latest = [state, None]

@@ -26,7 +26,7 @@ def bench_imgcls(size: int, batch: int, steps: int, dtype: str, convs: str = "au
   import numpy as np
   from flax import nnx
 
-  from imgcls import train
+  from imgcls import optim, steps
   from imgcls.config import default_config
   from imgcls.models.batch_norm import BatchNorm
 
@@ -35,15 +35,15 @@ def bench_imgcls(size: int, batch: int, steps: int, dtype: str, convs: str = "au
   config.model.update(name="mobilenet_v2", pooling="avg", convs=convs)
   config.model.head.update(pooling="none", hidden=(), dropout=0.0)
   config.dtype = dtype
-  model = train.create_model(config, 1000)
+  model = steps.create_model(config, 1000)
   if batch_norm == "closed_form":
     for _, module in nnx.iter_modules(model):
       if isinstance(module, BatchNorm):
         module.implementation = "cpu"
-  graphdef, _, params, frozen, stats = train.split_model(model)
-  tx = train.make_optimizer(config.optimizer, train.learning_rate_schedule(config.optimizer, 100, 1))
-  state = train.initial_state(params, frozen, stats, tx, 1000)
-  step = train.make_train_step(graphdef, tx, train.update_scales(params, config), train.StepConfig(1000, 0.5, 0.0, (), dtype))
+  graphdef, _, params, frozen, stats = steps.split_model(model)
+  tx = optim.make_optimizer(config.optimizer, optim.learning_rate_schedule(config.optimizer, 100, 1))
+  state = steps.initial_state(params, frozen, stats, tx, 1000)
+  step = steps.make_train_step(graphdef, tx, optim.update_scales(params, config), steps.StepConfig(1000, 0.5, 0.0, (), dtype))
   rng = np.random.default_rng(0)
   data = {
     "image": jax.device_put(rng.random((batch, size, size, 3), np.float32) * 255),

@@ -29,7 +29,7 @@ from absl import app, flags
 # compared with glibc's defaults.
 os.environ.setdefault("IMGCLS_KEEP_HOST_MEMORY", "0")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from imgcls.data import augment, pipeline, sources  # noqa: E402
+from imgcls.data import augment, grain_pipeline, images, sources  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = {  # name: (folder under --data_root, (height, width))
@@ -57,15 +57,15 @@ def readers(split: sources.Split, root: str, size: tuple[int, int], threads: int
   host_augment = augment.parse(_AUGMENT.value) if _AUGMENT.value else None
 
   def grain(draft: bool):
-    spec = pipeline.ImageSpec(size, jpeg_draft=draft)
-    return lambda epoch: pipeline.iterate(
-      pipeline.train_dataset(split, spec, batch, seed, epoch, host_augment=host_augment), threads, prefetch
+    spec = images.ImageSpec(size, jpeg_draft=draft)
+    return lambda epoch: grain_pipeline.iterate(
+      grain_pipeline.train_dataset(split, spec, batch, seed, epoch, host_augment=host_augment), threads, prefetch
     )
 
   def tf_data(epoch: int):
     from imgcls.data import tf_pipeline
 
-    return tf_pipeline.train_batches(split, pipeline.ImageSpec(size), batch, seed, epoch, True, threads, prefetch)
+    return tf_pipeline.train_batches(split, images.ImageSpec(size), batch, seed, epoch, True, threads, prefetch)
 
   keras_ds = []
 

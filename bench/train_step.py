@@ -19,8 +19,8 @@ import jax.numpy as jnp
 from absl import app, flags
 from ml_collections import config_flags
 
-from imgcls import train
-from imgcls.data import pipeline, sources
+from imgcls import optim, steps
+from imgcls.data import grain_pipeline, images, sources
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file.")
 _STEPS = flags.DEFINE_integer("steps", 50, "Timed train steps.")
@@ -33,15 +33,15 @@ def main(argv):
   split = splits["train"]
   num_classes = len(split.class_names)
   batch_size = config.data.batch_size
-  model = train.create_model(config, num_classes)
-  graphdef, _, params, frozen, stats = train.split_model(model)
-  tx = train.make_optimizer(config.optimizer, train.learning_rate_schedule(config.optimizer, 100, 1))
-  state = train.initial_state(params, frozen, stats, tx, num_classes)
-  step_cfg = train.StepConfig(num_classes, config.train.threshold, 0.0, (), config.dtype)
-  step_fn = train.make_train_step(graphdef, tx, train.update_scales(params, config), step_cfg)
+  model = steps.create_model(config, num_classes)
+  graphdef, _, params, frozen, stats = steps.split_model(model)
+  tx = optim.make_optimizer(config.optimizer, optim.learning_rate_schedule(config.optimizer, 100, 1))
+  state = steps.initial_state(params, frozen, stats, tx, num_classes)
+  step_cfg = steps.StepConfig(num_classes, config.train.threshold, 0.0, (), config.dtype)
+  step_fn = steps.make_train_step(graphdef, tx, optim.update_scales(params, config), step_cfg)
 
-  spec = pipeline.ImageSpec.from_config(config.data)
-  ds = pipeline.train_dataset(split, spec, batch_size, config.seed, 0)
+  spec = images.ImageSpec.from_config(config.data)
+  ds = grain_pipeline.train_dataset(split, spec, batch_size, config.seed, 0)
   full = [b for b in (ds[i] for i in range(len(ds))) if len(b["label"]) == batch_size]
   key = jax.random.key(0)
   scale = jnp.float32(1.0)
@@ -60,7 +60,7 @@ def main(argv):
   start = time.perf_counter()
   count = 0
   for epoch in range(100):
-    for batch in pipeline.iterate(pipeline.train_dataset(split, spec, batch_size, config.seed, epoch), config.data.num_threads, config.data.prefetch):
+    for batch in grain_pipeline.iterate(grain_pipeline.train_dataset(split, spec, batch_size, config.seed, epoch), config.data.num_threads, config.data.prefetch):
       count += len(batch["label"])
       if count >= _STEPS.value * batch_size:
         break

@@ -1,4 +1,4 @@
-"""Seed 003: cats vs dogs, the BatchNorm CNN at 256x256, learning rate reduced on plateau.
+"""The cats-vs-dogs tutorial: the BatchNorm CNN at 256x256, learning rate reduced on plateau.
 
 The seed's data are two spreadsheets its script writes from `cats_dogs/train` and `cats_dogs/test`
 (rows shuffled; a `File_paths` column and one-hot `Cats`/`Dogs` columns), the first 70% of the
@@ -8,7 +8,7 @@ training rows train:
 
 `--config=configs/cats_dogs.py:folders --config.data.dir=cats_dogs` reads class-per-folder trees
 instead (train/ and test/, or one tree), holding out a shuffled 30% for validation.
-Seed 003's features mode is `--mode=features --layer=head/hidden/0` (its `model.layers[-3]`).
+The cats-vs-dogs tutorial's features mode is `--mode=features --layer=head/hidden/0` (its `model.layers[-3]`).
 """
 
 from imgcls.config import default_config

@@ -1,4 +1,4 @@
-"""Seed 004: COVID-19 vs normal chest X-rays, InceptionV3 (ImageNet), GAP - Dense(1024) - Dense(2) softmax."""
+"""The X-ray tutorial: COVID-19 vs normal chest X-rays, InceptionV3 (ImageNet), GAP - Dense(1024) - Dense(2) softmax."""
 
 from imgcls.config import default_config
 
@@ -17,7 +17,7 @@ def get_config():
   c.data.split_order = "per_class"
   c.data.label_mode = "categorical"  # Two softmax outputs.
   c.data.batch_size = 32
-  # Seed 004's ImageDataGenerator: shear_range=0.1, zoom_range=0.1, horizontal_flip=True.
+  # The X-ray tutorial's ImageDataGenerator: shear_range=0.1, zoom_range=0.1, horizontal_flip=True.
   c.data.augment = "shear(0.1)|zoom(0.1)|flip_lr"
   c.model.name = "inception_v3"
   c.model.weights = "imagenet"

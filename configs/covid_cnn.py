@@ -1,4 +1,4 @@
-"""Seed 004's own CNN for the X-rays: Conv32-Conv64-Pool-Dropout-Conv64-Pool-Dropout-Dense64-Dropout.
+"""The X-ray tutorial's own CNN: Conv32-Conv64-Pool-Dropout-Conv64-Pool-Dropout-Dense64-Dropout.
 
 The data, augmentation and epochs are configs/covid.py's. The seed ends in Dense(2, sigmoid)
 with binary cross-entropy on one-hot labels; here the two outputs are a softmax with categorical

@@ -1,4 +1,4 @@
-"""Seed 002: Oxford 17 flowers, frozen VGG19 (ImageNet) max-pooled, Dense(128) - Dropout(0.3) - Dense(17)."""
+"""The flowers tutorial: Oxford 17 flowers, frozen VGG19 (ImageNet) max-pooled, Dense(128) - Dropout(0.3) - Dense(17)."""
 
 from imgcls.config import default_config
 
@@ -10,7 +10,7 @@ def get_config():
   c.data.image_size = (224, 224)
   c.data.rescale = 1 / 255  # The backbone undoes it and applies VGG's preprocess_input.
   c.data.batch_size = 32
-  c.data.augment = "flip_lr"  # Seed 002's random left-right flips.
+  c.data.augment = "flip_lr"  # The flowers tutorial's random left-right flips.
   c.model.name = "vgg19"
   c.model.weights = "imagenet"
   c.model.pooling = "max"  # Keras's include_top=False, pooling="max": a 512-d vector.

@@ -22,5 +22,6 @@ def get_config(arg: str | None = None):
   c.data.rescale = 1.0  # The model applies Keras's preprocess_input itself, whatever the rescale.
   # As keras.utils.load_img(path, target_size=...), the usual way to classify one photo in Keras.
   c.data.interpolation = "pil_bilinear"
+  c.data.jpeg_draft = False  # load_img decodes JPEGs at full size.
   c.data.batch_size = 16
   return c

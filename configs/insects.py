@@ -1,4 +1,4 @@
-"""Seed 001: insects, the simple CNN (Conv16-32-64 with pooling, Dense 128) at 180x180."""
+"""The insects tutorial: the simple CNN (Conv16-32-64 with pooling, Dense 128) at 180x180."""
 
 from imgcls.config import default_config
 

@@ -1,4 +1,4 @@
-"""Seed 000: pollen-bearing bees, MobileNetV2 (ImageNet) cut at block_6_expand_relu, binary head."""
+"""The pollen tutorial: pollen-bearing bees, MobileNetV2 (ImageNet) cut at block_6_expand_relu, binary head."""
 
 from imgcls.config import default_config
 

@@ -1,4 +1,4 @@
-"""Pollen-bearing bees with the BatchNorm CNN of seed 003, trained from scratch at 90x90."""
+"""Pollen-bearing bees with the cats-vs-dogs tutorial's BatchNorm CNN, trained from scratch at 90x90."""
 
 from imgcls.config import default_config
 

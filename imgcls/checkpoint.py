@@ -1,26 +1,54 @@
 """Orbax checkpoints of a run: the latest N and the best by a validation metric.
 
 `<workdir>/checkpoints/latest/<step>` and `<workdir>/checkpoints/best/<step>` each hold `state`
-(the train state pytree) and `meta` (JSON: epoch, data-iterator position, schedules, metrics).
+(the train state pytree) and `meta` (a `RunMeta` as JSON: epoch, data-iterator position,
+schedules, metrics, class names, normalisation), written and read only here.
 Saving is asynchronous; an interrupted save leaves no committed checkpoint, so the previous one
 is what a resumed run restores.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from typing import Any
 
+import flax
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from flax import nnx
 
 from imgcls import parallel
 
 
 class CheckpointError(ValueError):
   """A checkpoint that cannot be used for this run; the message names what differs."""
+
+
+@dataclasses.dataclass
+class RunMeta:
+  """What a checkpoint holds besides the state: where training stands, and what inference needs."""
+
+  epoch: int = 0  # Epochs finished: the one to run next.
+  data_state: dict | None = None  # The data iterator's position inside `epoch` (a save mid-epoch).
+  best: dict | None = None  # The best epoch so far: monitor, value, step, epoch, metrics.
+  history: list[dict] = dataclasses.field(default_factory=list)  # One record per finished epoch.
+  plateau: dict = dataclasses.field(default_factory=dict)  # Reduce-on-plateau's counters.
+  early_stopping: dict = dataclasses.field(default_factory=dict)  # Early stopping's counters.
+  class_names: list[str] = dataclasses.field(default_factory=list)
+  normalization: dict | None = None  # Feature-wise mean and std of the training images.
+
+  def to_json(self) -> dict:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_json(cls, data: dict) -> RunMeta:
+    known = {field.name for field in dataclasses.fields(cls)}
+    return cls(**{key: value for key, value in data.items() if key in known})
 
 
 def _abstract(tree: Any) -> Any:
@@ -44,8 +72,8 @@ class Checkpoints:
       options=ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=async_save, create=True),
     )
 
-  def save(self, step: int, state: Any, meta: dict, *, best: bool = False) -> None:
-    args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+  def save(self, step: int, state: Any, meta: RunMeta, *, best: bool = False) -> None:
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta.to_json()))
     self._latest.save(step, args=args, force=True)
     if best:
       # One save of a step at a time: with several processes, both managers would use the same
@@ -56,7 +84,7 @@ class Checkpoints:
   def latest_step(self) -> int | None:
     return self._latest.latest_step()
 
-  def restore(self, state_like: Any, step: int | None = None, *, best: bool = False) -> tuple[Any, dict]:
+  def restore(self, state_like: Any, step: int | None = None, *, best: bool = False) -> tuple[Any, RunMeta]:
     """The state (shaped like `state_like`) and meta of `step` (default: the latest that can be
     read: a damaged newer one is moved aside to `checkpoints/damaged/`, with a warning)."""
     manager = self._best if best else self._latest
@@ -82,7 +110,7 @@ class Checkpoints:
       if errors:
         parallel.sync_processes("imgcls_checkpoint_moved_aside")
         manager.reload()
-      return restored.state, restored.meta
+      return restored.state, RunMeta.from_json(restored.meta)
     folder, error = errors[0]
     raise CheckpointError(
       f"The checkpoint {folder} cannot be restored into this run: its model or optimizer differ from this config's, "
@@ -163,13 +191,46 @@ def read_state(checkpoint_dir: str) -> dict:
     ) from e
 
 
-def read_meta(checkpoint_dir: str) -> dict:
-  import json
-
+def read_meta(checkpoint_dir: str) -> RunMeta:
   path = os.path.join(checkpoint_dir, "meta", "metadata")
   try:
     with open(path) as f:
-      return json.load(f)
+      return RunMeta.from_json(json.load(f))
   except (OSError, ValueError) as e:
     raise CheckpointError(f"The checkpoint {checkpoint_dir} has no readable meta ({_first_line(e)}): it is not a "
                           "complete imgcls checkpoint.") from e
+
+
+def load_weights(state, path: str):
+  """`state` (a `steps.TrainState`) with the model variables of another run's checkpoint, matched
+  by name and shape; fails listing every missing, unexpected or mis-shaped one."""
+  source = read_state(resolve(path))
+  theirs: dict[str, np.ndarray] = {}
+  for group in ("params", "frozen", "stats"):
+    for keys, value in flax.traverse_util.flatten_dict(source.get(group, {}), sep="/").items():
+      theirs[keys.removesuffix("/value")] = value
+  problems = []
+  wanted = set()
+
+  def take(path_, variable):
+    key = "/".join(str(p) for p in path_)
+    wanted.add(key)
+    if key not in theirs:
+      problems.append(f"missing {key} {tuple(variable.shape)}")
+      return variable
+    if tuple(theirs[key].shape) != tuple(variable.shape):
+      problems.append(f"shape of {key}: checkpoint {tuple(theirs[key].shape)}, model {tuple(variable.shape)}")
+      return variable
+    return jnp.asarray(theirs[key], variable.dtype)
+
+  def load(group: nnx.State) -> nnx.State:
+    flat = flax.traverse_util.flatten_dict(nnx.to_pure_dict(group))
+    flat = {k: take(k, v) for k, v in flat.items()}
+    nnx.replace_by_pure_dict(group, flax.traverse_util.unflatten_dict(flat))
+    return group
+
+  params, frozen, stats = load(state.params), load(state.frozen), load(state.stats)
+  problems += [f"unexpected {k} {tuple(v.shape)}" for k, v in theirs.items() if k not in wanted]
+  if problems:
+    raise CheckpointError(f"The checkpoint at {path!r} does not fit this model:\n  " + "\n  ".join(problems))
+  return state.replace(params=params, frozen=frozen, stats=stats)

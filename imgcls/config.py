@@ -12,12 +12,6 @@ from collections.abc import Iterable
 
 import ml_collections
 
-TF_MISSING = (
-  "config.data.backend='tf' reads images with tf.data, but TensorFlow is not installed. "
-  "Install the tf extra (pip install 'imgcls[tf]', which adds tensorflow-cpu) or use data.backend='grain'."
-)
-
-
 def default_config() -> ml_collections.ConfigDict:
   """Every configurable key of imgcls with its default value."""
   c = ml_collections.ConfigDict()
@@ -63,7 +57,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.samplewise_std_normalization = False
   # How validation_split holds out data: "shuffle" (Keras's image_dataset_from_directory: shuffle
   # with the seed, hold out the last fraction), "ordered" (the last fraction of the rows/files as
-  # listed, no shuffle; seed 003's `validation_split=0.7` training fraction is validation_split=0.3,
+  # listed, no shuffle; the cats-vs-dogs tutorial's `validation_split=0.7` training fraction is validation_split=0.3,
   # split_order="ordered") or "per_class" (Keras's ImageDataGenerator(validation_split).
   # flow_from_directory: the first fraction of each class's files, as listed).
   c.data.split_order = "shuffle"
@@ -97,8 +91,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.pooling = ""  # Keras's include_top=False pooling: "" (the feature map), avg or max (a vector).
   c.model.cut_at = ""  # Keras layer whose output the head sees, e.g. block_6_expand_relu; "": the last.
   # Keras's preprocess_input of the family (e.g. [-1, 1] for MobileNetV2) before the backbone, what
-  # its ImageNet weights expect; False feeds the pipeline's images as they are, as seeds 000 and
-  # 004 do (in [0, 1] with data.rescale=1/255).
+  # its ImageNet weights expect; False feeds the pipeline's images as they are, as the pollen and
+  # X-ray tutorials do (in [0, 1] with data.rescale=1/255).
   c.model.preprocess_input = True
   c.model.freeze = ""  # "": train all; "all": freeze the backbone; a Keras layer: freeze up to and with it.
   c.model.backbone_learning_rate = 0.0  # Learning rate of the backbone's parameters (0: optimizer's).
@@ -237,6 +231,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     "data.backend": ("grain", "tf"),
     "model.pooling": ("", "avg", "max"),
     "model.convs": ("auto", "onednn", "cpu", "xla"),
+    "train.cache_features": ("auto", "on", "off"),
     "dtype": ("float32", "bfloat16"),
     "optimizer.name": ("adam", "adamw", "sgd"),
     "optimizer.schedule": ("constant", "cosine", "warmup_cosine", "warmup_constant"),
@@ -286,4 +281,16 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if config.model.backbone_learning_rate < 0:
     raise ValueError(f"config.model.backbone_learning_rate={config.model.backbone_learning_rate} must be >= 0.")
   if config.data.backend == "tf" and importlib.util.find_spec("tensorflow") is None:
+    from imgcls.data.pipeline import TF_MISSING
+
     raise ValueError(TF_MISSING)
+  if config.data.label_mode == "binary" and config.data.class_names and len(config.data.class_names) != 2:
+    raise ValueError(f"config.data.label_mode='binary' needs exactly 2 classes; data.class_names has "
+                     f"{len(config.data.class_names)}: {list(config.data.class_names)}. Use label_mode='int' or 'categorical'.")
+  if config.train.cache_features == "on":
+    from imgcls.feature_cache import config_reasons_not_to_cache
+
+    reasons = config_reasons_not_to_cache(config)
+    if reasons:
+      raise ValueError("config.train.cache_features='on', but the backbone's features change between epochs: "
+                       + "; ".join(reasons) + ".")

@@ -9,23 +9,22 @@ import json
 import os
 import re
 import sys
-import time
 import warnings
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
 
-from imgcls import metrics, restore, train
-from imgcls.data import images, pipeline, sources
-from imgcls.data.images import BadImageError, is_image_file, load_image
+from imgcls import metrics, restore, steps
+from imgcls.data import images, sources
+from imgcls.data.images import is_image_file
 from imgcls.models import Classifier, build_model, imagenet
+from imgcls.predict import predict_split, timed_predict
 
 INDEX_EXTENSIONS = (".csv", ".xlsx", ".xls")
-GRID_SIZE = 32  # Images in the random-predictions and hard-cases grids (4 rows of 8, as seed 000).
+GRID_SIZE = 32  # Images in the random-predictions and hard-cases grids (4 rows of 8, as the pollen tutorial).
 
 
 def image_files(inputs: str) -> list[str]:
@@ -43,14 +42,6 @@ def image_files(inputs: str) -> list[str]:
   if not found:
     raise sources.DataError(f"No image files under {inputs}.")
   return found
-
-
-def probabilities(logits: jax.Array) -> jax.Array:
-  """Class probabilities: softmax, or for one sigmoid unit, (1 - p, p)."""
-  if logits.shape[-1] == 1:
-    p = jax.nn.sigmoid(logits)
-    return jnp.concatenate([1.0 - p, p], axis=-1)
-  return jax.nn.softmax(logits, axis=-1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,38 +129,10 @@ def input_paths(inputs: str, config: ml_collections.ConfigDict) -> list[str]:
 
 
 def run_logits(run: restore.Run, split: sources.Split) -> tuple[np.ndarray, dict]:
-  """Logits of every image of `split` (in order) from one jitted function: batches are padded to
-  the eval batch size, so it compiles once (before timing). Returns (logits, timing)."""
-  config = run.config
-  eval_step = train.make_eval_step(run.eval_graphdef, run.prepare)
-  batch_size = config.data.eval_batch_size or config.data.batch_size
-  channels = pipeline.ImageSpec.from_config(config.data).channels
-  start = time.perf_counter()
-  # Batches come as numpy arrays: so does this one, so that later calls hit the same cache entry.
-  jax.block_until_ready(eval_step(run.state, np.zeros((batch_size, *config.data.image_size, channels), np.float32)))
-  compile_seconds = time.perf_counter() - start
-  start = time.perf_counter()
-  outputs = []
-  for batch in pipeline.eval_batches(split, config.data):
-    logits = np.asarray(eval_step(run.state, batch["image"]))
-    outputs.append(logits[batch["mask"] > 0])
-  seconds = time.perf_counter() - start
-  timing = {
-    "seconds": seconds, "compile_seconds": compile_seconds, "images_per_s": len(split) / max(seconds, 1e-9),
-    "batch_size": batch_size, "batches": len(outputs),
-  }
-  return np.concatenate(outputs).astype(np.float64), timing
-
-
-def example_losses(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-  """Cross-entropy of every example from its logits (sigmoid for one unit, else softmax), float64."""
-  from scipy.special import logsumexp
-
-  z = np.asarray(logits, np.float64)
-  labels = np.asarray(labels)
-  if z.shape[1] == 1:
-    return np.where(labels == 1, np.logaddexp(0.0, -z[:, 0]), np.logaddexp(0.0, z[:, 0]))
-  return logsumexp(z, axis=1) - z[np.arange(len(z)), labels]
+  """Logits of every image of `split` (in order), float64, and the timing of `predict.timed_predict`."""
+  eval_step = steps.make_eval_step(run.eval_graphdef, run.prepare)
+  logits, timing = timed_predict(lambda images: eval_step(run.state, images), split, run.config.data)
+  return logits.astype(np.float64), timing
 
 
 def decision_threshold(run: restore.Run, threshold: float | None) -> float | None:
@@ -189,12 +152,8 @@ def probability_columns(class_names: Sequence[str]) -> list[str]:
 
 def load_pixels(paths: Sequence[str], data_config) -> np.ndarray:
   """Images as the eval pipeline reads them (decoded, resized; before rescaling), NHWC float32."""
-  size = tuple(data_config.image_size)
-  return np.stack([
-    images.resize(images.decode(p, data_config.color_mode, draft_size=size if data_config.jpeg_draft else None), size,
-                  data_config.interpolation)
-    for p in paths
-  ])
+  spec = images.ImageSpec.from_config(data_config)
+  return np.stack([images.load_image(p, spec) for p in paths])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,7 +177,7 @@ def evaluate(
   threshold = decision_threshold(run, threshold)
   logits, timing = run_logits(run, data)
   probs = metrics.probabilities(logits)
-  losses = example_losses(logits, data.labels)
+  losses = metrics.example_losses(logits, data.labels)
   predicted = metrics.predicted_labels(probs, threshold)
   names = np.asarray(run.class_names, dtype=object)
   report = metrics.evaluation_report(data.labels, probs, run.class_names, threshold)
@@ -296,7 +255,7 @@ def _predict_run(config, inputs, output, workdir, checkpoint, step, threshold) -
   confidence = probs[np.arange(len(probs)), predicted]
   titles = [f"{run.class_names[i]} ({p:.2f})" for i, p in zip(predicted, confidence)]
   prediction_grid(found.paths, titles, output, run.config.data, "model predictions")
-  if len(found) == 1:  # As seed 004: "Covid % is: ..." for every class.
+  if len(found) == 1:  # As the X-ray tutorial: "Covid % is: ..." for every class.
     for name, p in zip(run.class_names, probs[0]):
       print(f"{name} % is: {100 * p:.2f}")
   print(f"Predicted {len(found)} image(s) with {run.checkpoint}: {output}", file=sys.stderr)
@@ -337,37 +296,18 @@ def predict(
   model, class_names = _imagenet_model(config)
   model.eval()
   top_k = max(1, min(top_k, len(class_names)))
-  batch_size = config.data.eval_batch_size or config.data.batch_size
-
-  @nnx.jit
-  def predict_batch(model, images):
-    return probabilities(model(images))
-
+  found = without_bad_images(sources.Split(paths, np.zeros(len(paths), np.int32), list(class_names), "predict"), config.data)
+  graphdef, variables = nnx.split(model)
+  forward = jax.jit(lambda images: nnx.merge(graphdef, variables)(images))
+  probs = metrics.probabilities(predict_split(forward, found, config.data))
   rows = []
-  for start in range(0, len(paths), batch_size):
-    batch_paths, images = [], []
-    for path in paths[start : start + batch_size]:
-      try:
-        image = load_image(path, config.data.image_size, config.data.color_mode, config.data.interpolation)
-      except BadImageError as e:
-        if not config.data.skip_bad_images:
-          raise BadImageError(f"{e} (--config.data.skip_bad_images=True leaves such images out)") from e
-        warnings.warn(f"Skipping {e}", stacklevel=2)
-        continue
-      batch_paths.append(path)
-      images.append(image * config.data.rescale)
-    if not images:
-      continue
-    batch = np.zeros((batch_size, *images[0].shape), np.float32)  # Padded: one compiled shape.
-    batch[: len(images)] = np.stack(images)
-    probs = np.asarray(predict_batch(model, jnp.asarray(batch)))[: len(images)]
-    for path, row in zip(batch_paths, probs):
-      best = np.argsort(-row, kind="stable")[:top_k]
-      record = {"path": path}
-      for rank, index in enumerate(best, start=1):
-        record[f"class_{rank}"] = class_names[index]
-        record[f"prob_{rank}"] = float(row[index])
-      rows.append(record)
+  for path, row in zip(found.paths, probs):
+    best = np.argsort(-row, kind="stable")[:top_k]
+    record = {"path": path}
+    for rank, index in enumerate(best, start=1):
+      record[f"class_{rank}"] = class_names[index]
+      record[f"prob_{rank}"] = float(row[index])
+    rows.append(record)
   _write_csv(output, rows, top_k)
   prediction_grid([r["path"] for r in rows], [f"{r['class_1']} ({r['prob_1']:.2f})" for r in rows], output, config.data,
                   "ImageNet predictions")

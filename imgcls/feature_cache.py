@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from imgcls import models
+from imgcls.steps import compute_cast
 from imgcls.data import augment
 
 MAX_BYTES = 4 << 30  # Features larger than this stay uncached (auto) or fail (on).
@@ -35,8 +36,8 @@ def flip_variants(aug: augment.Augment) -> list[tuple[bool, bool]]:
   return [(lr, ud) for ud in uds for lr in lrs]
 
 
-def reasons_not_to_cache(config: ml_collections.ConfigDict, model: models.Classifier, processes: int) -> list[str]:
-  """Why this run cannot train on cached features (empty: it can)."""
+def config_reasons_not_to_cache(config: ml_collections.ConfigDict) -> list[str]:
+  """The reasons `reasons_not_to_cache` finds in the config alone (checked before any data is read)."""
   reasons = []
   if config.model.freeze != "all":
     reasons.append("the backbone is trained (cache needs model.freeze='all')")
@@ -46,6 +47,12 @@ def reasons_not_to_cache(config: ml_collections.ConfigDict, model: models.Classi
     reasons.append(f"data.augment={config.data.augment!r} changes images beyond flips")
   elif aug.enabled and config.data.augment_on != "device":
     reasons.append("flips are drawn on the host (data.augment_on='host')")
+  return reasons
+
+
+def reasons_not_to_cache(config: ml_collections.ConfigDict, model: models.Classifier, processes: int) -> list[str]:
+  """Why this run cannot train on cached features (empty: it can)."""
+  reasons = config_reasons_not_to_cache(config)
   if any(isinstance(m, nnx.Dropout) for _, m in nnx.iter_modules(model.backbone)):
     reasons.append(f"{config.model.name} has dropout inside the backbone")
   if processes > 1:
@@ -68,8 +75,6 @@ def decide(config: ml_collections.ConfigDict, model: models.Classifier, processe
 
 def make_features_step(eval_graphdef: nnx.GraphDef, prepare, variants: list[tuple[bool, bool]], dtype: str, out_sharding=None):
   """A jitted `step(state, images) -> features [batch, variants, ...]` in inference mode."""
-  from imgcls.train import compute_cast  # One definition of the compute dtype cast.
-
   @functools.partial(jax.jit, out_shardings=out_sharding)
   def features_step(state, images: jax.Array) -> jax.Array:
     model = nnx.merge(eval_graphdef, compute_cast(state.params, dtype), compute_cast(state.frozen, dtype), state.stats)

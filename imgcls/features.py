@@ -1,6 +1,6 @@
 """Features of a trained run: embeddings of labelled images from the penultimate layer or any
 named backbone layer, as a table (CSV or Excel) with their PCA and UMAP 2-D projections, and
-scatter plots of both coloured by class (as seed 003's features mode).
+scatter plots of both coloured by class (as the cats-vs-dogs tutorial's features mode).
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import numpy as np
 from flax import nnx
 
 from imgcls import evaluate, restore
-from imgcls.data import pipeline, sources
+from imgcls.data import sources
 from imgcls.models import as_floating
 from imgcls.models.keras_net import KerasNet
+from imgcls.predict import predict_split
 
 PENULTIMATE = ""  # --layer default: what the output layer sees (model.embed).
 BACKBONE = "backbone"  # The backbone's output (its cut layer), pooled.
@@ -62,11 +63,7 @@ def make_extract(run: restore.Run, layer: str = PENULTIMATE):
 
 def extract_features(run: restore.Run, split: sources.Split, layer: str = PENULTIMATE) -> np.ndarray:
   """(len(split), features) for the images of `split`, in order, in padded batches."""
-  extract = make_extract(run, layer)
-  outputs = []
-  for batch in pipeline.eval_batches(split, run.config.data):
-    outputs.append(np.asarray(extract(batch["image"]))[batch["mask"] > 0])
-  return np.concatenate(outputs)
+  return predict_split(make_extract(run, layer), split, run.config.data)
 
 
 def project(features: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from imgcls.data import augment, pipeline, sources
+from imgcls.data import augment, grain_pipeline, images, order, sources
 
 
 def training_batch(config: ml_collections.ConfigDict, step: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -20,20 +20,20 @@ def training_batch(config: ml_collections.ConfigDict, step: int = 0) -> tuple[np
   splits = sources.find_splits(config.data, config.seed)
   split = splits["train"]
   data = config.data
-  steps_per_epoch = pipeline.num_batches(split, data.batch_size)
+  steps_per_epoch = order.num_batches(split, data.batch_size)
   epoch, index = divmod(step, steps_per_epoch)
   aug = augment.from_config(data)
   host_aug = aug if data.augment_on == "host" else None
-  ds = pipeline.train_dataset(
-    split, pipeline.ImageSpec.from_config(data), data.batch_size, config.seed, epoch, data.shuffle, host_aug
+  ds = grain_pipeline.train_dataset(
+    split, images.ImageSpec.from_config(data), data.batch_size, config.seed, epoch, data.shuffle, host_aug
   )
   batch = ds[index]
-  images = batch["image"]
+  pixels = batch["image"]
   if data.augment_on == "device" and aug.enabled:
     # As train_step: key = fold_in(key(seed), step), split into (dropout, augment).
     _, augment_key = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), step))
-    images = augment.apply_device(aug, jnp.asarray(images), augment_key, 255.0 * data.rescale)
-  return np.asarray(images), np.asarray(batch["label"]), list(split.class_names)
+    pixels = augment.apply_device(aug, jnp.asarray(pixels), augment_key, 255.0 * data.rescale)
+  return np.asarray(pixels), np.asarray(batch["label"]), list(split.class_names)
 
 
 def inspect(config: ml_collections.ConfigDict, workdir: str, step: int = 0) -> dict:

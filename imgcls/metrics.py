@@ -1,4 +1,5 @@
-"""Classification metrics from predictions: accuracy, precision, recall, F1, loss.
+"""Losses, probabilities, predicted labels and classification metrics: the one place for each,
+used by the jitted steps (with `xp=jax.numpy`) and on the host (numpy).
 
 Epoch metrics are computed from a confusion matrix, which the jitted steps accumulate on
 device; they equal scikit-learn's `precision_recall_fscore_support` on the same predictions
@@ -15,22 +16,45 @@ def num_outputs(label_mode: str, num_classes: int) -> int:
   return 1 if label_mode == "binary" else num_classes
 
 
-def probabilities(logits: np.ndarray) -> np.ndarray:
-  """Class probabilities (N, classes) from logits; one logit means a sigmoid over 2 classes."""
-  logits = np.asarray(logits, np.float64)
+def probabilities(logits, xp=np):
+  """Class probabilities (N, classes) from logits; one logit means a sigmoid over 2 classes.
+
+  `xp` is the array module: numpy (float64, on the host) or jax.numpy (in jitted steps)."""
+  if xp is np:
+    logits = np.asarray(logits, np.float64)
   if logits.shape[-1] == 1:
-    p = 1.0 / (1.0 + np.exp(-logits[:, 0]))
-    return np.stack([1.0 - p, p], axis=-1)
-  z = logits - logits.max(axis=-1, keepdims=True)
-  e = np.exp(z)
+    p = 1.0 / (1.0 + xp.exp(-logits[:, 0]))
+    return xp.stack([1.0 - p, p], axis=-1)
+  e = xp.exp(logits - logits.max(axis=-1, keepdims=True))
   return e / e.sum(axis=-1, keepdims=True)
 
 
-def predicted_labels(probs: np.ndarray, threshold: float | None = None) -> np.ndarray:
+def predicted_labels(probs, threshold: float | None = None, xp=np):
   """Argmax; with a `threshold` (binary models), positive when p(class 1) >= threshold."""
   if threshold is not None:
-    return (probs[:, 1] >= threshold).astype(np.int64)
-  return np.argmax(probs, axis=-1)
+    return (probs[:, 1] >= threshold).astype(xp.int32)
+  return xp.argmax(probs, axis=-1).astype(xp.int32)
+
+
+def example_losses(logits, labels, label_smoothing: float = 0.0, xp=np):
+  """Cross-entropy of every example from its logits: sigmoid for one unit, else softmax; with
+  label smoothing as Keras's and optax's (towards 0.5, or towards 1/classes). float64 with numpy."""
+  if xp is np:
+    logits = np.asarray(logits, np.float64)
+  labels = xp.asarray(labels)
+  if logits.shape[-1] == 1:
+    z = logits[:, 0]
+    targets = labels.astype(z.dtype)
+    if label_smoothing:
+      targets = targets * (1 - label_smoothing) + 0.5 * label_smoothing
+    return xp.logaddexp(0.0, z) - targets * z  # -t log(sigmoid(z)) - (1 - t) log(1 - sigmoid(z))
+  top = logits.max(axis=-1, keepdims=True)
+  log_sum = xp.log(xp.exp(logits - top).sum(axis=-1)) + top[:, 0]
+  classes = logits.shape[-1]
+  targets = (labels[:, None] == xp.arange(classes)[None, :]).astype(logits.dtype)
+  if label_smoothing:
+    targets = targets * (1 - label_smoothing) + label_smoothing / classes
+  return log_sum - (targets * logits).sum(axis=-1)
 
 
 def from_confusion(confusion: np.ndarray, loss_sum: float, count: float) -> dict[str, float]:
@@ -55,6 +79,15 @@ def from_confusion(confusion: np.ndarray, loss_sum: float, count: float) -> dict
     "recall": float(r),
     "f1": float(f),
   }
+
+
+def from_logits(logits: np.ndarray, labels: np.ndarray, num_classes: int, threshold: float) -> dict[str, float]:
+  """loss, accuracy, precision, recall, f1 of a split's logits against its labels (`threshold`:
+  for one sigmoid unit), as the train step sums them."""
+  losses = example_losses(logits, labels)
+  binary_threshold = threshold if np.shape(logits)[-1] == 1 else None
+  predictions = predicted_labels(probabilities(logits), binary_threshold)
+  return from_confusion(confusion_matrix(labels, predictions, num_classes), float(losses.sum()), len(losses))
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
@@ -116,7 +149,7 @@ def evaluation_report(labels: np.ndarray, probs: np.ndarray, class_names: list[s
     "classification_report_text": text,
     "confusion_matrix": confusion.tolist(),
     "confusion_matrix_normalized": np.divide(confusion, rows, out=np.zeros(confusion.shape), where=rows > 0).tolist(),
-    # Fractions of all examples, as confusion_matrix(normalize="all") in seed 000.
+    # Fractions of all examples, as confusion_matrix(normalize="all") in the pollen tutorial.
     "confusion_matrix_normalized_all": skm.confusion_matrix(labels, predictions, labels=list(range(k)), normalize="all").tolist(),
     "threshold": threshold,
     "curves": {"roc": {}, "pr": {}},

@@ -17,7 +17,7 @@ from flax import nnx
 
 from imgcls import checkpoint as ckpt_lib
 from imgcls import config as config_lib
-from imgcls import metrics, train
+from imgcls import metrics, steps
 from imgcls.data import augment
 
 
@@ -105,7 +105,7 @@ def run_class_names(workdir: str) -> list[str] | None:
     if names:
       return list(names)
   try:
-    return list(ckpt_lib.read_meta(ckpt_lib.resolve(workdir)).get("class_names") or []) or None
+    return list(ckpt_lib.read_meta(ckpt_lib.resolve(workdir)).class_names or []) or None
   except (ckpt_lib.CheckpointError, OSError):
     return None
 
@@ -132,12 +132,12 @@ class Run:
   config: ml_collections.ConfigDict
   class_names: list[str]
   model: nnx.Module  # The Classifier, in eval mode, with the checkpoint's weights.
-  state: train.TrainState  # params, frozen and stats of the checkpoint (no optimizer state).
+  state: steps.TrainState  # params, frozen and stats of the checkpoint (no optimizer state).
   eval_graphdef: nnx.GraphDef
   prepare: Callable  # prepare(images, None): the run's normalisation.
   checkpoint: str  # The checkpoint folder.
   step: int
-  meta: dict
+  meta: ckpt_lib.RunMeta
 
   @property
   def binary(self) -> bool:
@@ -154,7 +154,7 @@ def load(config: ml_collections.ConfigDict, workdir: str, checkpoint: str | None
     raise ckpt_lib.CheckpointError(f"No checkpoint at {source!r}: it does not exist.")
   folder = ckpt_lib.resolve(source, step)
   meta = ckpt_lib.read_meta(folder)
-  theirs = list(meta.get("class_names") or [])
+  theirs = list(meta.class_names or [])
   ours = list(config.data.class_names) or run_class_names(workdir) or theirs
   if not theirs:
     raise ckpt_lib.CheckpointError(f"The checkpoint {folder} has no class names in its meta; it is not a trained run's.")
@@ -163,13 +163,13 @@ def load(config: ml_collections.ConfigDict, workdir: str, checkpoint: str | None
       f"The checkpoint {folder} was trained on {len(theirs)} classes {theirs}, this run on {len(ours)} {ours}: "
       f"{_difference(theirs, ours)}."
     )
-  model = train.create_model(config, len(ours), load_weights=False)  # The checkpoint holds every weight.
-  _, eval_graphdef, params, frozen, stats = train.split_model(model)
-  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params, frozen=frozen, stats=stats, opt_state=None, epoch_sums={}, window_sums={})
+  model = steps.create_model(config, len(ours), load_weights=False)  # The checkpoint holds every weight.
+  _, eval_graphdef, params, frozen, stats = steps.split_model(model)
+  state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params, frozen=frozen, stats=stats, opt_state=None, epoch_sums={}, window_sums={})
   verbosity = logging.get_verbosity()
   logging.set_verbosity(logging.ERROR)  # Orbax warns that the state folder has no metadata file of its own.
   try:
-    state = train.load_weights(state, folder)
+    state = ckpt_lib.load_weights(state, folder)
   finally:
     logging.set_verbosity(verbosity)
   model = nnx.merge(eval_graphdef, state.params, state.frozen, state.stats)
@@ -177,7 +177,7 @@ def load(config: ml_collections.ConfigDict, workdir: str, checkpoint: str | None
   def missing_stats():
     raise ckpt_lib.CheckpointError(f"The checkpoint {folder} has no feature-wise normalisation statistics in its meta.")
 
-  normalize = augment.make_normalize(config.data, missing_stats, meta.get("normalization"))
-  prepare = train.make_prepare(augment.Augment(), normalize, 255.0 * config.data.rescale, on_device=False)
+  normalize = augment.make_normalize(config.data, missing_stats, meta.normalization)
+  prepare = steps.make_prepare(augment.Augment(), normalize, 255.0 * config.data.rescale, on_device=False)
   name = os.path.basename(folder)
   return Run(config, ours, model, state, eval_graphdef, prepare, folder, int(name) if name.isdigit() else -1, meta)

@@ -1,8 +1,9 @@
-"""Training: the train state, the jitted steps, and the loop with its checkpoints and logs.
+"""Training: the loop with its callbacks, checkpoints and logs.
 
 Read top to bottom: `train_and_evaluate` finds the data, builds the model and optimizer,
-restores the latest checkpoint if the workdir has one, then runs epochs of jitted train steps,
-evaluates, logs, adjusts the learning rate on plateaus, stops early, and saves checkpoints.
+restores the latest checkpoint if the workdir has one, then runs epochs of jitted train steps
+(`steps.py`), validates (`predict.py`), logs, adjusts the learning rate on plateaus, stops
+early, and saves checkpoints (`checkpoint.py`). Only `main.py`, `sweep.py` and tests import it.
 """
 
 from __future__ import annotations
@@ -14,255 +15,22 @@ import os
 import time
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
-from flax import nnx
 
 from imgcls import checkpoint as ckpt_lib
-from imgcls import feature_cache
-from imgcls import parallel
+from imgcls import feature_cache, optim, parallel, steps
 from imgcls import metrics as metrics_lib
-from imgcls import models
 from imgcls.data import augment, pipeline, sources
 from imgcls.logs import RunLog
+from imgcls.predict import predict_split
+from imgcls.steps import StepConfig, TrainState
 
 
 class TrainingDiverged(RuntimeError):
   """The loss became NaN or infinite."""
-
-
-@flax.struct.dataclass
-class TrainState:
-  """Everything a step changes: a pytree that Orbax saves as it is."""
-
-  step: jax.Array
-  params: nnx.State  # Trained parameters.
-  frozen: nnx.State  # Parameters that are not trained (frozen backbone layers).
-  stats: nnx.State  # BatchNorm statistics and any other non-parameter variables.
-  opt_state: optax.OptState
-  epoch_sums: dict  # Running loss sum, example count and confusion matrix of the epoch.
-  window_sums: dict  # The same since the last per-batch log line.
-
-
-def initial_state(params: nnx.State, frozen: nnx.State, stats: nnx.State, tx: optax.GradientTransformation, num_classes: int) -> TrainState:
-  """The state at step 0: fresh optimizer state and metric sums."""
-  return TrainState(
-    step=jnp.zeros((), jnp.int32), params=params, frozen=frozen, stats=stats, opt_state=tx.init(params),
-    epoch_sums=zero_sums(num_classes), window_sums=zero_sums(num_classes),
-  )
-
-
-def zero_sums(num_classes: int) -> dict:
-  return {
-    "loss": jnp.zeros((), jnp.float32),
-    "count": jnp.zeros((), jnp.float32),
-    "confusion": jnp.zeros((num_classes, num_classes), jnp.float32),
-  }
-
-
-# ---------------------------------------------------------------------------------------------
-# Optimizer and learning rate.
-
-
-def learning_rate_schedule(opt_config: ml_collections.ConfigDict, steps_per_epoch: int, epochs: int) -> optax.Schedule:
-  """The base learning rate per step (reduce-on-plateau scales it further, on the host)."""
-  lr = opt_config.learning_rate
-  total = max(1, steps_per_epoch * epochs)
-  warmup = int(round(opt_config.warmup_epochs * steps_per_epoch))
-  name = opt_config.schedule
-  if name == "constant":
-    return optax.constant_schedule(lr)
-  if name == "warmup_constant":
-    return optax.join_schedules([optax.linear_schedule(0.0, lr, max(warmup, 1)), optax.constant_schedule(lr)], [warmup])
-  if name == "cosine":
-    return optax.cosine_decay_schedule(lr, total, alpha=opt_config.min_learning_rate / lr if lr else 0.0)
-  if name == "warmup_cosine":
-    return optax.warmup_cosine_decay_schedule(0.0, lr, max(warmup, 1), total, end_value=opt_config.min_learning_rate)
-  raise ValueError(f"Unknown schedule {name!r}.")
-
-
-def make_optimizer(opt_config: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
-  """adam | adamw | sgd with the schedule, optional gradient clipping."""
-  if opt_config.name == "adam":
-    tx = optax.adam(schedule, b1=opt_config.b1, b2=opt_config.b2, eps=opt_config.eps)
-  elif opt_config.name == "adamw":
-    tx = optax.adamw(schedule, b1=opt_config.b1, b2=opt_config.b2, eps=opt_config.eps, weight_decay=opt_config.weight_decay)
-  elif opt_config.name == "sgd":
-    tx = optax.sgd(schedule, momentum=opt_config.momentum or None, nesterov=opt_config.nesterov)
-  else:
-    raise ValueError(f"Unknown optimizer {opt_config.name!r}.")
-  if opt_config.grad_clip_norm > 0:
-    tx = optax.chain(optax.clip_by_global_norm(opt_config.grad_clip_norm), tx)
-  return tx
-
-
-def update_scales(params: nnx.State, config: ml_collections.ConfigDict) -> nnx.State:
-  """Per-parameter multipliers of the update: backbone_learning_rate / learning_rate on the backbone."""
-  ratio = 1.0
-  backbone_lr = config.model.get("backbone_learning_rate", 0.0)
-  if backbone_lr:
-    ratio = backbone_lr / config.optimizer.learning_rate
-
-  def scale(path, _):
-    return jnp.float32(ratio if getattr(path[0], "key", None) == "backbone" else 1.0)
-
-  return jax.tree_util.tree_map_with_path(scale, params)
-
-
-# ---------------------------------------------------------------------------------------------
-# Loss and the jitted steps.
-
-
-def loss_per_example(logits: jax.Array, labels: jax.Array, num_classes: int, label_smoothing: float = 0.0) -> jax.Array:
-  """Sigmoid binary cross-entropy for one output unit, else softmax cross-entropy, from logits."""
-  if logits.shape[-1] == 1:
-    targets = labels.astype(jnp.float32)
-    if label_smoothing:
-      targets = targets * (1 - label_smoothing) + 0.5 * label_smoothing
-    return optax.sigmoid_binary_cross_entropy(logits[:, 0], targets)
-  targets = jax.nn.one_hot(labels, num_classes)
-  if label_smoothing:
-    targets = optax.smooth_labels(targets, label_smoothing)
-  return optax.softmax_cross_entropy(logits, targets)
-
-
-def predict_labels(logits: jax.Array, threshold: float) -> jax.Array:
-  if logits.shape[-1] == 1:
-    return (jax.nn.sigmoid(logits[:, 0]) >= threshold).astype(jnp.int32)
-  return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-
-
-def add_to_sums(sums: dict, losses: jax.Array, labels: jax.Array, predictions: jax.Array, mask: jax.Array) -> dict:
-  k = sums["confusion"].shape[0]
-  confusion = (jax.nn.one_hot(labels, k) * mask[:, None]).T @ jax.nn.one_hot(predictions, k)
-  return {
-    "loss": sums["loss"] + jnp.sum(losses * mask),
-    "count": sums["count"] + jnp.sum(mask),
-    "confusion": sums["confusion"] + confusion,
-  }
-
-
-@dataclasses.dataclass(frozen=True)
-class StepConfig:
-  """What the jitted steps need besides the state: static, hashable."""
-
-  num_classes: int
-  threshold: float
-  label_smoothing: float
-  class_weights: tuple[float, ...]
-  dtype: str = "float32"  # Compute dtype; parameters and optimizer state stay float32.
-  on_features: bool = False  # Inputs are cached backbone features: only the head runs.
-
-
-def compute_cast(tree, dtype: str):
-  """Floating-point leaves of `tree` in the compute dtype (identity for float32)."""
-  if dtype == "float32":
-    return tree
-  target = jnp.dtype(dtype)
-  return jax.tree.map(lambda x: x.astype(target) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
-
-
-def identity_prepare(images: jax.Array, key: jax.Array | None) -> jax.Array:
-  return images
-
-
-def make_prepare(aug: augment.Augment, normalize: augment.Normalize, pixel_max: float, on_device: bool):
-  """`prepare(images, key)`: device augmentation (when `key` is given) then normalisation."""
-
-  def prepare(images: jax.Array, key: jax.Array | None) -> jax.Array:
-    if key is not None and on_device:
-      images = augment.apply_device(aug, images, key, pixel_max)
-    return normalize(images) if normalize.enabled else images
-
-  return prepare
-
-
-def make_train_step(
-  graphdef: nnx.GraphDef, tx: optax.GradientTransformation, scales: nnx.State, cfg: StepConfig,
-  prepare=identity_prepare, state_sharding=None,
-):
-  """A jitted `step(state, batch, key, lr_scale) -> state` (the state is donated).
-
-  With `state_sharding` (replicated over a mesh) and a batch split over it, the step runs data
-  parallel: XLA averages gradients and BatchNorm statistics over the global batch.
-  """
-  weights = jnp.asarray(cfg.class_weights or (1.0,) * cfg.num_classes, jnp.float32)
-
-  @functools.partial(jax.jit, donate_argnums=0, out_shardings=state_sharding)
-  def train_step(state: TrainState, batch: dict, key: jax.Array, lr_scale: jax.Array) -> TrainState:
-    labels, mask = batch["label"], batch["mask"]
-    dropout_key, augment_key = jax.random.split(key)
-    images = prepare(batch["image"], augment_key)
-
-    def loss_fn(params, frozen, stats):
-      # Mixed precision: bfloat16 weights and activations; BatchNorm statistics, the loss and the
-      # gradients (through the cast) stay float32.
-      model = nnx.merge(graphdef, compute_cast(params, cfg.dtype), compute_cast(frozen, cfg.dtype), stats, copy=True)
-      forward = model.head if cfg.on_features else model
-      logits = forward(compute_cast(images, cfg.dtype), rngs=nnx.Rngs(dropout=dropout_key)).astype(jnp.float32)
-      losses = loss_per_example(logits, labels, cfg.num_classes, cfg.label_smoothing)
-      loss = jnp.sum(losses * weights[labels] * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-      return loss, (logits, losses, nnx.state(model, nnx.Not(nnx.Param)))
-
-    (_, (logits, losses, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, state.frozen, state.stats)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    updates = jax.tree.map(lambda u, s: u * s * lr_scale, updates, scales)
-    predictions = predict_labels(logits, cfg.threshold)
-    return state.replace(
-      step=state.step + 1,
-      params=optax.apply_updates(state.params, updates),
-      stats=stats,
-      opt_state=opt_state,
-      epoch_sums=add_to_sums(state.epoch_sums, losses, labels, predictions, mask),
-      window_sums=add_to_sums(state.window_sums, losses, labels, predictions, mask),
-    )
-
-  return train_step
-
-
-def make_eval_step(
-  eval_graphdef: nnx.GraphDef, prepare=identity_prepare, out_sharding=None, dtype: str = "float32", on_features: bool = False
-):
-  """A jitted `step(state, images) -> logits` with the model in inference mode (`on_features`:
-  the inputs are cached backbone features and only the head runs)."""
-
-  @functools.partial(jax.jit, out_shardings=out_sharding)
-  def eval_step(state: TrainState, images: jax.Array) -> jax.Array:
-    model = nnx.merge(eval_graphdef, compute_cast(state.params, dtype), compute_cast(state.frozen, dtype), state.stats)
-    forward = model.head if on_features else model
-    return forward(compute_cast(prepare(images, None), dtype)).astype(jnp.float32)
-
-  return eval_step
-
-
-def predict_split(
-  eval_step, state: TrainState, split: sources.Split, data_config, dp: parallel.DataParallel | None = None,
-  rows: np.ndarray | None = None,
-) -> np.ndarray:
-  """Outputs of `eval_step` for every example of `split`, in its order (batches split over `dp`'s
-  devices, each process reading only its rows; `rows`: cached features in place of the images)."""
-  batch_size = data_config.eval_batch_size or data_config.batch_size
-  if dp is not None:
-    batch_size = -(-batch_size // dp.devices) * dp.devices
-  processes = dp.processes if dp is not None else 1
-  outputs = []
-  for number, batch in enumerate(pipeline.eval_batches(split, data_config, batch_size, rows, (jax.process_index(), processes))):
-    images = dp.global_batch(batch)["image"] if dp is not None else batch["image"]
-    logits = np.asarray(eval_step(state, images))  # The whole batch, on every process.
-    outputs.append(logits[: min(batch_size, len(split) - number * batch_size)])  # Padding is last.
-  return np.concatenate(outputs)
-
-
-def split_metrics(logits: np.ndarray, split: sources.Split, cfg: StepConfig) -> dict[str, float]:
-  """loss, accuracy, precision, recall, f1 of logits against the split's labels."""
-  losses = np.asarray(loss_per_example(jnp.asarray(logits), jnp.asarray(split.labels), cfg.num_classes))
-  predictions = np.asarray(predict_labels(jnp.asarray(logits), cfg.threshold))
-  confusion = metrics_lib.confusion_matrix(split.labels, predictions, cfg.num_classes)
-  return metrics_lib.from_confusion(confusion, float(losses.sum()), len(losses))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -354,57 +122,6 @@ def class_weights(config: ml_collections.ConfigDict, train: sources.Split) -> tu
   return weights
 
 
-def create_model(config: ml_collections.ConfigDict, num_classes: int, load_weights: bool = True) -> models.Classifier:
-  """The configured model for `num_classes` (`load_weights=False`: for a checkpoint to fill)."""
-  outputs = metrics_lib.num_outputs(config.data.label_mode, num_classes)
-  rngs = nnx.Rngs(params=config.seed, dropout=config.seed + 1)
-  return models.build_model(config, outputs, rngs=rngs, load_weights=load_weights)
-
-
-def split_model(model: models.Classifier) -> tuple[nnx.GraphDef, nnx.GraphDef, nnx.State, nnx.State, nnx.State]:
-  """(train graphdef, eval graphdef, trained params, frozen params, other variables)."""
-  trainable = nnx.All(nnx.Param, nnx.Not(model.frozen))
-  model.eval()
-  eval_graphdef = nnx.graphdef(model)
-  model.train()
-  graphdef, params, frozen, stats = nnx.split(model, trainable, nnx.Param, ...)
-  return graphdef, eval_graphdef, params, frozen, stats
-
-
-def load_weights(state: TrainState, path: str) -> TrainState:
-  """`state` with the model variables of another run's checkpoint; fails listing any mismatch."""
-  source = ckpt_lib.read_state(ckpt_lib.resolve(path))
-  theirs: dict[str, np.ndarray] = {}
-  for group in ("params", "frozen", "stats"):
-    for keys, value in flax.traverse_util.flatten_dict(source.get(group, {}), sep="/").items():
-      theirs[keys.removesuffix("/value")] = value
-  problems = []
-  wanted = set()
-
-  def take(path_, variable):
-    key = "/".join(str(p) for p in path_)
-    wanted.add(key)
-    if key not in theirs:
-      problems.append(f"missing {key} {tuple(variable.shape)}")
-      return variable
-    if tuple(theirs[key].shape) != tuple(variable.shape):
-      problems.append(f"shape of {key}: checkpoint {tuple(theirs[key].shape)}, model {tuple(variable.shape)}")
-      return variable
-    return jnp.asarray(theirs[key], variable.dtype)
-
-  def load(group: nnx.State) -> nnx.State:
-    flat = flax.traverse_util.flatten_dict(nnx.to_pure_dict(group))
-    flat = {k: take(k, v) for k, v in flat.items()}
-    nnx.replace_by_pure_dict(group, flax.traverse_util.unflatten_dict(flat))
-    return group
-
-  params, frozen, stats = load(state.params), load(state.frozen), load(state.stats)
-  problems += [f"unexpected {k} {tuple(v.shape)}" for k, v in theirs.items() if k not in wanted]
-  if problems:
-    raise ckpt_lib.CheckpointError(f"The checkpoint at {path!r} does not fit this model:\n  " + "\n  ".join(problems))
-  return state.replace(params=params, frozen=frozen, stats=stats)
-
-
 # ---------------------------------------------------------------------------------------------
 # The loop.
 
@@ -446,34 +163,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     num_classes, config.train.threshold, config.loss.label_smoothing, class_weights(config, train_split), config.dtype
   )
 
-  model = create_model(config, num_classes)
-  graphdef, eval_graphdef, params, frozen, stats = split_model(model)
-  schedule = learning_rate_schedule(config.optimizer, steps_per_epoch, epochs)
-  tx = make_optimizer(config.optimizer, schedule)
-  state = initial_state(params, frozen, stats, tx, num_classes)
+  model = steps.create_model(config, num_classes)
+  graphdef, eval_graphdef, params, frozen, stats = steps.split_model(model)
+  schedule = optim.learning_rate_schedule(config.optimizer, steps_per_epoch, epochs)
+  tx = optim.make_optimizer(config.optimizer, schedule)
+  state = steps.initial_state(params, frozen, stats, tx, num_classes)
   state = dp.replicate(state)
   checkpoints = ckpt_lib.Checkpoints(workdir, config.checkpoint.max_to_keep, config.checkpoint.async_save)
   plateau = Plateau(config.reduce_on_plateau)
   early = EarlyStopping(config.early_stopping)
-  best = Monitor(config.checkpoint.mode)
-  meta: dict[str, Any] = {"epoch": 0, "data_state": None, "best": None, "history": []}
+  best_monitor = Monitor(config.checkpoint.mode)  # The checkpoint's monitored metric.
+  meta = ckpt_lib.RunMeta(class_names=list(class_names))
   if checkpoints.latest_step() is not None:
     state, meta = checkpoints.restore(state)
-    if meta.get("class_names") and list(meta["class_names"]) != list(class_names):
+    if meta.class_names and list(meta.class_names) != list(class_names):
       raise ckpt_lib.CheckpointError(
-        f"The run in {workdir} was trained on the classes {meta['class_names']}, the data now has {class_names}: "
+        f"The run in {workdir} was trained on the classes {meta.class_names}, the data now has {class_names}: "
         f"train in a new --workdir (--config.init_from={workdir} starts it from this run's best weights)."
       )
-    plateau = Plateau(config.reduce_on_plateau, **meta["plateau"])
-    early = EarlyStopping(config.early_stopping, **meta["early_stopping"])
-    best.best = meta["best"]["value"] if meta["best"] else None
+    plateau = Plateau(config.reduce_on_plateau, **meta.plateau)
+    early = EarlyStopping(config.early_stopping, **meta.early_stopping)
+    best_monitor.best = meta.best["value"] if meta.best else None
   elif config.init_from:
-    state = load_weights(state, config.init_from)
+    state = ckpt_lib.load_weights(state, config.init_from)
 
   aug = augment.from_config(config.data)
-  normalize = augment.make_normalize(config.data, lambda: pipeline.eval_batches(train_split, config.data), meta.get("normalization"))
-  meta["normalization"] = {"mean": normalize.mean, "std": normalize.std}
-  prepare = make_prepare(aug, normalize, 255.0 * config.data.rescale, config.data.augment_on == "device")
+  normalize = augment.make_normalize(config.data, lambda: pipeline.eval_batches(train_split, config.data), meta.normalization)
+  meta.normalization = {"mean": normalize.mean, "std": normalize.std}
+  prepare_images = steps.make_prepare(aug, normalize, 255.0 * config.data.rescale, config.data.augment_on == "device")
   state = dp.replicate(state)  # Restored or loaded values, onto every device.
 
   log = RunLog(workdir, config, enabled=jax.process_index() == 0)
@@ -481,41 +198,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   log.start(resumed_step, splits, class_names, model)
   for note in monitor_notes:
     log.message(note)
-  train_rows = val_rows = None  # Cached backbone features of the train and val images.
+  train_features = val_features = None  # Cached backbone features of the train and val images.
   if config.model.freeze == "all" or config.train.cache_features == "on":
-    train_rows, val_rows = cache_backbone_features(config, model, state, eval_graphdef, prepare, train_split, val_split, dp, log)
-  on_features = train_rows is not None  # The steps then see cached features and run only the head.
-  if on_features:
-    prepare = feature_cache.make_pick(aug, tuple(config.data.image_size))
-  train_step = make_train_step(
-    graphdef, tx, update_scales(params, config), dataclasses.replace(step_cfg, on_features=on_features), prepare, dp.replicated
+    train_features, val_features = cache_backbone_features(
+      config, model, state, eval_graphdef, prepare_images, train_split, val_split, dp, log
+    )
+  on_features = train_features is not None  # The steps then see cached features and run only the head.
+  # What the steps do to their inputs: augment and normalise images, or pick a cached flip's features.
+  prepare = feature_cache.make_pick(aug, tuple(config.data.image_size)) if on_features else prepare_images
+  train_step = steps.make_train_step(
+    graphdef, tx, optim.update_scales(params, config), dataclasses.replace(step_cfg, on_features=on_features), prepare,
+    dp.replicated,
   )
-  eval_step = make_eval_step(eval_graphdef, prepare, dp.replicated, config.dtype, on_features=on_features)
+  eval_step = steps.make_eval_step(eval_graphdef, prepare, dp.replicated, config.dtype, on_features=on_features)
   key = jax.random.key(config.seed)
   data = config.data
-  history: list[dict] = meta["history"]
+  history = meta.history
   stopped_early = False
   first_step_seconds = None
 
   def save(epoch: int, data_state: dict | None, *, is_best: bool = False) -> None:
     check_finite(state, int(state.step))
-    checkpoints.save(
-      int(state.step), state,
-      {"epoch": epoch, "data_state": data_state, "best": meta["best"], "history": history,
-       "plateau": plateau.to_json(), "early_stopping": early.to_json(), "class_names": class_names,
-       "normalization": meta["normalization"]},
-      best=is_best,
-    )
+    meta.epoch, meta.data_state = epoch, data_state
+    meta.plateau, meta.early_stopping, meta.class_names = plateau.to_json(), early.to_json(), list(class_names)
+    checkpoints.save(int(state.step), state, meta, best=is_best)
 
-  for epoch in range(meta["epoch"], epochs):
-    resume_state = meta["data_state"] if meta["data_state"] and epoch == meta["epoch"] else None
+  start_epoch, start_data_state = meta.epoch, meta.data_state
+  for epoch in range(start_epoch, epochs):
+    resume_state = start_data_state if start_data_state and epoch == start_epoch else None
     epoch_start = time.time()
     iterator = pipeline.train_batches(
       train_split, data, config.seed, epoch, resume_state, batch_size=batch_size, shard=shard,
-      host_augment=aug if data.augment_on == "host" else None, rows=train_rows,
+      host_augment=aug if data.augment_on == "host" else None, features=train_features,
     )
     if resume_state is None:
-      state = state.replace(epoch_sums=dp.replicate(zero_sums(num_classes)), window_sums=dp.replicate(zero_sums(num_classes)))
+      state = state.replace(
+        epoch_sums=dp.replicate(steps.zero_sums(num_classes)), window_sums=dp.replicate(steps.zero_sums(num_classes))
+      )
     bar = log.progress(epoch, epochs, steps_per_epoch, initial=(resume_state or {}).get("next_index", 0))
     lr_scale = jnp.float32(plateau.scale)
     step = int(state.step)  # Counted on the host from here: no device sync per step.
@@ -530,7 +249,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       bar.update(1)
       if (step + 1) % config.train.log_every_steps == 0:
         window = jax.device_get(state.window_sums)
-        state = state.replace(window_sums=dp.replicate(zero_sums(num_classes)))
+        state = state.replace(window_sums=dp.replicate(steps.zero_sums(num_classes)))
         check_finite(state, step + 1)
         batch_metrics = metrics_lib.from_confusion(window["confusion"], window["loss"], window["count"])
         log.batch(step + 1, epoch, batch_metrics, float(schedule(step)) * plateau.scale)
@@ -546,14 +265,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     record = {"epoch": epoch + 1, "step": int(state.step), "learning_rate": float(schedule(int(state.step) - 1)) * plateau.scale}
     record.update({f"train_{k}": v for k, v in metrics_lib.from_confusion(sums["confusion"], sums["loss"], sums["count"]).items()})
     if val_split is not None:
-      val_logits = predict_split(eval_step, state, val_split, data, dp, rows=val_rows)
-      record.update({f"val_{k}": v for k, v in split_metrics(val_logits, val_split, step_cfg).items()})
+      val_logits = predict_split(functools.partial(eval_step, state), val_split, data, dp, features=val_features)
+      val_metrics = metrics_lib.from_logits(val_logits, val_split.labels, num_classes, step_cfg.threshold)
+      record.update({f"val_{k}": v for k, v in val_metrics.items()})
     history.append(record)
     monitored = _monitored(record, config.checkpoint.monitor)
-    is_best = best.improved(monitored)
+    is_best = best_monitor.improved(monitored)
     if is_best:
-      best.best = monitored
-      meta["best"] = {"monitor": config.checkpoint.monitor, "value": monitored, "step": record["step"], "epoch": epoch + 1, "metrics": record}
+      best_monitor.best = monitored
+      meta.best = {"monitor": config.checkpoint.monitor, "value": monitored, "step": record["step"], "epoch": epoch + 1, "metrics": record}
     if config.reduce_on_plateau.enabled:
       if plateau.update(_monitored(record, config.reduce_on_plateau.monitor), config.optimizer.learning_rate):
         log.message(f"Reducing the learning rate to {config.optimizer.learning_rate * plateau.scale:.3g}.")
@@ -569,7 +289,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   checkpoints.close()
   summary = {
     "final": history[-1] if history else None,
-    "best": meta["best"],
+    "best": meta.best,
     "epochs": len(history),
     "stopped_early": stopped_early,
     "class_names": class_names,
@@ -605,17 +325,17 @@ def cache_backbone_features(
     log.message(f"Backbone features are not cached: {why_not}.")
     return None, None
   start = time.time()
-  train_rows = predict_split(features_step, state, train_split, config.data, dp)
-  val_rows = None
+  train_features = predict_split(functools.partial(features_step, state), train_split, config.data, dp)
+  val_features = None
   if val_split is not None:
     val_step = feature_cache.make_features_step(eval_graphdef, prepare, variants[:1], config.dtype, dp.replicated)
-    val_rows = predict_split(val_step, state, val_split, config.data, dp)
+    val_features = predict_split(functools.partial(val_step, state), val_split, config.data, dp)
   copies = f" ({len(variants)} flipped copies each)" if len(variants) > 1 else ""
   log.message(
     f"Frozen backbone: its features of {len(train_split)} train{copies} and {len(val_split or [])} val images "
     f"computed once in {time.time() - start:.1f} s; epochs train only the head."
   )
-  return train_rows, val_rows
+  return train_features, val_features
 
 
 def enable_compile_cache(setting: str) -> None:

@@ -10,7 +10,7 @@ from keras.src.legacy.preprocessing import image as keras_image
 
 from conftest import tiny_config
 from imgcls import train
-from imgcls.data import augment, pipeline, sources
+from imgcls.data import augment, grain_pipeline, images, pipeline, sources
 
 ALL = "flip_lr|flip_ud|rotate(30)|shift(0.1, 0.2)|shear(10)|zoom(0.2)|brightness(0.8, 1.2)|channel_shift(20)"
 
@@ -80,7 +80,7 @@ def test_parse_errors_and_identity():
 
 @pytest.mark.parametrize("where", ["device", "host"])
 def test_one_of_applies_exactly_one_op_per_image(where):
-  """Seed 003's augmentation: per image a left-right flip, an up-down flip, a rotation within 30
+  """The cats-vs-dogs tutorial's augmentation: per image a left-right flip, an up-down flip, a rotation within 30
   degrees (black corners) or nothing twice over, each drawn with probability 1/5."""
   aug = augment.parse("one_of(flip_lr, flip_ud, rotate(30), none, none)", "constant")
   x = image(6, (1000, 12, 12, 1)) + 0.5  # No pixel is 0: a rotation's corners are.
@@ -141,7 +141,7 @@ def test_training_with_augmentation_is_reproducible(tree, tmp_path, where):
 def test_host_augmentation_differs_per_epoch_and_repeats_per_seed(tree):
   split = sources.find_splits(tiny_config(tree, **{"data.validation_split": 0.0}).data, 0)["train"]
   aug = augment.parse("rotate(40)|flip_lr")
-  spec = pipeline.ImageSpec((16, 16), rescale=1 / 255)
-  first = lambda epoch: pipeline.train_dataset(split, spec, 4, 7, epoch, shuffle=False, host_augment=aug)[0]["image"]
+  spec = images.ImageSpec((16, 16), rescale=1 / 255)
+  first = lambda epoch: grain_pipeline.train_dataset(split, spec, 4, 7, epoch, shuffle=False, host_augment=aug)[0]["image"]
   np.testing.assert_array_equal(first(0), first(0))
   assert not np.allclose(first(0), first(1))

@@ -15,7 +15,7 @@ from imgcls.models import build_model
 from imgcls.models.heads import Head
 
 
-def keras_insects(size, classes):  # Seed 001.
+def keras_insects(size, classes):  # The insects tutorial.
   return keras.Sequential([
     keras.Input((size, size, 3)),
     layers.Conv2D(16, 3, padding="same", activation="relu"), layers.MaxPooling2D(),
@@ -25,7 +25,7 @@ def keras_insects(size, classes):  # Seed 001.
   ])
 
 
-def keras_bn_cnn(size, classes, filters=32):  # Seed 003 (its softmax is our logits).
+def keras_bn_cnn(size, classes, filters=32):  # The cats-vs-dogs tutorial (its softmax is our logits).
   bn = dict(momentum=0.1, epsilon=0.00001)
   return keras.Sequential([
     keras.Input((size, size, 3)),
@@ -38,7 +38,7 @@ def keras_bn_cnn(size, classes, filters=32):  # Seed 003 (its softmax is our log
   ])
 
 
-def keras_dropout_cnn(size, classes):  # Seed 004.
+def keras_dropout_cnn(size, classes):  # The X-ray tutorial.
   return keras.Sequential([
     keras.Input((size, size, 3)),
     layers.Conv2D(32, kernel_size=(3, 3), activation="relu"), layers.Conv2D(64, (3, 3), activation="relu"),

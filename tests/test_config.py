@@ -105,3 +105,22 @@ def test_usage_errors_and_broken_recipes_are_one_line(tmp_path):
   (tmp_path / "run" / "config.json").write_text("[1, 2]")
   result = run_cli("--mode=eval", f"--workdir={tmp_path / 'run'}", timeout=120)
   assert result.returncode != 0 and "holds a list, not a config" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_combinations_that_need_no_data_fail_before_the_scan():
+  config = config_lib.default_config()
+  config.data.update(label_mode="binary", class_names=("a", "b", "c"))
+  with pytest.raises(ValueError, match="label_mode='binary' needs exactly 2 classes; data.class_names has 3"):
+    config_lib.check_config(config)
+  config = config_lib.default_config()
+  config.train.cache_features = "always"
+  with pytest.raises(ValueError, match="train.cache_features='always' is not one of auto, on, off"):
+    config_lib.check_config(config)
+  config.train.cache_features = "on"
+  config.model.freeze = ""
+  with pytest.raises(ValueError, match=r"cache_features='on'.*the backbone is trained"):
+    config_lib.check_config(config)
+  config.model.freeze = "all"
+  config.data.augment = "rotate(10)"
+  with pytest.raises(ValueError, match=r"cache_features='on'.*changes images beyond flips"):
+    config_lib.check_config(config)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from PIL import Image
 from keras.src.utils import dataset_utils
 
 from conftest import FLOWERS, POLLEN, REPO, class_pattern, needs, tiny_config, write_image, write_tree
-from imgcls.data import images, pipeline, sources
+from imgcls.data import grain_pipeline, images, pipeline, sources
 
 KERAS_FORMATS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
 
@@ -117,9 +118,15 @@ def test_bad_folders_fail_clearly(tmp_path, make, message):
     sources.find_splits(tiny_config(root).data, 0)
 
 
-def test_binary_needs_two_classes(tree):
+def test_binary_needs_two_classes(tree, tmp_path):
   with pytest.raises(sources.DataError, match="exactly 2 classes"):
     sources.find_splits(tiny_config(tree, **{"data.label_mode": "binary"}).data, 0)
+  # Said before any image is decoded: a damaged file does not get reported first.
+  copy = tmp_path / "three"
+  shutil.copytree(tree, copy)
+  (copy / sorted(os.listdir(copy))[0] / "damaged.jpg").write_bytes(b"not a jpeg")
+  with pytest.raises(sources.DataError, match="exactly 2 classes"):
+    sources.find_splits(tiny_config(copy, **{"data.label_mode": "binary"}).data, 0)
 
 
 def test_non_images_skipped_and_reported_once(tmp_path, caplog):
@@ -163,7 +170,7 @@ def test_corrupt_images_fail_listing_them_or_are_skipped(tmp_path):
   kept = splits["train"].paths + splits["val"].paths
   assert len(kept) == 12 and not any(str(p) in kept for p in bad)
   # And the pipeline then reads every remaining image.
-  batches = list(pipeline.iterate(pipeline.train_dataset(splits["train"], pipeline.ImageSpec((8, 8)), 4, 0, 0), 2, 2))
+  batches = list(grain_pipeline.iterate(grain_pipeline.train_dataset(splits["train"], images.ImageSpec((8, 8)), 4, 0, 0), 2, 2))
   assert sum(len(b["label"]) for b in batches) == len(splits["train"])
 
 
@@ -190,7 +197,7 @@ def test_decode_modes(tmp_path):
 def test_batches_have_the_configured_shape_dtype_and_scale(binary_tree):
   config = tiny_config(binary_tree, **{"data.image_size": (12, 20), "data.label_mode": "binary", "data.color_mode": "grayscale"})
   splits = sources.find_splits(config.data, 3)
-  batch = next(pipeline.iterate(pipeline.train_dataset(splits["train"], pipeline.ImageSpec.from_config(config.data), 8, 3, 0), 2, 2))
+  batch = next(grain_pipeline.iterate(grain_pipeline.train_dataset(splits["train"], images.ImageSpec.from_config(config.data), 8, 3, 0), 2, 2))
   assert batch["image"].shape == (8, 12, 20, 1) and batch["image"].dtype == np.float32
   assert 0.0 <= batch["image"].min() and batch["image"].max() <= 1.0 and batch["image"].max() > 0.5
   assert batch["label"].dtype == np.int32 and set(batch["label"]) <= {0, 1}
@@ -198,8 +205,8 @@ def test_batches_have_the_configured_shape_dtype_and_scale(binary_tree):
 
 
 def _epoch_indices(split, epoch, seed=5, state=None):
-  ds = pipeline.train_dataset(split, pipeline.ImageSpec((8, 8)), 5, seed, epoch)
-  return [b["index"].tolist() for b in pipeline.iterate(ds, 2, 4, state)]
+  ds = grain_pipeline.train_dataset(split, images.ImageSpec((8, 8)), 5, seed, epoch)
+  return [b["index"].tolist() for b in grain_pipeline.iterate(ds, 2, 4, state)]
 
 
 def test_shuffle_is_deterministic_per_seed_and_epoch_and_resumable(tree):
@@ -211,8 +218,8 @@ def test_shuffle_is_deterministic_per_seed_and_epoch_and_resumable(tree):
   assert [len(b) for b in epoch0] == [5] * 7 + [1]  # The last partial batch is kept.
   assert _epoch_indices(split, 0, seed=6) != epoch0
   # Resuming from an iterator state yields exactly the remaining batches.
-  ds = pipeline.train_dataset(split, pipeline.ImageSpec((8, 8)), 5, 5, 1)
-  iterator = pipeline.iterate(ds, 2, 4)
+  ds = grain_pipeline.train_dataset(split, images.ImageSpec((8, 8)), 5, 5, 1)
+  iterator = grain_pipeline.iterate(ds, 2, 4)
   for _ in range(3):
     next(iterator)
   assert _epoch_indices(split, 1, state=iterator.get_state()) == epoch1[3:]
@@ -240,10 +247,10 @@ def test_digits_builtin_is_a_folder_tree(imgcls_cache):
 
 def test_host_shards_are_disjoint_even_and_cover_the_epoch(tree):
   split = sources.find_splits(tiny_config(tree, **{"data.validation_split": 0.0}).data, 0)["train"]
-  spec = pipeline.ImageSpec((8, 8))
+  spec = images.ImageSpec((8, 8))
   shards = []
   for index in range(3):
-    ds = pipeline.train_dataset(split, spec, 4, 9, 2, shard=(index, 3))
+    ds = grain_pipeline.train_dataset(split, spec, 4, 9, 2, shard=(index, 3))
     shards.append([i for b in (ds[k] for k in range(len(ds))) for i in b["index"].tolist()])
   assert [len(s) for s in shards] == [12, 12, 12]
   assert sorted(sum(shards, [])) == list(range(36))
@@ -254,9 +261,9 @@ def test_host_shards_are_disjoint_even_and_cover_the_epoch(tree):
 @pytest.mark.parametrize("processes", [2, 4])
 def test_host_eval_shards_stack_into_the_whole_batches(tree, processes):
   split = sources.find_splits(tiny_config(tree, **{"data.validation_split": 0.0}).data, 0)["train"]  # 36 images
-  spec = pipeline.ImageSpec((8, 8))
-  whole = pipeline.eval_dataset(split, spec, 16)
-  shards = [pipeline.eval_dataset(split, spec, 16, shard=(index, processes)) for index in range(processes)]
+  spec = images.ImageSpec((8, 8))
+  whole = grain_pipeline.eval_dataset(split, spec, 16)
+  shards = [grain_pipeline.eval_dataset(split, spec, 16, shard=(index, processes)) for index in range(processes)]
   assert len(whole) == 3 and all(len(s) == 3 for s in shards)
   for number in range(3):
     parts = [s[number] for s in shards]
@@ -264,7 +271,7 @@ def test_host_eval_shards_stack_into_the_whole_batches(tree, processes):
     for key in ("image", "label", "mask", "index"):
       np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[number][key])
   with pytest.raises(ValueError, match="does not split over 3"):
-    pipeline.eval_dataset(split, spec, 16, shard=(0, 3))
+    grain_pipeline.eval_dataset(split, spec, 16, shard=(0, 3))
 
 
 @pytest.mark.parametrize("mode", ["memory", "disk"])
@@ -280,9 +287,9 @@ def test_pixel_cache_gives_the_same_batches(tree, tmp_path, mode):
   if mode == "disk":
     files = sorted(os.listdir(tmp_path))
     assert len(files) == 2 and files[0].endswith(".npy")
-    from imgcls.data import cache
+    from imgcls.data import pixel_cache
 
-    cached = cache.PixelCache(len(split), (16, 16, 3), str(tmp_path / files[0]))  # As a later run opens it.
+    cached = pixel_cache.PixelCache(len(split), (16, 16, 3), str(tmp_path / files[0]))  # As a later run opens it.
     assert cached.fraction_filled() == 1.0
     np.testing.assert_array_equal(cached.get(0) * np.float32(1 / 255), plain[0]["image"][0])
 
@@ -292,7 +299,7 @@ def test_pil_resize_matches_keras_load_img(tmp_path):
 
   path = write_image(tmp_path / "x.png", np.random.default_rng(0).integers(0, 256, (61, 47, 3)).astype(np.uint8))
   for interpolation in ("bilinear", "nearest", "bicubic"):
-    ours = images.load_image(str(path), (20, 30), interpolation=f"pil_{interpolation}")
+    ours = images.load_image(str(path), images.ImageSpec((20, 30), interpolation=f"pil_{interpolation}", jpeg_draft=False))
     theirs = keras.utils.img_to_array(keras.utils.load_img(str(path), target_size=(20, 30), interpolation=interpolation))
     np.testing.assert_array_equal(ours, theirs)
 
@@ -357,7 +364,7 @@ def test_cv2_bicubic_and_full_size_jpeg_decoding(tmp_path):
   paths = sorted(str(p) for p in (tmp_path / "t").glob("*/big.jpg"))
   for path in paths:
     expected = cv2.resize(cv2.imread(path), (40, 30), interpolation=cv2.INTER_CUBIC)[..., ::-1]
-    np.testing.assert_array_equal(images.load_image(path, (30, 40), "rgb", "cv2_bicubic"), expected)
+    np.testing.assert_array_equal(images.load_image(path, images.ImageSpec((30, 40), "rgb", "cv2_bicubic", jpeg_draft=False)), expected)
   split = sources.Split(paths, np.array([0, 1]), ["c0", "c1"], "test")
   for draft in (True, False):
     config = tiny_config(tmp_path / "t", **{"data.image_size": (30, 40), "data.rescale": 1.0, "data.jpeg_draft": draft})

@@ -22,7 +22,7 @@ from sklearn.decomposition import PCA
 from conftest import FLOWERS, POLLEN, run_cli, tiny_config
 from paths import shared
 from imgcls import checkpoint as ckpt_lib
-from imgcls import evaluate, features, inspection, restore, train
+from imgcls import evaluate, features, inspection, restore, steps, train
 from imgcls.data import sources
 
 GRID_FILES = ("confusion_matrix.png", "confusion_matrix_normalized.png", "confusion_matrix_normalized_all.png", "roc_pr.png", "reliability.png", "random_predictions.png", "hard_cases.png")
@@ -118,8 +118,8 @@ def pollen_folder_eval(pollen_run):
   """Eval of the whole pollen folder (--input), keeping the jitted eval function it used."""
   config, workdir, _ = pollen_run
   made, compiled = [], []
-  make = train.make_eval_step
-  train.make_eval_step = lambda *a, **k: made.append(make(*a, **k)) or made[-1]
+  make = steps.make_eval_step
+  steps.make_eval_step = lambda *a, **k: made.append(make(*a, **k)) or made[-1]
   handler = logging.Handler()
   handler.emit = lambda record: compiled.append(record.getMessage())
   logging.getLogger("jax").addHandler(handler)
@@ -127,7 +127,7 @@ def pollen_folder_eval(pollen_run):
     with jax.log_compiles():
       report = evaluate.evaluate(config, str(workdir), inputs=str(POLLEN))
   finally:
-    train.make_eval_step = make
+    steps.make_eval_step = make
     logging.getLogger("jax").removeHandler(handler)
   return report, made, [m for m in compiled if m.startswith("Compiling jit(eval_step)")]
 
@@ -252,24 +252,24 @@ def keras_run(tree, tmp_path_factory):
   return config, workdir
 
 
-def save_untrained_run(config, workdir: Path) -> train.TrainState:
+def save_untrained_run(config, workdir: Path) -> steps.TrainState:
   """A workdir as training writes it (config.json, a best checkpoint at step 0) with the model as
   initialised, for the 3 classes of `tree`; returns the saved state."""
-  model = train.create_model(config, 3)
-  _, _, params, frozen, stats = train.split_model(model)
-  state = train.TrainState(
+  model = steps.create_model(config, 3)
+  _, _, params, frozen, stats = steps.split_model(model)
+  state = steps.TrainState(
     step=jnp.zeros((), jnp.int32), params=params, frozen=frozen, stats=stats, opt_state={},
-    epoch_sums=train.zero_sums(3), window_sums=train.zero_sums(3),
+    epoch_sums=steps.zero_sums(3), window_sums=steps.zero_sums(3),
   )
   checkpoints = ckpt_lib.Checkpoints(str(workdir), async_save=False)
-  checkpoints.save(0, state, {"class_names": ["class_0", "class_1", "class_2"], "normalization": {}}, best=True)
+  checkpoints.save(0, state, ckpt_lib.RunMeta(class_names=["class_0", "class_1", "class_2"], normalization={}), best=True)
   checkpoints.close()
   (workdir / "config.json").write_text(config.to_json_best_effort())
   return state
 
 
 def test_features_of_a_head_layer_before_its_batch_norm(tree, tmp_path):
-  """Seed 003's `model.layers[-3]`: the BN CNN's Dense(image width) after its ReLU, before the
+  """The cats-vs-dogs tutorial's `model.layers[-3]`: the BN CNN's Dense(image width) after its ReLU, before the
   BatchNorm that the default (penultimate) features include."""
   workdir = tmp_path / "run"
   config = tiny_config(tree, **{"model.name": "bn_cnn", "data.image_size": (48, 48), "model.head.hidden": (-1,)})

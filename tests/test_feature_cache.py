@@ -42,7 +42,7 @@ def epochs(workdir) -> list[dict]:
 
 
 def test_cached_features_train_the_same_head(cached_and_uncached):
-  (on_dir, on), (off_dir, off) = cached_and_uncached["on"], cached_and_uncached["off"]
+  on_dir, off_dir = cached_and_uncached["on"][0], cached_and_uncached["off"][0]
   assert len(epochs(on_dir)) == len(epochs(off_dir)) == 2
   for a, b in zip(epochs(on_dir), epochs(off_dir)):
     for key in a:

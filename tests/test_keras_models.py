@@ -9,7 +9,7 @@ from flax import nnx
 
 from imgcls.config import check_config, default_config
 from imgcls.models import build_model
-from imgcls.train import compute_cast
+from imgcls.steps import compute_cast
 
 
 def config(name="mobilenet_v2", size=(64, 64), **model):

@@ -25,7 +25,7 @@ from flax import nnx  # noqa: E402
 
 import keras_reference as kr  # noqa: E402
 from imgcls.config import default_config  # noqa: E402
-from imgcls.data.images import load_image  # noqa: E402
+from imgcls.data.images import ImageSpec, load_image  # noqa: E402
 from imgcls.models import build_model, keras_graph, keras_weights, mobilenet_v2  # noqa: E402
 from paths import IMAGENET_SAMPLES  # noqa: E402
 
@@ -92,7 +92,7 @@ _REFERENCES: dict[str, Reference] = {}
 def photos(size: tuple[int, int]) -> np.ndarray:
   """The real photos at `size`; without shared/, smooth synthetic images (colour gradients, rings)."""
   if all((IMAGENET_SAMPLES / p).is_file() for p in PHOTOS):
-    return np.stack([load_image(str(IMAGENET_SAMPLES / p), size) for p in PHOTOS])
+    return np.stack([load_image(str(IMAGENET_SAMPLES / p), ImageSpec(size, jpeg_draft=False)) for p in PHOTOS])
   y, x = np.meshgrid(np.linspace(-1, 1, size[0]), np.linspace(-1, 1, size[1]), indexing="ij")
   images = []
   for i in range(len(PHOTOS)):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from imgcls import train
+from imgcls import steps, train
 from imgcls.config import default_config
 from imgcls.models import convs, onednn
 
@@ -53,7 +53,7 @@ def model_equations(name: str, image_size: tuple[int, int], implementation: str)
   config = default_config()
   config.data.image_size = image_size
   config.model.update(name=name, convs=implementation, weights="")
-  model = train.create_model(config, 3)
+  model = steps.create_model(config, 3)
   model.eval()  # inference mode: the trace changes no BatchNorm statistics
   images = jax.ShapeDtypeStruct((1, *image_size, 3), jnp.float32)
   return list(_equations(jax.make_jaxpr(lambda x: model(x))(images).jaxpr))

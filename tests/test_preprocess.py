@@ -51,7 +51,7 @@ def test_greyscale_images_are_repeated_to_three_channels():
 
 
 def test_without_preprocess_input_the_backbone_sees_the_pipeline_images():
-  """Seeds 000 and 004 feed their pretrained networks [0, 1] images, no preprocess_input."""
+  """the pollen and X-ray tutorials feed their pretrained networks [0, 1] images, no preprocess_input."""
   c = default_config()
   c.model.update(name="mobilenet_v2", preprocess_input=False)
   c.data.image_size = (32, 32)

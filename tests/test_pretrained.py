@@ -11,7 +11,7 @@ from flax import nnx
 from PIL import Image
 
 from imgcls.config import default_config
-from imgcls.data.images import load_image
+from imgcls.data.images import ImageSpec, load_image
 from imgcls.evaluate import predict
 from imgcls.models import build_model, imagenet
 from paths import load_recipe, shared
@@ -70,7 +70,7 @@ def test_reproduces_keras_top1_table(imagenet_model):
 def test_tf_bilinear_pixels_give_the_same_top1(imagenet_model):
   """Through the pipeline's TF-compatible resize the classes are the same (probabilities are not)."""
   folder = shared("data", "imagenet_samples")
-  pixels = np.stack([load_image(str(folder / name), (224, 224)) for name in README_TOP1])
+  pixels = np.stack([load_image(str(folder / name), ImageSpec((224, 224), jpeg_draft=False)) for name in README_TOP1])
   probs = np.asarray(jax.nn.softmax(imagenet_model(pixels / 255), axis=-1))
   assert [int(i) for i in probs.argmax(-1)] == [index for index, _ in README_TOP1.values()]
 
@@ -92,7 +92,7 @@ def test_predict_writes_top_k_csv(tmp_path):
     written = list(csv.DictReader(f))
   assert list(written[0]) == ["path", "class_1", "prob_1", "class_2", "prob_2", "class_3", "prob_3"]
   assert [w["class_1"] for w in written] == [r["class_1"] for r in rows]
-  assert Image.open(output.with_suffix(".png")).size[0] > 400  # Seed 001's grid of titled predictions.
+  assert Image.open(output.with_suffix(".png")).size[0] > 400  # The insects tutorial's grid of titled predictions.
   # One file, and a folder's non-image files are skipped.
   one = predict(config, inputs=str(folder / "parrot.jpg"), output=str(tmp_path / "one.csv"), top_k=1)
   assert len(one) == 1 and one[0]["class_1"] == "macaw"
@@ -105,7 +105,7 @@ def test_no_top_cut_at_block_6_expand_relu_is_12x12():
   model.eval()
   folder = shared("data", "pollen")
   paths = sorted(folder.glob("P/*"))[:2] + sorted(folder.glob("NP/*"))[:2]
-  images = np.stack([load_image(str(p), (90, 90)) for p in paths]) / 255
+  images = np.stack([load_image(str(p), ImageSpec((90, 90), jpeg_draft=False)) for p in paths]) / 255
   features = model.features(images)
   assert features.shape == (4, 12, 12, 192)
   assert model(images).shape == (4, 1)

@@ -16,7 +16,7 @@ from imgcls.data import pipeline, sources
 
 @pytest.fixture(scope="module")
 def spreadsheet(tmp_path_factory):
-  """Seed 003's layout: an .xlsx with File_names, File_paths and one-hot Cats/Dogs columns, shuffled."""
+  """The cats-vs-dogs tutorial's layout: an .xlsx with File_names, File_paths and one-hot Cats/Dogs columns, shuffled."""
   root = write_tree(tmp_path_factory.mktemp("sheet") / "images", classes=2, per_class=10)
   rows = []
   for label, folder in enumerate(("class_0", "class_1")):
@@ -31,7 +31,7 @@ def spreadsheet(tmp_path_factory):
 def test_excel_one_hot_with_ordered_split(spreadsheet):
   path, table = spreadsheet
   config = tiny_config("", **{"data.index": str(path), "data.path_column": "File_paths", "data.class_columns": ("Cats", "Dogs")})
-  config.data.validation_split = 0.3  # Seed 003's validation_split=0.7 (its training fraction)...
+  config.data.validation_split = 0.3  # The cats-vs-dogs tutorial's validation_split=0.7 (its training fraction)...
   config.data.split_order = "ordered"  # ... taken in row order.
   splits = sources.find_splits(config.data, 0)
   assert splits["train"].class_names == ["Cats", "Dogs"]
@@ -40,7 +40,7 @@ def test_excel_one_hot_with_ordered_split(spreadsheet):
   np.testing.assert_array_equal(splits["train"].labels, table["Dogs"].to_numpy()[:14])
 
 
-def test_cats_dogs_recipe_reads_seed_003s_spreadsheet(spreadsheet):
+def test_cats_dogs_recipe_reads_the_cats_dogs_tutorials_spreadsheet(spreadsheet):
   """configs/cats_dogs.py as is, given the seed's train.xlsx: its first 70% of rows train."""
   path, table = spreadsheet
   config = load_recipe("cats_dogs")

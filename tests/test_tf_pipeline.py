@@ -12,7 +12,7 @@ tf = pytest.importorskip("tensorflow")
 
 from conftest import POLLEN, needs, tiny_config, write_tree  # noqa: E402
 from imgcls import train  # noqa: E402
-from imgcls.data import images, pipeline, sources, tf_pipeline  # noqa: E402
+from imgcls.data import grain_pipeline, images, pipeline, sources, tf_pipeline  # noqa: E402
 
 SIZE = (24, 32)  # (height, width): not square, so width and height are not mixed up.
 
@@ -66,7 +66,7 @@ def odd(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
 
 
 def grain_train(split, spec, batch_size, seed, epoch, state=None):
-  return list(pipeline.iterate(pipeline.train_dataset(split, spec, batch_size, seed, epoch), 2, 4, state))
+  return list(grain_pipeline.iterate(grain_pipeline.train_dataset(split, spec, batch_size, seed, epoch), 2, 4, state))
 
 
 def assert_same_batches(grain_batches, tf_batches, grey_levels: float = 1.0) -> float:
@@ -86,7 +86,7 @@ def assert_same_batches(grain_batches, tf_batches, grey_levels: float = 1.0) -> 
 
 def test_decoders_are_chosen_as_planned(odd):
   _, files = odd
-  spec = pipeline.ImageSpec(SIZE)
+  spec = images.ImageSpec(SIZE)
   code = {name: tf_pipeline.plan(tf_pipeline.header(str(p)), spec)[0] for name, p in files.items()}
   assert [tf_pipeline.RATIOS[code[n]] for n in ("large.jpg", "medium.jpg", "grey.jpg", "small.jpg")] == [8, 2, 2, 1]
   assert code["grey.png"] == code["palette.png"] == code["rgb.bmp"] == tf_pipeline.OPAQUE
@@ -95,15 +95,15 @@ def test_decoders_are_chosen_as_planned(odd):
     assert code[name] == tf_pipeline.PILLOW, name
   assert tf_pipeline.plan(tf_pipeline.header(str(files["orient6.jpg"])), spec) == (1, 6)
   # Drafting to greyscale lets libjpeg convert; without draft the JPEG is decoded whole.
-  assert tf_pipeline.plan(tf_pipeline.header(str(files["large.jpg"])), pipeline.ImageSpec(SIZE, "grayscale"))[0] == 7
-  assert tf_pipeline.plan(tf_pipeline.header(str(files["large.jpg"])), pipeline.ImageSpec(SIZE, jpeg_draft=False))[0] == 0
+  assert tf_pipeline.plan(tf_pipeline.header(str(files["large.jpg"])), images.ImageSpec(SIZE, "grayscale"))[0] == 7
+  assert tf_pipeline.plan(tf_pipeline.header(str(files["large.jpg"])), images.ImageSpec(SIZE, jpeg_draft=False))[0] == 0
 
 
 @pytest.mark.parametrize("color_mode", ["rgb", "grayscale"])
 @pytest.mark.parametrize("draft", [True, False], ids=["draft", "no-draft"])
 def test_every_file_decodes_to_pillows_pixels(odd, color_mode, draft):
   _, files = odd
-  spec = pipeline.ImageSpec(SIZE, color_mode, jpeg_draft=draft)
+  spec = images.ImageSpec(SIZE, color_mode, jpeg_draft=draft)
   for name, path in files.items():
     code, orientation = tf_pipeline.plan(tf_pipeline.header(str(path)), spec)
     ours = tf_pipeline.decode(spec, tf.constant(str(path)), code, orientation).numpy()
@@ -113,7 +113,7 @@ def test_every_file_decodes_to_pillows_pixels(odd, color_mode, draft):
 
 @pytest.mark.parametrize(
   "spec",
-  [pipeline.ImageSpec(SIZE), pipeline.ImageSpec(SIZE, "grayscale", "nearest", 1 / 255), pipeline.ImageSpec(SIZE, jpeg_draft=False)],
+  [images.ImageSpec(SIZE), images.ImageSpec(SIZE, "grayscale", "nearest", 1 / 255), images.ImageSpec(SIZE, jpeg_draft=False)],
   ids=["rgb", "grey-nearest-rescaled", "no-draft"],
 )
 def test_odd_tree_gives_the_same_batches(odd, spec):
@@ -129,9 +129,9 @@ def test_resume_from_state_and_eval_padding(odd):
   root, _ = odd
   config = tiny_config(root, **{"data.validation_split": 0.3, "data.batch_size": 4, "data.eval_batch_size": 8, "data.image_size": SIZE})
   splits = sources.find_splits(config.data, 1)
-  spec = pipeline.ImageSpec.from_config(config.data)
+  spec = images.ImageSpec.from_config(config.data)
   full = grain_train(splits["train"], spec, 4, 1, 2)
-  grain_iterator = pipeline.iterate(pipeline.train_dataset(splits["train"], spec, 4, 1, 2), 2, 4)
+  grain_iterator = grain_pipeline.iterate(grain_pipeline.train_dataset(splits["train"], spec, 4, 1, 2), 2, 4)
   for _ in range(3):
     next(grain_iterator)
   state = grain_iterator.get_state()
@@ -158,12 +158,12 @@ def test_resume_from_state_and_eval_padding(odd):
 def test_pollen_gives_the_same_batches():
   config = tiny_config(POLLEN, **{"data.image_size": (90, 90), "data.batch_size": 32, "data.label_mode": "binary"})
   splits = sources.find_splits(config.data, 42)
-  spec = pipeline.ImageSpec((90, 90))
+  spec = images.ImageSpec((90, 90))
   expected = grain_train(splits["train"], spec, 32, 42, 1)
   got = list(tf_pipeline.train_batches(splits["train"], spec, 32, 42, 1, num_threads=2))
   assert len(got) == 18 and sorted(np.concatenate([b["index"] for b in got])) == list(range(572))
   assert_same_batches(expected, got)
-  expected = list(pipeline.iterate(pipeline.eval_dataset(splits["val"], spec, 32), 2, 4))
+  expected = list(grain_pipeline.iterate(grain_pipeline.eval_dataset(splits["val"], spec, 32), 2, 4))
   assert_same_batches(expected, list(tf_pipeline.eval_batches(splits["val"], spec, 32, 2)))
 
 

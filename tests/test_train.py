@@ -13,7 +13,7 @@ import pytest
 
 from conftest import POLLEN, needs, tiny_config, write_tree
 from imgcls import checkpoint as ckpt_lib
-from imgcls import train
+from imgcls import optim, train
 
 
 @pytest.fixture(scope="session")
@@ -185,7 +185,7 @@ def test_plateau_lowers_learning_rate_and_early_stopping_ends_run(tree, tmp_path
 )
 def test_schedules(schedule, expected):
   config = tiny_config("unused", **{"optimizer.schedule": schedule, "optimizer.learning_rate": 1.0, "optimizer.warmup_epochs": 1.0})
-  lr = train.learning_rate_schedule(config.optimizer, steps_per_epoch=10, epochs=2)
+  lr = optim.learning_rate_schedule(config.optimizer, steps_per_epoch=10, epochs=2)
   np.testing.assert_allclose([float(lr(s)) for s in (0, 10, 20)], expected, atol=1e-6)
 
 
@@ -194,7 +194,7 @@ def test_optimizers_take_a_step(name):
   import jax.numpy as jnp
 
   config = tiny_config("unused", **{"optimizer.name": name, "optimizer.grad_clip_norm": 1.0})
-  tx = train.make_optimizer(config.optimizer, train.learning_rate_schedule(config.optimizer, 1, 1))
+  tx = optim.make_optimizer(config.optimizer, optim.learning_rate_schedule(config.optimizer, 1, 1))
   params = {"w": jnp.ones(3)}
   updates, _ = tx.update({"w": jnp.full(3, 10.0)}, tx.init(params), params)
   assert np.all(np.asarray(updates["w"]) < 0)

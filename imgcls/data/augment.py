@@ -11,7 +11,7 @@
   brightness(lo, hi)       multiply by a factor in [lo, hi], clip to the pixel range
   channel_shift(i)         add a value in [-i, i] (pixel units, 0-255) to every channel
   one_of(op, op, ...)      one of the ops per image, uniformly (`none`: unchanged; flips always
-                           flip), e.g. seed 003's "one_of(flip_lr, flip_ud, rotate(30), none, none)";
+                           flip), e.g. the cats-vs-dogs tutorial's "one_of(flip_lr, flip_ud, rotate(30), none, none)";
                            the only op of its spec
 
 The geometric ops make one affine map per image, sampled with bilinear interpolation and

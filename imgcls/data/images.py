@@ -1,4 +1,6 @@
-"""Reading one image: decode, orient, convert colour, resize.
+"""Reading one image: decode, orient, convert colour, resize. `load_image` is the one place
+every image is read for a model (the grain pipeline, eval's plots, predict, inspect); the tf.data
+pipeline reproduces it in TensorFlow's ops.
 
 JPEGs that the pipeline may shrink while decoding go through libjpeg-turbo with simplejpeg, and
 bilinear resizing is OpenCV's: both release the GIL, so the pipeline's threads decode in
@@ -8,6 +10,7 @@ The pixels are the same either way.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import warnings
@@ -28,6 +31,33 @@ _TRANSPOSED = (2, 3, 4, 5, 6, 7, 8)  # EXIF orientations that exif_transpose act
 
 class BadImageError(ValueError):
   """An image file that cannot be decoded."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSpec:
+  """How every image is read: size (height, width), colour mode, resize method, pixel scale.
+
+  `jpeg_draft` lets JPEGs decode at a reduced size (a power of two, still at least `image_size`).
+  """
+
+  image_size: tuple[int, int]
+  color_mode: str = "rgb"
+  interpolation: str = "bilinear"
+  rescale: float = 1.0  # Applied to each batch by the pipelines, not by `load_image`.
+  cache: str = ""  # "", memory or disk: keep decoded, resized pixels.
+  cache_dir: str = ""
+  jpeg_draft: bool = True
+
+  @classmethod
+  def from_config(cls, data_config) -> ImageSpec:
+    return cls(
+      tuple(data_config.image_size), data_config.color_mode, data_config.interpolation, data_config.rescale,
+      data_config.cache, data_config.cache_dir, data_config.jpeg_draft,
+    )
+
+  @property
+  def channels(self) -> int:
+    return 1 if self.color_mode == "grayscale" else 3
 
 
 def is_image_file(name: str) -> bool:
@@ -167,8 +197,8 @@ def resize(pixels: np.ndarray, size: tuple[int, int], interpolation: str = "bili
   return out.reshape(out_h, out_w, pixels.shape[2])
 
 
-def load_image(
-  path: str, image_size: tuple[int, int], color_mode: str = "rgb", interpolation: str = "bilinear"
-) -> np.ndarray:
-  """One image as the pipeline feeds it before rescaling: HxWxC float32 in [0, 255]."""
-  return resize(decode(path, color_mode), tuple(image_size), interpolation)
+def load_image(path: str, spec: ImageSpec) -> np.ndarray:
+  """One image as the pipelines feed it before rescaling: decoded (a JPEG at a reduced size where
+  `spec.jpeg_draft` allows), resized to `spec.image_size`; HxWxC float32 in [0, 255]."""
+  pixels = decode(path, spec.color_mode, draft_size=spec.image_size if spec.jpeg_draft else None)
+  return resize(pixels, spec.image_size, spec.interpolation)

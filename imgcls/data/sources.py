@@ -103,7 +103,7 @@ def _walk_images(directory: str, follow_links: bool, seen: set[str]) -> tuple[li
   Folders in `seen` (real paths, added to as it walks) are not entered: a link loop, or a second
   link to one folder, adds nothing."""
   found, skipped = [], []
-  for dirpath, dirnames, filenames in sorted(_walk_once(directory, follow_links, seen), key=lambda w: w[0]):
+  for dirpath, _, filenames in sorted(_walk_once(directory, follow_links, seen), key=lambda w: w[0]):
     for name in sorted(filenames):
       if name.startswith("."):  # Hidden files (.DS_Store, ._x.jpg) are not data.
         continue
@@ -293,6 +293,11 @@ def find_splits(data_config, seed: int) -> dict[str, Split]:
     more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
     logging.warning("Skipped %d non-image file(s) under %s: %s%s.", len(skipped), root, shown, more)
 
+  found = scans["train"].class_names
+  if data_config.label_mode == "binary" and len(found) != 2:  # Before decoding every image to check it.
+    raise DataError(
+      f"label_mode='binary' needs exactly 2 classes, found {len(found)}: {found}. Use label_mode='int' or 'categorical'."
+    )
   splits: dict[str, Split] = {}
   holdout = data_config.validation_split if "val" not in scans else 0.0
   train, val = holdout_split(scans["train"], holdout, seed, data_config.split_order)
@@ -322,9 +327,4 @@ def find_splits(data_config, seed: int) -> dict[str, Split]:
   for name, split in splits.items():
     if len(split) == 0:
       raise DataError(f"The {name} subset of {root!r} is empty.")
-  if data_config.label_mode == "binary" and len(train.class_names) != 2:
-    raise DataError(
-      f"label_mode='binary' needs exactly 2 classes, found {len(train.class_names)}: {train.class_names}. "
-      "Use label_mode='int' or 'categorical'."
-    )
   return splits

@@ -1,6 +1,6 @@
-"""tf.data pipelines giving the same batches as the grain ones in `pipeline` (`data.backend="tf"`).
+"""tf.data pipelines giving the same batches as the grain ones in `grain_pipeline` (`data.backend="tf"`).
 
-The record order comes from grain (`pipeline.epoch_records`), so batch k of an epoch holds the
+The record order comes from `order.epoch_records`, so batch k of an epoch holds the
 same examples in both backends. Pixels match Pillow's: every file's header is read once with
 Pillow for what TensorFlow's decoders do not know (EXIF orientation, the reduced JPEG size that
 Pillow's `draft` picks, transparency), JPEGs decode with libjpeg's accurate integer DCT, alpha is
@@ -23,7 +23,8 @@ import tensorflow as tf
 from PIL import ExifTags, Image
 
 from imgcls.data import images
-from imgcls.data.pipeline import ImageSpec, epoch_records, records
+from imgcls.data.images import ImageSpec
+from imgcls.data.order import epoch_records, records
 from imgcls.data.sources import Split
 
 try:  # JAX owns the accelerators; tf.data runs on the CPU.

@@ -31,7 +31,7 @@ class SimpleBackbone(nnx.Module):
 
 
 class InsectsCNN(SimpleBackbone):
-  """Seed 001: Conv(16)-Pool-Conv(32)-Pool-Conv(64)-Pool, 3x3 'same' convolutions with ReLU.
+  """The insects tutorial: Conv(16)-Pool-Conv(32)-Pool-Conv(64)-Pool, 3x3 'same' convolutions with ReLU.
 
   Its head: Flatten, Dense(128, relu), Dense(classes).
   """
@@ -50,7 +50,7 @@ class InsectsCNN(SimpleBackbone):
 
 
 class BatchNormCNN(SimpleBackbone):
-  """Seed 003: Conv(7x7, stride 2)-BN-Pool, then twice Conv(3x3)-BN-Pool, all 'valid', ReLU.
+  """The cats-vs-dogs tutorial: Conv(7x7, stride 2)-BN-Pool, then twice Conv(3x3)-BN-Pool, all 'valid', ReLU.
 
   BatchNorm as in the seed: Keras momentum 0.1, epsilon 1e-5. Its head: Dropout(0.3), Flatten,
   Dense(image width, relu), BatchNorm, Dense(classes).
@@ -73,7 +73,7 @@ class BatchNormCNN(SimpleBackbone):
 
 
 class DropoutCNN(SimpleBackbone):
-  """Seed 004: Conv(32)-Conv(64)-Pool-Dropout(.25)-Conv(64)-Pool-Dropout(.25), 3x3 'valid', ReLU.
+  """The X-ray tutorial: Conv(32)-Conv(64)-Pool-Dropout(.25)-Conv(64)-Pool-Dropout(.25), 3x3 'valid', ReLU.
 
   Its head: Flatten, Dense(64, relu), Dropout(0.5), Dense(classes).
   """

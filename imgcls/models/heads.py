@@ -17,7 +17,7 @@ class Head(nnx.Module):
   """Pool (or flatten) the features, then Dense(+BatchNorm)+ReLU layers, dropout, output Dense.
 
   `pooling`: "flatten", "avg", "max" or "none" (features are already a vector).
-  `input_dropout` is applied to the features before pooling (the BN CNN of seed 003 does this).
+  `input_dropout` is applied to the features before pooling (the cats-vs-dogs tutorial's BatchNorm CNN does this).
   The output layer has `num_outputs` units and returns logits.
   """
 

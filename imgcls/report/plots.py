@@ -55,7 +55,7 @@ def training_curves(epochs: list[dict], path: str) -> str | None:
 
 
 def batch_curves(batches: list[dict], path: str) -> str | None:
-  """Training loss and accuracy per logged step (as seed 001's batch-statistics callback)."""
+  """Training loss and accuracy per logged step (as the insects tutorial's batch-statistics callback)."""
   if not batches:
     return None
   steps = [r["step"] for r in batches]

@@ -1,0 +1,182 @@
+"""What training and inference share: the state, building and splitting the model, the jitted
+train and eval steps, casting to the compute dtype, and preparing inputs (augmentation on the
+device, normalisation). `train.py` runs the loop on top of it; `restore.py`, `evaluate.py`,
+`features.py`, `feature_cache.py` and `bench/` use it without the loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+
+from imgcls import metrics, models
+from imgcls.data import augment
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a step changes: a pytree that Orbax saves as it is."""
+
+  step: jax.Array
+  params: nnx.State  # Trained parameters.
+  frozen: nnx.State  # Parameters that are not trained (frozen backbone layers).
+  stats: nnx.State  # BatchNorm statistics and any other non-parameter variables.
+  opt_state: optax.OptState
+  epoch_sums: dict  # Running loss sum, example count and confusion matrix of the epoch.
+  window_sums: dict  # The same since the last per-batch log line.
+
+
+def initial_state(params: nnx.State, frozen: nnx.State, stats: nnx.State, tx: optax.GradientTransformation, num_classes: int) -> TrainState:
+  """The state at step 0: fresh optimizer state and metric sums."""
+  return TrainState(
+    step=jnp.zeros((), jnp.int32), params=params, frozen=frozen, stats=stats, opt_state=tx.init(params),
+    epoch_sums=zero_sums(num_classes), window_sums=zero_sums(num_classes),
+  )
+
+
+def zero_sums(num_classes: int) -> dict:
+  """Empty running metric sums: loss, example count, confusion matrix."""
+  return {
+    "loss": jnp.zeros((), jnp.float32),
+    "count": jnp.zeros((), jnp.float32),
+    "confusion": jnp.zeros((num_classes, num_classes), jnp.float32),
+  }
+
+
+# ---------------------------------------------------------------------------------------------
+# The model.
+
+
+def create_model(config: ml_collections.ConfigDict, num_classes: int, load_weights: bool = True) -> models.Classifier:
+  """The configured model for `num_classes` (`load_weights=False`: for a checkpoint to fill)."""
+  outputs = metrics.num_outputs(config.data.label_mode, num_classes)
+  rngs = nnx.Rngs(params=config.seed, dropout=config.seed + 1)
+  return models.build_model(config, outputs, rngs=rngs, load_weights=load_weights)
+
+
+def split_model(model: models.Classifier) -> tuple[nnx.GraphDef, nnx.GraphDef, nnx.State, nnx.State, nnx.State]:
+  """(train graphdef, eval graphdef, trained params, frozen params, other variables)."""
+  trainable = nnx.All(nnx.Param, nnx.Not(model.frozen))
+  model.eval()
+  eval_graphdef = nnx.graphdef(model)
+  model.train()
+  graphdef, params, frozen, stats = nnx.split(model, trainable, nnx.Param, ...)
+  return graphdef, eval_graphdef, params, frozen, stats
+
+
+# ---------------------------------------------------------------------------------------------
+# The jitted steps.
+
+
+def add_to_sums(sums: dict, losses: jax.Array, labels: jax.Array, predictions: jax.Array, mask: jax.Array) -> dict:
+  """`sums` with a batch's losses and (label, prediction) pairs added, padding (mask 0) left out."""
+  k = sums["confusion"].shape[0]
+  confusion = (jax.nn.one_hot(labels, k) * mask[:, None]).T @ jax.nn.one_hot(predictions, k)
+  return {
+    "loss": sums["loss"] + jnp.sum(losses * mask),
+    "count": sums["count"] + jnp.sum(mask),
+    "confusion": sums["confusion"] + confusion,
+  }
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  """What the jitted steps need besides the state: static, hashable."""
+
+  num_classes: int
+  threshold: float
+  label_smoothing: float
+  class_weights: tuple[float, ...]
+  dtype: str = "float32"  # Compute dtype; parameters and optimizer state stay float32.
+  on_features: bool = False  # Inputs are cached backbone features: only the head runs.
+
+
+def compute_cast(tree, dtype: str):
+  """Floating-point leaves of `tree` in the compute dtype (identity for float32)."""
+  if dtype == "float32":
+    return tree
+  target = jnp.dtype(dtype)
+  return jax.tree.map(lambda x: x.astype(target) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+def identity_prepare(images: jax.Array, key: jax.Array | None) -> jax.Array:
+  return images
+
+
+def make_prepare(aug: augment.Augment, normalize: augment.Normalize, pixel_max: float, on_device: bool):
+  """`prepare(images, key)`: device augmentation (when `key` is given) then normalisation."""
+
+  def prepare(images: jax.Array, key: jax.Array | None) -> jax.Array:
+    if key is not None and on_device:
+      images = augment.apply_device(aug, images, key, pixel_max)
+    return normalize(images) if normalize.enabled else images
+
+  return prepare
+
+
+def make_train_step(
+  graphdef: nnx.GraphDef, tx: optax.GradientTransformation, scales: nnx.State, cfg: StepConfig,
+  prepare=identity_prepare, state_sharding=None,
+):
+  """A jitted `step(state, batch, key, lr_scale) -> state` (the state is donated).
+
+  With `state_sharding` (replicated over a mesh) and a batch split over it, the step runs data
+  parallel: XLA averages gradients and BatchNorm statistics over the global batch.
+  """
+  weights = jnp.asarray(cfg.class_weights or (1.0,) * cfg.num_classes, jnp.float32)
+
+  @functools.partial(jax.jit, donate_argnums=0, out_shardings=state_sharding)
+  def train_step(state: TrainState, batch: dict, key: jax.Array, lr_scale: jax.Array) -> TrainState:
+    labels, mask = batch["label"], batch["mask"]
+    dropout_key, augment_key = jax.random.split(key)
+    images = prepare(batch["image"], augment_key)
+
+    def loss_fn(params, frozen, stats):
+      # Mixed precision: bfloat16 weights and activations; BatchNorm statistics, the loss and the
+      # gradients (through the cast) stay float32.
+      model = nnx.merge(graphdef, compute_cast(params, cfg.dtype), compute_cast(frozen, cfg.dtype), stats, copy=True)
+      forward = model.head if cfg.on_features else model
+      logits = forward(compute_cast(images, cfg.dtype), rngs=nnx.Rngs(dropout=dropout_key)).astype(jnp.float32)
+      losses = metrics.example_losses(logits, labels, cfg.label_smoothing, xp=jnp)
+      loss = jnp.sum(losses * weights[labels] * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+      return loss, (logits, losses, nnx.state(model, nnx.Not(nnx.Param)))
+
+    (_, (logits, losses, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, state.frozen, state.stats)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    updates = jax.tree.map(lambda u, s: u * s * lr_scale, updates, scales)
+    threshold = cfg.threshold if logits.shape[-1] == 1 else None  # One sigmoid unit: binary.
+    predictions = metrics.predicted_labels(metrics.probabilities(logits, xp=jnp), threshold, xp=jnp)
+    return state.replace(
+      step=state.step + 1,
+      params=optax.apply_updates(state.params, updates),
+      stats=stats,
+      opt_state=opt_state,
+      epoch_sums=add_to_sums(state.epoch_sums, losses, labels, predictions, mask),
+      window_sums=add_to_sums(state.window_sums, losses, labels, predictions, mask),
+    )
+
+  return train_step
+
+
+def make_eval_step(
+  eval_graphdef: nnx.GraphDef, prepare=identity_prepare, out_sharding=None, dtype: str = "float32", on_features: bool = False
+):
+  """A jitted `step(state, images) -> logits` with the model in inference mode (`on_features`:
+  the inputs are cached backbone features and only the head runs)."""
+
+  @functools.partial(jax.jit, out_shardings=out_sharding)
+  def eval_step(state: TrainState, images: jax.Array) -> jax.Array:
+    model = nnx.merge(eval_graphdef, compute_cast(state.params, dtype), compute_cast(state.frozen, dtype), state.stats)
+    forward = model.head if on_features else model
+    return forward(compute_cast(prepare(images, None), dtype)).astype(jnp.float32)
+
+  return eval_step
+
+
