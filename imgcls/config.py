@@ -13,7 +13,8 @@ from collections.abc import Iterable
 import ml_collections
 
 def default_config() -> ml_collections.ConfigDict:
-  """Every configurable key of imgcls with its default value."""
+  """Every configurable key of imgcls with its default value (long on purpose: one line per key,
+  each documented where it is set)."""
   c = ml_collections.ConfigDict()
   c.seed = 42  # Drives the split, the shuffle, initialisation and dropout.
 
@@ -213,7 +214,8 @@ def check_overrides(config: ml_collections.ConfigDict, argv: Iterable[str], flag
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-  """Fails if a config (from any recipe) has keys the defaults do not know, or bad values."""
+  """Fails if a config (from any recipe) has keys the defaults do not know, or bad values: every
+  check that needs no data, in one flat list (long on purpose), so they all run before the scan."""
   valid = set(flat_keys(default_config()))
   for key in flat_keys(config):
     if key not in valid:

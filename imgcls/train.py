@@ -107,6 +107,34 @@ class EarlyStopping:
     return {"wait": self.wait, "best": self.best}
 
 
+@dataclasses.dataclass
+class Callbacks:
+  """What runs after every epoch: the best-checkpoint monitor, reduce-on-plateau and early
+  stopping, resumed from a checkpoint's meta."""
+
+  plateau: Plateau
+  early: EarlyStopping
+  best: Monitor  # The checkpoint's monitored metric.
+
+  @classmethod
+  def from_meta(cls, config: ml_collections.ConfigDict, meta: ckpt_lib.RunMeta) -> Callbacks:
+    best = Monitor(config.checkpoint.mode, best=meta.best["value"] if meta.best else None)
+    return cls(Plateau(config.reduce_on_plateau, **meta.plateau), EarlyStopping(config.early_stopping, **meta.early_stopping), best)
+
+  def end_of_epoch(self, config: ml_collections.ConfigDict, record: dict, meta: ckpt_lib.RunMeta, log: RunLog) -> tuple[bool, bool]:
+    """(is this epoch the best so far, stop now) after `record`; the best goes into `meta`."""
+    monitored = _monitored(record, config.checkpoint.monitor)
+    is_best = self.best.improved(monitored)
+    if is_best:
+      self.best.best = monitored
+      meta.best = {"monitor": config.checkpoint.monitor, "value": monitored, "step": record["step"], "epoch": record["epoch"], "metrics": record}
+    if config.reduce_on_plateau.enabled:
+      if self.plateau.update(_monitored(record, config.reduce_on_plateau.monitor), config.optimizer.learning_rate):
+        log.message(f"Reducing the learning rate to {config.optimizer.learning_rate * self.plateau.scale:.3g}.")
+    stop = config.early_stopping.enabled and self.early.update(_monitored(record, config.early_stopping.monitor))
+    return is_best, stop
+
+
 # ---------------------------------------------------------------------------------------------
 # Building the state.
 
@@ -138,7 +166,10 @@ def check_workdir_outside_data(workdir: str, data_config: ml_collections.ConfigD
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains `config` in `workdir` (resuming what is there) and returns the run summary."""
+  """Trains `config` in `workdir` (resuming what is there) and returns the run summary.
+
+  One function on purpose, as the flax examples' `train_and_evaluate`: the loop reads top to bottom,
+  set-up, epochs of steps, validation, callbacks, checkpoints; its parts are the functions above."""
   start_time = time.time()
   check_workdir_outside_data(workdir, config.data)
   os.makedirs(workdir, exist_ok=True)
@@ -151,13 +182,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   class_names = train_split.class_names
   num_classes = len(class_names)
   dp = parallel.DataParallel()
-  if config.data.batch_size % dp.devices:
-    raise ValueError(f"config.data.batch_size={config.data.batch_size} must be a multiple of the {dp.devices} devices.")
-  batch_size = config.data.batch_size // dp.processes  # Each process reads its share of every batch.
-  shard = (jax.process_index(), dp.processes)
-  per_process = len(train_split) // dp.processes
-  # A last partial batch that does not split evenly over the devices is left out.
-  steps_per_epoch = per_process // batch_size + (1 if per_process % batch_size and dp.fits(per_process % batch_size) else 0)
+  batch_size, shard, steps_per_epoch = process_batches(config, len(train_split), dp)
   epochs = config.train.epochs
   step_cfg = StepConfig(
     num_classes, config.train.threshold, config.loss.label_smoothing, class_weights(config, train_split), config.dtype
@@ -170,9 +195,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   state = steps.initial_state(params, frozen, stats, tx, num_classes)
   state = dp.replicate(state)
   checkpoints = ckpt_lib.Checkpoints(workdir, config.checkpoint.max_to_keep, config.checkpoint.async_save)
-  plateau = Plateau(config.reduce_on_plateau)
-  early = EarlyStopping(config.early_stopping)
-  best_monitor = Monitor(config.checkpoint.mode)  # The checkpoint's monitored metric.
   meta = ckpt_lib.RunMeta(class_names=list(class_names))
   if checkpoints.latest_step() is not None:
     state, meta = checkpoints.restore(state)
@@ -181,11 +203,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         f"The run in {workdir} was trained on the classes {meta.class_names}, the data now has {class_names}: "
         f"train in a new --workdir (--config.init_from={workdir} starts it from this run's best weights)."
       )
-    plateau = Plateau(config.reduce_on_plateau, **meta.plateau)
-    early = EarlyStopping(config.early_stopping, **meta.early_stopping)
-    best_monitor.best = meta.best["value"] if meta.best else None
   elif config.init_from:
     state = ckpt_lib.load_weights(state, config.init_from)
+  callbacks = Callbacks.from_meta(config, meta)
 
   aug = augment.from_config(config.data)
   normalize = augment.make_normalize(config.data, lambda: pipeline.eval_batches(train_split, config.data), meta.normalization)
@@ -220,7 +240,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   def save(epoch: int, data_state: dict | None, *, is_best: bool = False) -> None:
     check_finite(state, int(state.step))
     meta.epoch, meta.data_state = epoch, data_state
-    meta.plateau, meta.early_stopping, meta.class_names = plateau.to_json(), early.to_json(), list(class_names)
+    meta.plateau, meta.early_stopping = callbacks.plateau.to_json(), callbacks.early.to_json()
     checkpoints.save(int(state.step), state, meta, best=is_best)
 
   start_epoch, start_data_state = meta.epoch, meta.data_state
@@ -236,7 +256,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         epoch_sums=dp.replicate(steps.zero_sums(num_classes)), window_sums=dp.replicate(steps.zero_sums(num_classes))
       )
     bar = log.progress(epoch, epochs, steps_per_epoch, initial=(resume_state or {}).get("next_index", 0))
-    lr_scale = jnp.float32(plateau.scale)
+    lr_scale = jnp.float32(callbacks.plateau.scale)
     step = int(state.step)  # Counted on the host from here: no device sync per step.
     for batch in iterator:
       if not dp.fits(len(batch["mask"])):
@@ -252,7 +272,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         state = state.replace(window_sums=dp.replicate(steps.zero_sums(num_classes)))
         check_finite(state, step + 1)
         batch_metrics = metrics_lib.from_confusion(window["confusion"], window["loss"], window["count"])
-        log.batch(step + 1, epoch, batch_metrics, float(schedule(step)) * plateau.scale)
+        log.batch(step + 1, epoch, batch_metrics, float(schedule(step)) * callbacks.plateau.scale)
         bar.set_postfix(loss=f"{batch_metrics['loss']:.4f}", acc=f"{batch_metrics['accuracy']:.4f}")
       every = config.checkpoint.every_steps
       if every and (step + 1) % every == 0 and (step + 1) % steps_per_epoch:
@@ -262,23 +282,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     sums = jax.device_get(state.epoch_sums)
     check_finite(state, int(state.step))
-    record = {"epoch": epoch + 1, "step": int(state.step), "learning_rate": float(schedule(int(state.step) - 1)) * plateau.scale}
+    learning_rate = float(schedule(int(state.step) - 1)) * callbacks.plateau.scale
+    record = {"epoch": epoch + 1, "step": int(state.step), "learning_rate": learning_rate}
     record.update({f"train_{k}": v for k, v in metrics_lib.from_confusion(sums["confusion"], sums["loss"], sums["count"]).items()})
     if val_split is not None:
       val_logits = predict_split(functools.partial(eval_step, state), val_split, data, dp, features=val_features)
       val_metrics = metrics_lib.from_logits(val_logits, val_split.labels, num_classes, step_cfg.threshold)
       record.update({f"val_{k}": v for k, v in val_metrics.items()})
     history.append(record)
-    monitored = _monitored(record, config.checkpoint.monitor)
-    is_best = best_monitor.improved(monitored)
-    if is_best:
-      best_monitor.best = monitored
-      meta.best = {"monitor": config.checkpoint.monitor, "value": monitored, "step": record["step"], "epoch": epoch + 1, "metrics": record}
-    if config.reduce_on_plateau.enabled:
-      if plateau.update(_monitored(record, config.reduce_on_plateau.monitor), config.optimizer.learning_rate):
-        log.message(f"Reducing the learning rate to {config.optimizer.learning_rate * plateau.scale:.3g}.")
-    if config.early_stopping.enabled:
-      stopped_early = early.update(_monitored(record, config.early_stopping.monitor))
+    is_best, stopped_early = callbacks.end_of_epoch(config, record, meta, log)
     log.epoch(record, is_best, seconds=time.time() - epoch_start)
     last_epoch = epoch + 1 == epochs or stopped_early
     save(epoch + 1 if not stopped_early else epochs, None, is_best=is_best)
@@ -303,6 +315,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   }
   log.finish(summary)
   return summary
+
+
+def process_batches(config: ml_collections.ConfigDict, train_size: int, dp: parallel.DataParallel) -> tuple[int, tuple[int, int], int]:
+  """(this process's share of every batch, its shard, steps per epoch). A last partial batch that
+  does not split evenly over the devices is left out."""
+  if config.data.batch_size % dp.devices:
+    raise ValueError(f"config.data.batch_size={config.data.batch_size} must be a multiple of the {dp.devices} devices.")
+  batch_size = config.data.batch_size // dp.processes
+  per_process = train_size // dp.processes
+  last = per_process % batch_size
+  steps_per_epoch = per_process // batch_size + (1 if last and dp.fits(last) else 0)
+  return batch_size, (jax.process_index(), dp.processes), steps_per_epoch
 
 
 def cache_backbone_features(

@@ -37,7 +37,8 @@ def graph(
   pooling: str = "",
   classes: int = 1000,
 ) -> Graph:
-  """The Keras InceptionV3; `predictions` returns logits (Keras applies a softmax)."""
+  """The Keras InceptionV3; `predictions` returns logits (Keras applies a softmax). Long on purpose:
+  Keras's layers one after another, in its order, so each name can be checked against its source."""
   g = Graph("inception_v3", input_shape, min_size=75)
   x = conv2d_bn(g, g.output, 32, 3, 3, strides=2, padding="valid")
   x = conv2d_bn(g, x, 32, 3, 3, padding="valid")
