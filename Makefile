@@ -1,12 +1,13 @@
 # Two commands set up everything on a fresh machine with only Python 3.11+:
 #   make demo   trains the embedded default (scikit-learn's digits as an image folder)
-#   make test   runs the test suite (with the tf extra, so the tf.data backend is tested too)
+#   make test   checks the formatting and lint (ruff), then runs the test suite (with the tf
+#               extra, so the tf.data backend is tested too); make format fixes what ruff can
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 WORKDIR ?= runs/digits
 
-.PHONY: demo test install install-test browser clean
+.PHONY: demo test lint format install install-test browser clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +28,16 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium shellcheck >/dev/null) ; } || \
 	  echo "chromium or shellcheck is not installed: the tests that need them will be skipped"
 
-test: install-test browser
+lint: install-test
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+test: install-test browser lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+format: install-test
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 clean:
 	rm -rf $(VENV) runs

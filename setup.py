@@ -40,16 +40,18 @@ def onednn_extension() -> list[Extension]:
   library_dir = os.path.dirname(dnnl_library)
   if not os.path.exists(os.path.join(library_dir, "libdnnl.so")):
     raise SystemExit(f"imgcls: {library_dir} has libdnnl.so.3 but no libdnnl.so to link against")
-  return [Extension(
-    "imgcls.models._onednn_conv",
-    sources=["imgcls/models/onednn_conv.cc"],
-    include_dirs=[up(ffi_header, 4), up(dnnl_header, 3)],  # .../include
-    library_dirs=[library_dir],
-    libraries=["dnnl"],
-    extra_compile_args=["-std=c++17", "-O2", "-fvisibility=hidden", "-Wno-return-type"],
-    language="c++",
-    optional=True,  # A failed compile warns and installs imgcls without it.
-  )]
+  return [
+    Extension(
+      "imgcls.models._onednn_conv",
+      sources=["imgcls/models/onednn_conv.cc"],
+      include_dirs=[up(ffi_header, 4), up(dnnl_header, 3)],  # .../include
+      library_dirs=[library_dir],
+      libraries=["dnnl"],
+      extra_compile_args=["-std=c++17", "-O2", "-fvisibility=hidden", "-Wno-return-type"],
+      language="c++",
+      optional=True,  # A failed compile warns and installs imgcls without it.
+    )
+  ]
 
 
 setup(ext_modules=onednn_extension())

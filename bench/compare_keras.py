@@ -59,15 +59,36 @@ IMGCLS_CONVS = ("onednn", "cpu", "xla")  # sides imgcls_onednn, imgcls_cpu, imgc
 
 # case -> (model, image size, batch size, data folder, label mode, model and head settings)
 CASES = {
-  "pollen": ("mobilenet_v2", (90, 90), 32, "pollen", "binary",
-             dict(cut_at="block_6_expand_relu"), dict(pooling="flatten", hidden=(64,), dropout=0.0)),
+  "pollen": (
+    "mobilenet_v2",
+    (90, 90),
+    32,
+    "pollen",
+    "binary",
+    dict(cut_at="block_6_expand_relu"),
+    dict(pooling="flatten", hidden=(64,), dropout=0.0),
+  ),
   "insects": ("insects_cnn", (180, 180), 32, "flowers17/train", "int", {}, {}),
   "bn_cnn": ("bn_cnn", (256, 256), 16, "flowers17/train", "int", {}, {}),
   "dropout_cnn": ("dropout_cnn", (224, 224), 32, "flowers17/train", "int", {}, {}),
-  "flowers_vgg19": ("vgg19", (224, 224), 32, "flowers17/train", "int",
-                    dict(pooling="max", freeze="all"), dict(pooling="none", hidden=(128,), dropout=0.3)),
-  "inception_v3": ("inception_v3", (299, 299), 16, "flowers17/train", "int",
-                   {}, dict(pooling="avg", hidden=(1024,), dropout=0.0)),
+  "flowers_vgg19": (
+    "vgg19",
+    (224, 224),
+    32,
+    "flowers17/train",
+    "int",
+    dict(pooling="max", freeze="all"),
+    dict(pooling="none", hidden=(128,), dropout=0.3),
+  ),
+  "inception_v3": (
+    "inception_v3",
+    (299, 299),
+    16,
+    "flowers17/train",
+    "int",
+    {},
+    dict(pooling="avg", hidden=(1024,), dropout=0.0),
+  ),
 }
 
 
@@ -92,29 +113,58 @@ def keras_model(case: str, num_classes: int, image_size: tuple[int, int]):
     model = keras.Sequential([cut, layers.Flatten(), layers.Dense(64, activation="relu"), layers.Dense(1, activation="sigmoid")])
     loss = "binary_crossentropy"
   elif case == "insects":
-    model = keras.Sequential([
-      keras.Input(shape),
-      layers.Conv2D(16, 3, padding="same", activation="relu"), layers.MaxPooling2D(),
-      layers.Conv2D(32, 3, padding="same", activation="relu"), layers.MaxPooling2D(),
-      layers.Conv2D(64, 3, padding="same", activation="relu"), layers.MaxPooling2D(),
-      layers.Flatten(), layers.Dense(128, activation="relu"), layers.Dense(num_classes),
-    ])
+    model = keras.Sequential(
+      [
+        keras.Input(shape),
+        layers.Conv2D(16, 3, padding="same", activation="relu"),
+        layers.MaxPooling2D(),
+        layers.Conv2D(32, 3, padding="same", activation="relu"),
+        layers.MaxPooling2D(),
+        layers.Conv2D(64, 3, padding="same", activation="relu"),
+        layers.MaxPooling2D(),
+        layers.Flatten(),
+        layers.Dense(128, activation="relu"),
+        layers.Dense(num_classes),
+      ]
+    )
   elif case == "bn_cnn":
     bn = lambda: layers.BatchNormalization(momentum=0.1, epsilon=1e-5)  # noqa: E731
-    model = keras.Sequential([
-      keras.Input(shape),
-      layers.Conv2D(32, 7, strides=2, activation="relu"), bn(), layers.MaxPooling2D(),
-      layers.Conv2D(32, 3, activation="relu"), bn(), layers.MaxPooling2D(),
-      layers.Conv2D(32, 3, activation="relu"), bn(), layers.MaxPooling2D(),
-      layers.Dropout(0.3), layers.Flatten(), layers.Dense(image_size[1], activation="relu"), bn(), layers.Dense(num_classes),
-    ])
+    model = keras.Sequential(
+      [
+        keras.Input(shape),
+        layers.Conv2D(32, 7, strides=2, activation="relu"),
+        bn(),
+        layers.MaxPooling2D(),
+        layers.Conv2D(32, 3, activation="relu"),
+        bn(),
+        layers.MaxPooling2D(),
+        layers.Conv2D(32, 3, activation="relu"),
+        bn(),
+        layers.MaxPooling2D(),
+        layers.Dropout(0.3),
+        layers.Flatten(),
+        layers.Dense(image_size[1], activation="relu"),
+        bn(),
+        layers.Dense(num_classes),
+      ]
+    )
   elif case == "dropout_cnn":
-    model = keras.Sequential([
-      keras.Input(shape),
-      layers.Conv2D(32, 3, activation="relu"), layers.Conv2D(64, 3, activation="relu"), layers.MaxPooling2D(), layers.Dropout(0.25),
-      layers.Conv2D(64, 3, activation="relu"), layers.MaxPooling2D(), layers.Dropout(0.25),
-      layers.Flatten(), layers.Dense(64, activation="relu"), layers.Dropout(0.5), layers.Dense(num_classes),
-    ])
+    model = keras.Sequential(
+      [
+        keras.Input(shape),
+        layers.Conv2D(32, 3, activation="relu"),
+        layers.Conv2D(64, 3, activation="relu"),
+        layers.MaxPooling2D(),
+        layers.Dropout(0.25),
+        layers.Conv2D(64, 3, activation="relu"),
+        layers.MaxPooling2D(),
+        layers.Dropout(0.25),
+        layers.Flatten(),
+        layers.Dense(64, activation="relu"),
+        layers.Dropout(0.5),
+        layers.Dense(num_classes),
+      ]
+    )
   elif case.startswith("flowers_vgg19"):
     base = keras.applications.VGG19(include_top=False, weights=None, input_shape=shape, pooling="max")
     base.trainable = False
@@ -192,8 +242,10 @@ def torch_runner(case, batches, num_classes, eval_only: bool, image_size, compil
   torch.manual_seed(0)
   backbone, head, frozen = torch_models.model(case, num_classes, image_size)
   backbone, head = backbone.to(memory_format=torch.channels_last), head.to(memory_format=torch.channels_last)
-  x = [torch.from_numpy(np.ascontiguousarray(b["image"])).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
-       for b in batches]
+  x = [
+    torch.from_numpy(np.ascontiguousarray(b["image"])).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+    for b in batches
+  ]
   binary = case.startswith("pollen")
   y = [torch.from_numpy(np.asarray(b["label"], np.float32 if binary else np.int64)) for b in batches]
   loss_fn = torch.nn.BCEWithLogitsLoss() if binary else torch.nn.CrossEntropyLoss()
@@ -334,10 +386,15 @@ def compare(case: str, sides: list[str]) -> dict:
   for side, runner in runners.items():
     seconds = statistics.median(passes[side])
     result[side] = {
-      "compile_s": round(runner.compile_s, 2), "warmup_step_ms": round(warmup[side] * 1000, 1), "step_ms": round(seconds * 1000, 1), "images_per_s": round(batch / seconds, 1),
+      "compile_s": round(runner.compile_s, 2),
+      "warmup_step_ms": round(warmup[side] * 1000, 1),
+      "step_ms": round(seconds * 1000, 1),
+      "images_per_s": round(batch / seconds, 1),
       "pass_step_ms": [round(t * 1000, 1) for t in passes[side]],
-      "peak_rss_mb": round(runner.rss_peak), "added_rss_mb": round(runner.rss_peak - runner.rss_before),
-      "pass_sys_s": [round(k["sys_s"], 2) for k in runner.kernel], "pass_page_faults": [k["page_faults"] for k in runner.kernel],
+      "peak_rss_mb": round(runner.rss_peak),
+      "added_rss_mb": round(runner.rss_peak - runner.rss_before),
+      "pass_sys_s": [round(k["sys_s"], 2) for k in runner.kernel],
+      "pass_page_faults": [k["page_faults"] for k in runner.kernel],
     }
   for side in sides:
     if side != "imgcls" and "imgcls" in result:
@@ -379,7 +436,11 @@ def _epochs_imgcls(epochs: int, images: int, cache_features: str) -> dict:
   summary = train.train_and_evaluate(config, workdir)
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     seconds = [r["seconds"] for r in map(json.loads, f) if r["type"] == "epoch"]
-  return {"total_s": round(summary["wall_seconds"], 1), "epoch_s": seconds, "final_train_loss": round(summary["final"]["train_loss"], 4)}
+  return {
+    "total_s": round(summary["wall_seconds"], 1),
+    "epoch_s": seconds,
+    "final_train_loss": round(summary["final"]["train_loss"], 4),
+  }
 
 
 def _epochs_keras(epochs: int, images: int) -> dict:
@@ -393,10 +454,16 @@ def _epochs_keras(epochs: int, images: int) -> dict:
   y = np.concatenate([b["label"][b["mask"] > 0] for b in batches])
   base = keras.applications.VGG19(include_top=False, weights=None, input_shape=(224, 224, 3), pooling="max")
   base.trainable = False
-  model = keras.Sequential([
-    keras.Input((224, 224, 3)), layers.RandomFlip("horizontal"), base,
-    layers.Dense(128, activation="relu"), layers.Dropout(0.3), layers.Dense(17, activation="softmax"),
-  ])
+  model = keras.Sequential(
+    [
+      keras.Input((224, 224, 3)),
+      layers.RandomFlip("horizontal"),
+      base,
+      layers.Dense(128, activation="relu"),
+      layers.Dropout(0.3),
+      layers.Dense(17, activation="softmax"),
+    ]
+  )
   model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
   times = []
 
@@ -447,16 +514,25 @@ def _insects_fit_keras(epochs: int) -> dict:
   root = os.path.join(SHARED, "flowers17")
   start = time.perf_counter()
   load = lambda folder: keras.utils.image_dataset_from_directory(  # noqa: E731
-    os.path.join(root, folder), image_size=(180, 180), batch_size=32, verbose=False)
+    os.path.join(root, folder), image_size=(180, 180), batch_size=32, verbose=False
+  )
   train_ds = load("train").cache().shuffle(1000).prefetch(tf.data.AUTOTUNE)
   test_ds = load("test").cache().prefetch(tf.data.AUTOTUNE)
-  model = keras.Sequential([
-    keras.Input((180, 180, 3)), layers.Rescaling(1.0 / 255),
-    layers.Conv2D(16, 3, padding="same", activation="relu"), layers.MaxPooling2D(),
-    layers.Conv2D(32, 3, padding="same", activation="relu"), layers.MaxPooling2D(),
-    layers.Conv2D(64, 3, padding="same", activation="relu"), layers.MaxPooling2D(),
-    layers.Flatten(), layers.Dense(128, activation="relu"), layers.Dense(17),
-  ])
+  model = keras.Sequential(
+    [
+      keras.Input((180, 180, 3)),
+      layers.Rescaling(1.0 / 255),
+      layers.Conv2D(16, 3, padding="same", activation="relu"),
+      layers.MaxPooling2D(),
+      layers.Conv2D(32, 3, padding="same", activation="relu"),
+      layers.MaxPooling2D(),
+      layers.Conv2D(64, 3, padding="same", activation="relu"),
+      layers.MaxPooling2D(),
+      layers.Flatten(),
+      layers.Dense(128, activation="relu"),
+      layers.Dense(17),
+    ]
+  )
   model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
   history = model.fit(train_ds, validation_data=test_ds, epochs=epochs, verbose=0)
   return {"total_s": round(time.perf_counter() - start, 1), "final_val_accuracy": round(history.history["val_accuracy"][-1], 3)}
@@ -506,8 +582,11 @@ def main() -> None:
       parser.error(f"unknown case {case!r}")
     print(json.dumps({case: results[case]}), flush=True)
   results["device"] = f"{jax.devices()[0]}, {os.cpu_count()} cores"
-  results["versions"] = {"jax": jax.__version__, "onednn": onednn.version(),
-                         **{name: _installed(name) for name in ("tensorflow", "keras", "torch")}}
+  results["versions"] = {
+    "jax": jax.__version__,
+    "onednn": onednn.version(),
+    **{name: _installed(name) for name in ("tensorflow", "keras", "torch")},
+  }
   print(json.dumps(results, indent=2))
 
 

@@ -15,34 +15,52 @@ import argparse
 import json
 import time
 
-import imgcls  # noqa: F401  (keeps freed host memory, as in training)
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+import imgcls  # noqa: F401  (keeps freed host memory, as in training)
 from imgcls.models.batch_norm import BatchNorm
 from imgcls.models.convs import Conv, DepthwiseConv, PointwiseConv
 
 CASES = {
-  "stem_conv_3x3_s2_3to32": ((32, 90, 90, 3), lambda impl: Conv(3, 32, (3, 3), strides=2, padding="SAME", implementation=impl, rngs=nnx.Rngs(0))),
-  "depthwise_3x3_45x45x32": ((32, 45, 45, 32), lambda impl: DepthwiseConv(32, (3, 3), padding="SAME", implementation=impl, rngs=nnx.Rngs(0))),
-  "depthwise_3x3_s2_47x47x96": ((32, 47, 47, 96), lambda impl: DepthwiseConv(96, (3, 3), strides=2, padding="VALID", implementation=impl, rngs=nnx.Rngs(0))),
-  "depthwise_3x3_23x23x144": ((32, 23, 23, 144), lambda impl: DepthwiseConv(144, (3, 3), padding="SAME", implementation=impl, rngs=nnx.Rngs(0))),
+  "stem_conv_3x3_s2_3to32": (
+    (32, 90, 90, 3),
+    lambda impl: Conv(3, 32, (3, 3), strides=2, padding="SAME", implementation=impl, rngs=nnx.Rngs(0)),
+  ),
+  "depthwise_3x3_45x45x32": (
+    (32, 45, 45, 32),
+    lambda impl: DepthwiseConv(32, (3, 3), padding="SAME", implementation=impl, rngs=nnx.Rngs(0)),
+  ),
+  "depthwise_3x3_s2_47x47x96": (
+    (32, 47, 47, 96),
+    lambda impl: DepthwiseConv(96, (3, 3), strides=2, padding="VALID", implementation=impl, rngs=nnx.Rngs(0)),
+  ),
+  "depthwise_3x3_23x23x144": (
+    (32, 23, 23, 144),
+    lambda impl: DepthwiseConv(144, (3, 3), padding="SAME", implementation=impl, rngs=nnx.Rngs(0)),
+  ),
   "pointwise_45x45_16to96": ((32, 45, 45, 16), lambda impl: PointwiseConv(16, 96, implementation=impl, rngs=nnx.Rngs(0))),
   "batch_norm_45x45x96": ((32, 45, 45, 96), lambda impl: BatchNorm(96, implementation=impl, rngs=nnx.Rngs(0))),
   "batch_norm_23x23x144": ((32, 23, 23, 144), lambda impl: BatchNorm(144, implementation=impl, rngs=nnx.Rngs(0))),
   "insects_conv_3x3_180x180_3to16": ((32, 180, 180, 3), lambda impl: Conv(3, 16, (3, 3), implementation=impl, rngs=nnx.Rngs(0))),
   "insects_conv_3x3_90x90_16to32": ((32, 90, 90, 16), lambda impl: Conv(16, 32, (3, 3), implementation=impl, rngs=nnx.Rngs(0))),
   "insects_conv_3x3_45x45_32to64": ((32, 45, 45, 32), lambda impl: Conv(32, 64, (3, 3), implementation=impl, rngs=nnx.Rngs(0))),
-  "bn_cnn_conv_7x7_s2_256_3to32": ((16, 256, 256, 3), lambda impl: Conv(3, 32, (7, 7), strides=2, padding="VALID", implementation=impl,
-                                                                       rngs=nnx.Rngs(0))),
+  "bn_cnn_conv_7x7_s2_256_3to32": (
+    (16, 256, 256, 3),
+    lambda impl: Conv(3, 32, (7, 7), strides=2, padding="VALID", implementation=impl, rngs=nnx.Rngs(0)),
+  ),
   "vgg_conv_3x3_56x56_128to256": ((8, 56, 56, 128), lambda impl: Conv(128, 256, (3, 3), implementation=impl, rngs=nnx.Rngs(0))),
   "vgg_conv_3x3_14x14_512to512": ((8, 14, 14, 512), lambda impl: Conv(512, 512, (3, 3), implementation=impl, rngs=nnx.Rngs(0))),
-  "inception_conv_1x7_17x17_128to128": ((8, 17, 17, 128), lambda impl: Conv(128, 128, (1, 7), use_bias=False, implementation=impl,
-                                                                            rngs=nnx.Rngs(0))),
-  "inception_conv_3x3_s2_35x35_288to384": ((8, 35, 35, 288), lambda impl: Conv(288, 384, (3, 3), strides=2, padding="VALID",
-                                                                               use_bias=False, implementation=impl, rngs=nnx.Rngs(0))),
+  "inception_conv_1x7_17x17_128to128": (
+    (8, 17, 17, 128),
+    lambda impl: Conv(128, 128, (1, 7), use_bias=False, implementation=impl, rngs=nnx.Rngs(0)),
+  ),
+  "inception_conv_3x3_s2_35x35_288to384": (
+    (8, 35, 35, 288),
+    lambda impl: Conv(288, 384, (3, 3), strides=2, padding="VALID", use_bias=False, implementation=impl, rngs=nnx.Rngs(0)),
+  ),
 }
 
 
@@ -54,6 +72,7 @@ def step_fn(module: nnx.Module):
   def step(x, state):
     def loss(x, state):
       return jnp.sum(jnp.clip(nnx.merge(graphdef, state)(x, **call), 0.0, 6.0))
+
     return jax.value_and_grad(loss, argnums=(0, 1))(x, state)
 
   return step, state
@@ -73,8 +92,12 @@ def time_case(shape, make, repeats: int, impls: list[str]) -> dict:
   for impl in impls:
     if impl != "xla" and "xla" in impls:
       out[f"{impl}_speedup"] = round(out["xla_ms"] / out[f"{impl}_ms"], 2)
-      out[f"{impl}_max_rel_diff"] = float(max(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(a))
-                                              for a, b in zip(jax.tree.leaves(results["xla"]), jax.tree.leaves(results[impl]))))
+      out[f"{impl}_max_rel_diff"] = float(
+        max(
+          jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(a))
+          for a, b in zip(jax.tree.leaves(results["xla"]), jax.tree.leaves(results[impl]))
+        )
+      )
   return out
 
 

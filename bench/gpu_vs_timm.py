@@ -64,9 +64,16 @@ def bench_imgcls(size: int, batch: int, steps: int, dtype: str, convs: str = "au
     state = step(state, data, key, scale)
   jax.block_until_ready(state.params)
   seconds = (time.perf_counter() - start) / steps
-  return {"dtype": dtype, "convs": convs, "batch_norm": batch_norm,
-          "images_per_s": round(batch / seconds, 1), "step_ms": round(seconds * 1000, 2), "compile_s": round(compile_s, 1),
-          "device": str(jax.devices()[0]), "jax": jax.__version__}
+  return {
+    "dtype": dtype,
+    "convs": convs,
+    "batch_norm": batch_norm,
+    "images_per_s": round(batch / seconds, 1),
+    "step_ms": round(seconds * 1000, 2),
+    "compile_s": round(compile_s, 1),
+    "device": str(jax.devices()[0]),
+    "jax": jax.__version__,
+  }
 
 
 def bench_timm(size: int, batch: int, steps: int, compiled: bool) -> dict:
@@ -99,8 +106,13 @@ def bench_timm(size: int, batch: int, steps: int, compiled: bool) -> dict:
     fn()
   torch.cuda.synchronize()
   seconds = (time.perf_counter() - start) / steps
-  return {"images_per_s": round(batch / seconds, 1), "step_ms": round(seconds * 1000, 2), "compile_s": round(compile_s, 1),
-          "torch": torch.__version__, "timm": timm.__version__}
+  return {
+    "images_per_s": round(batch / seconds, 1),
+    "step_ms": round(seconds * 1000, 2),
+    "compile_s": round(compile_s, 1),
+    "torch": torch.__version__,
+    "timm": timm.__version__,
+  }
 
 
 def main() -> None:

@@ -40,8 +40,15 @@ def rss_mb(pid: int) -> int | None:
 
 def measure(keep: str, extra: list[str]) -> dict:
   with tempfile.TemporaryDirectory() as workdir:
-    cmd = [sys.executable, "-m", "imgcls.main", f"--config={_CONFIG.value}", f"--workdir={workdir}/run",
-           f"--config.train.epochs={_EPOCHS.value}", *extra]
+    cmd = [
+      sys.executable,
+      "-m",
+      "imgcls.main",
+      f"--config={_CONFIG.value}",
+      f"--workdir={workdir}/run",
+      f"--config.train.epochs={_EPOCHS.value}",
+      *extra,
+    ]
     env = dict(os.environ, IMGCLS_KEEP_HOST_MEMORY=keep)
     with open(os.path.join(workdir, "log"), "w") as log:
       process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -54,9 +61,11 @@ def measure(keep: str, extra: list[str]) -> dict:
       raise SystemExit(f"{' '.join(cmd)} failed:\n{open(os.path.join(workdir, 'log')).read()[-3000:]}")
     with open(os.path.join(workdir, "run", "metrics.jsonl")) as f:
       epochs = [r for r in map(json.loads, f) if r["type"] == "epoch"]
-  steady = [mb for _, mb in trace[len(trace) // 4:]]  # Past start-up and compiling.
+  steady = [mb for _, mb in trace[len(trace) // 4 :]]  # Past start-up and compiling.
   return {
-    "keep_host_memory": keep == "1", "wall_s": round(trace[-1][0], 1), "peak_rss_mb": max(mb for _, mb in trace),
+    "keep_host_memory": keep == "1",
+    "wall_s": round(trace[-1][0], 1),
+    "peak_rss_mb": max(mb for _, mb in trace),
     "median_rss_mb": statistics.median(steady),
     "rss_at_quarters_mb": [steady[min(len(steady) - 1, int(len(steady) * q))] for q in (0.25, 0.5, 0.75, 1.0)],
     "median_epoch_s": round(statistics.median(r["seconds"] for r in epochs[1:]), 3) if len(epochs) > 1 else None,
@@ -68,9 +77,15 @@ def main(argv: list[str]) -> None:
   runs = [measure(keep, extra) for _ in range(_REPEATS.value) for keep in ("1", "0")]
   kept, default = ([r for r in runs if r["keep_host_memory"] is k] for k in (True, False))
   summary = {
-    "config": _CONFIG.value, "epochs": _EPOCHS.value, "extra": extra, "runs": runs,
-    "epoch_speedup": round(statistics.median(r["median_epoch_s"] for r in default)
-                           / statistics.median(r["median_epoch_s"] for r in kept), 3) if _EPOCHS.value > 1 else None,
+    "config": _CONFIG.value,
+    "epochs": _EPOCHS.value,
+    "extra": extra,
+    "runs": runs,
+    "epoch_speedup": round(
+      statistics.median(r["median_epoch_s"] for r in default) / statistics.median(r["median_epoch_s"] for r in kept), 3
+    )
+    if _EPOCHS.value > 1
+    else None,
     "peak_rss_ratio": round(max(r["peak_rss_mb"] for r in kept) / max(r["peak_rss_mb"] for r in default), 2),
   }
   print(json.dumps(summary, indent=1))

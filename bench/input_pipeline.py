@@ -45,8 +45,10 @@ _BATCH = flags.DEFINE_integer("batch_size", 32, "Batch size.")
 _THREADS = flags.DEFINE_integer("threads", 0, "Decoding threads (0: the machine's cores).")
 _PREFETCH = flags.DEFINE_integer("prefetch", 8, "Batches prefetched.")
 _AUGMENT = flags.DEFINE_string(
-  "augment", "", "data.augment ops the grain readers also apply on the host, e.g. 'flip_lr|rotate(20)' "
-  "(the default trains with them on the device, inside the jitted step, so they cost the pipeline nothing)."
+  "augment",
+  "",
+  "data.augment ops the grain readers also apply on the host, e.g. 'flip_lr|rotate(20)' "
+  "(the default trains with them on the device, inside the jitted step, so they cost the pipeline nothing).",
 )
 
 
@@ -112,8 +114,14 @@ def bench_dataset(name: str, threads: int) -> dict:
       epoch_rates[reader].append(round(count / (time.perf_counter() - start), 1))
   rate = {r: float(np.median(rates)) for r, rates in epoch_rates.items()}  # The median resists a busy moment.
   result = {
-    "root": root, "images": len(split), "image_size": list(size), "batch_size": _BATCH.value,
-    "timed_epochs": _EPOCHS.value, "images_per_s": rate, "epoch_images_per_s": epoch_rates, "warmup_s": warmup,
+    "root": root,
+    "images": len(split),
+    "image_size": list(size),
+    "batch_size": _BATCH.value,
+    "timed_epochs": _EPOCHS.value,
+    "images_per_s": rate,
+    "epoch_images_per_s": epoch_rates,
+    "warmup_s": warmup,
   }
   if "keras" in rate:
     for reader in ("grain", "tf"):

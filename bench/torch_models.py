@@ -14,7 +14,11 @@ from torch import nn
 
 
 def _conv_bn_relu6(cin: int, cout: int, kernel: int = 1, stride: int = 1, groups: int = 1) -> list[nn.Module]:
-  return [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False), nn.BatchNorm2d(cout, eps=1e-3), nn.ReLU6()]
+  return [
+    nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
+    nn.BatchNorm2d(cout, eps=1e-3),
+    nn.ReLU6(),
+  ]
 
 
 class InvertedResidual(nn.Module):
@@ -109,17 +113,34 @@ def _block_8(cin: int) -> nn.Module:
 def inception_v3_features() -> nn.Module:
   """Keras's InceptionV3 without its top, average-pooled to a 2048-vector."""
   return nn.Sequential(
-    ConvBN(3, 32, 3, 2, "valid"), ConvBN(32, 32, 3, padding="valid"), ConvBN(32, 64, 3), nn.MaxPool2d(3, 2),
-    ConvBN(64, 80, 1, padding="valid"), ConvBN(80, 192, 3, padding="valid"), nn.MaxPool2d(3, 2),
-    _block_35(192, 32), _block_35(256, 64), _block_35(288, 64),
-    Branches(ConvBN(288, 384, 3, 2, "valid"),
-             nn.Sequential(ConvBN(288, 64, 1), ConvBN(64, 96, 3), ConvBN(96, 96, 3, 2, "valid")), nn.MaxPool2d(3, 2)),
-    _block_17(128), _block_17(160), _block_17(160), _block_17(192),
-    Branches(nn.Sequential(ConvBN(768, 192, 1), ConvBN(192, 320, 3, 2, "valid")),
-             nn.Sequential(ConvBN(768, 192, 1), ConvBN(192, 192, (1, 7)), ConvBN(192, 192, (7, 1)), ConvBN(192, 192, 3, 2, "valid")),
-             nn.MaxPool2d(3, 2)),
-    _block_8(1280), _block_8(2048),
-    nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+    ConvBN(3, 32, 3, 2, "valid"),
+    ConvBN(32, 32, 3, padding="valid"),
+    ConvBN(32, 64, 3),
+    nn.MaxPool2d(3, 2),
+    ConvBN(64, 80, 1, padding="valid"),
+    ConvBN(80, 192, 3, padding="valid"),
+    nn.MaxPool2d(3, 2),
+    _block_35(192, 32),
+    _block_35(256, 64),
+    _block_35(288, 64),
+    Branches(
+      ConvBN(288, 384, 3, 2, "valid"),
+      nn.Sequential(ConvBN(288, 64, 1), ConvBN(64, 96, 3), ConvBN(96, 96, 3, 2, "valid")),
+      nn.MaxPool2d(3, 2),
+    ),
+    _block_17(128),
+    _block_17(160),
+    _block_17(160),
+    _block_17(192),
+    Branches(
+      nn.Sequential(ConvBN(768, 192, 1), ConvBN(192, 320, 3, 2, "valid")),
+      nn.Sequential(ConvBN(768, 192, 1), ConvBN(192, 192, (1, 7)), ConvBN(192, 192, (7, 1)), ConvBN(192, 192, 3, 2, "valid")),
+      nn.MaxPool2d(3, 2),
+    ),
+    _block_8(1280),
+    _block_8(2048),
+    nn.AdaptiveAvgPool2d(1),
+    nn.Flatten(),
   )
 
 
@@ -136,19 +157,56 @@ def model(case: str, num_classes: int, image_size: tuple[int, int]) -> tuple[nn.
     features = mobilenet_v2_to_block_6_expand_relu()
     head = [nn.Flatten(), nn.Linear(_flat_size(features, image_size), 64), relu(), nn.Linear(64, 1)]
   elif case == "insects":
-    features = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), relu(), pool(), nn.Conv2d(16, 32, 3, padding=1), relu(), pool(),
-                             nn.Conv2d(32, 64, 3, padding=1), relu(), pool())
+    features = nn.Sequential(
+      nn.Conv2d(3, 16, 3, padding=1),
+      relu(),
+      pool(),
+      nn.Conv2d(16, 32, 3, padding=1),
+      relu(),
+      pool(),
+      nn.Conv2d(32, 64, 3, padding=1),
+      relu(),
+      pool(),
+    )
     head = [nn.Flatten(), nn.Linear(_flat_size(features, image_size), 128), relu(), nn.Linear(128, num_classes)]
   elif case == "bn_cnn":
     bn = lambda: nn.BatchNorm2d(32, eps=1e-5, momentum=0.9)  # noqa: E731  (Keras's momentum 0.1)
-    features = nn.Sequential(nn.Conv2d(3, 32, 7, 2), relu(), bn(), pool(), nn.Conv2d(32, 32, 3), relu(), bn(), pool(),
-                             nn.Conv2d(32, 32, 3), relu(), bn(), pool())
+    features = nn.Sequential(
+      nn.Conv2d(3, 32, 7, 2),
+      relu(),
+      bn(),
+      pool(),
+      nn.Conv2d(32, 32, 3),
+      relu(),
+      bn(),
+      pool(),
+      nn.Conv2d(32, 32, 3),
+      relu(),
+      bn(),
+      pool(),
+    )
     width = image_size[1]
-    head = [nn.Dropout(0.3), nn.Flatten(), nn.Linear(_flat_size(features, image_size), width), relu(),
-            nn.BatchNorm1d(width, eps=1e-5, momentum=0.9), nn.Linear(width, num_classes)]
+    head = [
+      nn.Dropout(0.3),
+      nn.Flatten(),
+      nn.Linear(_flat_size(features, image_size), width),
+      relu(),
+      nn.BatchNorm1d(width, eps=1e-5, momentum=0.9),
+      nn.Linear(width, num_classes),
+    ]
   elif case == "dropout_cnn":
-    features = nn.Sequential(nn.Conv2d(3, 32, 3), relu(), nn.Conv2d(32, 64, 3), relu(), pool(), nn.Dropout(0.25),
-                             nn.Conv2d(64, 64, 3), relu(), pool(), nn.Dropout(0.25))
+    features = nn.Sequential(
+      nn.Conv2d(3, 32, 3),
+      relu(),
+      nn.Conv2d(32, 64, 3),
+      relu(),
+      pool(),
+      nn.Dropout(0.25),
+      nn.Conv2d(64, 64, 3),
+      relu(),
+      pool(),
+      nn.Dropout(0.25),
+    )
     head = [nn.Flatten(), nn.Linear(_flat_size(features, image_size), 64), relu(), nn.Dropout(0.5), nn.Linear(64, num_classes)]
   elif case.startswith("flowers_vgg19"):
     features, frozen = vgg19_features(), True

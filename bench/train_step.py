@@ -60,7 +60,9 @@ def main(argv):
   start = time.perf_counter()
   count = 0
   for epoch in range(100):
-    for batch in grain_pipeline.iterate(grain_pipeline.train_dataset(split, spec, batch_size, config.seed, epoch), config.data.num_threads, config.data.prefetch):
+    for batch in grain_pipeline.iterate(
+      grain_pipeline.train_dataset(split, spec, batch_size, config.seed, epoch), config.data.num_threads, config.data.prefetch
+    ):
       count += len(batch["label"])
       if count >= _STEPS.value * batch_size:
         break
@@ -68,19 +70,24 @@ def main(argv):
       break
   pipeline_s = time.perf_counter() - start
 
-  print(json.dumps({
-    "config": sys.argv[1] if len(sys.argv) > 1 else None,
-    "model": config.model.name,
-    "image_size": list(config.data.image_size),
-    "batch_size": batch_size,
-    "device": str(jax.devices()[0]),
-    "steps": _STEPS.value,
-    "compile_s": round(compile_s, 3),
-    "step_ms": round(step_s * 1000, 3),
-    "train_images_per_s": round(batch_size / step_s, 1),
-    "pipeline_images_per_s": round(count / pipeline_s, 1),
-    "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-  }, indent=2))
+  print(
+    json.dumps(
+      {
+        "config": sys.argv[1] if len(sys.argv) > 1 else None,
+        "model": config.model.name,
+        "image_size": list(config.data.image_size),
+        "batch_size": batch_size,
+        "device": str(jax.devices()[0]),
+        "steps": _STEPS.value,
+        "compile_s": round(compile_s, 3),
+        "step_ms": round(step_s * 1000, 3),
+        "train_images_per_s": round(batch_size / step_s, 1),
+        "pipeline_images_per_s": round(count / pipeline_s, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+      },
+      indent=2,
+    )
+  )
 
 
 if __name__ == "__main__":

@@ -105,8 +105,13 @@ class Checkpoints:
         if jax.process_index() == 0:
           os.makedirs(os.path.dirname(aside), exist_ok=True)
           os.rename(folder, aside)
-        logging.warning("Could not read the checkpoint %s (%s): moved it to %s and restored step %d.",
-                        folder, _first_line(error), aside, candidate)
+        logging.warning(
+          "Could not read the checkpoint %s (%s): moved it to %s and restored step %d.",
+          folder,
+          _first_line(error),
+          aside,
+          candidate,
+        )
       if errors:
         parallel.sync_processes("imgcls_checkpoint_moved_aside")
         manager.reload()
@@ -197,8 +202,9 @@ def read_meta(checkpoint_dir: str) -> RunMeta:
     with open(path) as f:
       return RunMeta.from_json(json.load(f))
   except (OSError, ValueError) as e:
-    raise CheckpointError(f"The checkpoint {checkpoint_dir} has no readable meta ({_first_line(e)}): it is not a "
-                          "complete imgcls checkpoint.") from e
+    raise CheckpointError(
+      f"The checkpoint {checkpoint_dir} has no readable meta ({_first_line(e)}): it is not a complete imgcls checkpoint."
+    ) from e
 
 
 def load_weights(state, path: str):

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 import ml_collections
 
+
 def default_config() -> ml_collections.ConfigDict:
   """Every configurable key of imgcls with its default value (long on purpose: one line per key,
   each documented where it is set)."""
@@ -253,8 +254,15 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
     raise ValueError(f"config.data.image_size={config.data.image_size!r} must be (height, width), two positive integers.")
   at_least = {
-    "data.batch_size": 1, "data.eval_batch_size": 0, "data.num_threads": 0, "data.prefetch": 0, "train.epochs": 1,
-    "train.log_every_steps": 1, "checkpoint.max_to_keep": 1, "checkpoint.every_steps": 0, "model.filters": 0,
+    "data.batch_size": 1,
+    "data.eval_batch_size": 0,
+    "data.num_threads": 0,
+    "data.prefetch": 0,
+    "train.epochs": 1,
+    "train.log_every_steps": 1,
+    "checkpoint.max_to_keep": 1,
+    "checkpoint.every_steps": 0,
+    "model.filters": 0,
   }
   for key, low in at_least.items():
     section, name = key.split(".")
@@ -268,11 +276,15 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   for section in ("checkpoint", "reduce_on_plateau", "early_stopping"):
     if config[section].monitor not in metrics:
       near = nearest_keys(config[section].monitor, metrics)
-      raise ValueError(f"config.{section}.monitor={config[section].monitor!r} is not a logged metric; "
-                       f"{'did you mean ' + ', '.join(near) + '? ' if near else ''}one of: {', '.join(metrics)}.")
+      raise ValueError(
+        f"config.{section}.monitor={config[section].monitor!r} is not a logged metric; "
+        f"{'did you mean ' + ', '.join(near) + '? ' if near else ''}one of: {', '.join(metrics)}."
+      )
   if config.data.backend == "tf" and config.data.interpolation not in ("bilinear", "nearest"):
-    raise ValueError(f"data.backend='tf' resizes with tf.image.resize: data.interpolation must be bilinear or nearest, "
-                     f"not {config.data.interpolation!r} (the grain backend has it).")
+    raise ValueError(
+      f"data.backend='tf' resizes with tf.image.resize: data.interpolation must be bilinear or nearest, "
+      f"not {config.data.interpolation!r} (the grain backend has it)."
+    )
   from imgcls.data import augment  # Fails naming an unknown op or bad arguments.
 
   augment.parse(config.data.augment, config.data.fill_mode, config.data.fill_value)
@@ -287,12 +299,15 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
     raise ValueError(TF_MISSING)
   if config.data.label_mode == "binary" and config.data.class_names and len(config.data.class_names) != 2:
-    raise ValueError(f"config.data.label_mode='binary' needs exactly 2 classes; data.class_names has "
-                     f"{len(config.data.class_names)}: {list(config.data.class_names)}. Use label_mode='int' or 'categorical'.")
+    raise ValueError(
+      f"config.data.label_mode='binary' needs exactly 2 classes; data.class_names has "
+      f"{len(config.data.class_names)}: {list(config.data.class_names)}. Use label_mode='int' or 'categorical'."
+    )
   if config.train.cache_features == "on":
     from imgcls.feature_cache import config_reasons_not_to_cache
 
     reasons = config_reasons_not_to_cache(config)
     if reasons:
-      raise ValueError("config.train.cache_features='on', but the backbone's features change between epochs: "
-                       + "; ".join(reasons) + ".")
+      raise ValueError(
+        "config.train.cache_features='on', but the backbone's features change between epochs: " + "; ".join(reasons) + "."
+      )

@@ -38,7 +38,9 @@ def image_files(inputs: str) -> list[str]:
   found = []
   for root, dirs, names in os.walk(inputs):
     dirs.sort()
-    found += [os.path.join(root, name) for name in sorted(names) if is_image_file(name) and os.path.isfile(os.path.join(root, name))]
+    found += [
+      os.path.join(root, name) for name in sorted(names) if is_image_file(name) and os.path.isfile(os.path.join(root, name))
+    ]
   if not found:
     raise sources.DataError(f"No image files under {inputs}.")
   return found
@@ -98,7 +100,9 @@ def labelled_data(run: restore.Run, split: str = "val", inputs: str | None = Non
       scan.class_names = list(run.class_names)
     restore.check_classes(scan.class_names, run.class_names, f"The folder {inputs!r}")
   else:
-    raise sources.DataError(f"--input={inputs} is neither a folder of class subfolders nor a CSV/Excel index ({', '.join(INDEX_EXTENSIONS)}).")
+    raise sources.DataError(
+      f"--input={inputs} is neither a folder of class subfolders nor a CSV/Excel index ({', '.join(INDEX_EXTENSIONS)})."
+    )
   name = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.splitext(os.path.basename(os.path.normpath(inputs)))[0]) or "input"
   found = sources.Split(scan.paths, scan.labels, list(run.class_names), name)
   return without_bad_images(found, config.data), os.path.abspath(inputs), name
@@ -115,7 +119,9 @@ def input_paths(inputs: str, config: ml_collections.ConfigDict) -> list[str]:
       raise sources.DataError(f"Cannot read index {inputs!r}: {e}") from e
     column = config.data.path_column
     if column not in table.columns:
-      raise sources.DataError(f"Index {inputs!r} has no column {column!r}; its columns are {list(table.columns)}. Set data.path_column.")
+      raise sources.DataError(
+        f"Index {inputs!r} has no column {column!r}; its columns are {list(table.columns)}. Set data.path_column."
+      )
     root = _index_config(config).dir or os.path.dirname(os.path.abspath(inputs))
     paths = [p if os.path.isabs(p) else os.path.join(root, p) for p in table[column].astype(str)]
     if not paths:
@@ -161,8 +167,14 @@ def load_pixels(paths: Sequence[str], data_config) -> np.ndarray:
 
 
 def evaluate(
-  config: ml_collections.ConfigDict, workdir: str, *, split: str = "val", inputs: str | None = None,
-  checkpoint: str | None = None, step: int | None = None, threshold: float | None = None,
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  split: str = "val",
+  inputs: str | None = None,
+  checkpoint: str | None = None,
+  step: int | None = None,
+  threshold: float | None = None,
 ) -> dict:
   """Evaluates a trained run on its `split` subset or on `inputs` (a class-per-folder tree or a
   CSV/Excel index) and writes `workdir/eval_<name>/` (`eval_<name>_step<N>/` for the weights of a
@@ -181,10 +193,17 @@ def evaluate(
   predicted = metrics.predicted_labels(probs, threshold)
   names = np.asarray(run.class_names, dtype=object)
   report = metrics.evaluation_report(data.labels, probs, run.class_names, threshold)
-  report.update({
-    "source": source, "name": name, "checkpoint": run.checkpoint, "step": run.step, "class_names": run.class_names,
-    "mean_loss": float(losses.mean()), **timing,
-  })
+  report.update(
+    {
+      "source": source,
+      "name": name,
+      "checkpoint": run.checkpoint,
+      "step": run.step,
+      "class_names": run.class_names,
+      "mean_loss": float(losses.mean()),
+      **timing,
+    }
+  )
 
   chosen = step is not None or checkpoint is not None  # Not the default (best) weights: keep both.
   out = os.path.join(workdir, f"eval_{name}" + (f"_step{run.step}" if chosen else ""))
@@ -202,10 +221,15 @@ def evaluate(
 
   plots.confusion_matrix(np.asarray(report["confusion_matrix"]), run.class_names, os.path.join(out, "confusion_matrix.png"))
   plots.confusion_matrix(
-    np.asarray(report["confusion_matrix_normalized"]), run.class_names, os.path.join(out, "confusion_matrix_normalized.png"), normalized="true"
+    np.asarray(report["confusion_matrix_normalized"]),
+    run.class_names,
+    os.path.join(out, "confusion_matrix_normalized.png"),
+    normalized="true",
   )
   plots.confusion_matrix(
-    np.asarray(report["confusion_matrix_normalized_all"]), run.class_names, os.path.join(out, "confusion_matrix_normalized_all.png"),
+    np.asarray(report["confusion_matrix_normalized_all"]),
+    run.class_names,
+    os.path.join(out, "confusion_matrix_normalized_all.png"),
     normalized="all",
   )
   plots.roc_pr_curves(report["curves"], os.path.join(out, "roc_pr.png"))
@@ -217,8 +241,11 @@ def evaluate(
   }
   for png, (index, title) in shown.items():
     plots.image_grid(
-      load_pixels([data.paths[i] for i in index], config.data), [f"True: {names[data.labels[i]]}" for i in index],
-      os.path.join(out, png), xlabels=[f"Pred: {names[predicted[i]]} ({confidence[i]:.2f})" for i in index], title=title,
+      load_pixels([data.paths[i] for i in index], config.data),
+      [f"True: {names[data.labels[i]]}" for i in index],
+      os.path.join(out, png),
+      xlabels=[f"Pred: {names[predicted[i]]} ({confidence[i]:.2f})" for i in index],
+      title=title,
     )
   html.write_report(workdir)
   shown_metrics = " ".join(f"{k}={report[k]:.4f}" for k in ("accuracy", "macro_f1", "f1", "roc_auc", "log_loss") if k in report)
@@ -278,8 +305,15 @@ def _imagenet_model(config: ml_collections.ConfigDict) -> tuple[Classifier, Sequ
 
 
 def predict(
-  config: ml_collections.ConfigDict, *, inputs: str, output: str, workdir: str | None = None, top_k: int = 5,
-  checkpoint: str | None = None, step: int | None = None, threshold: float | None = None,
+  config: ml_collections.ConfigDict,
+  *,
+  inputs: str,
+  output: str,
+  workdir: str | None = None,
+  top_k: int = 5,
+  checkpoint: str | None = None,
+  step: int | None = None,
+  threshold: float | None = None,
 ) -> list[dict]:
   """Class probabilities of every image in `inputs` (a file, a folder searched recursively, or a
   CSV/Excel index), written as a CSV to `output`; returns its rows.
@@ -309,8 +343,9 @@ def predict(
       record[f"prob_{rank}"] = float(row[index])
     rows.append(record)
   _write_csv(output, rows, top_k)
-  prediction_grid([r["path"] for r in rows], [f"{r['class_1']} ({r['prob_1']:.2f})" for r in rows], output, config.data,
-                  "ImageNet predictions")
+  prediction_grid(
+    [r["path"] for r in rows], [f"{r['class_1']} ({r['prob_1']:.2f})" for r in rows], output, config.data, "ImageNet predictions"
+  )
   return rows
 
 

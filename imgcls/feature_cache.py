@@ -22,8 +22,8 @@ import numpy as np
 from flax import nnx
 
 from imgcls import models
-from imgcls.steps import compute_cast
 from imgcls.data import augment
+from imgcls.steps import compute_cast
 
 MAX_BYTES = 4 << 30  # Features larger than this stay uncached (auto) or fail (on).
 SETTINGS = ("auto", "on", "off")
@@ -69,12 +69,15 @@ def decide(config: ml_collections.ConfigDict, model: models.Classifier, processe
     return False, "train.cache_features='off'"
   reasons = reasons_not_to_cache(config, model, processes)
   if reasons and setting == "on":
-    raise ValueError("config.train.cache_features='on', but the backbone's features change between epochs: " + "; ".join(reasons) + ".")
+    raise ValueError(
+      "config.train.cache_features='on', but the backbone's features change between epochs: " + "; ".join(reasons) + "."
+    )
   return not reasons, "; ".join(reasons)
 
 
 def make_features_step(eval_graphdef: nnx.GraphDef, prepare, variants: list[tuple[bool, bool]], dtype: str, out_sharding=None):
   """A jitted `step(state, images) -> features [batch, variants, ...]` in inference mode."""
+
   @functools.partial(jax.jit, out_shardings=out_sharding)
   def features_step(state, images: jax.Array) -> jax.Array:
     model = nnx.merge(eval_graphdef, compute_cast(state.params, dtype), compute_cast(state.frozen, dtype), state.stats)

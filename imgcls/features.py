@@ -38,7 +38,9 @@ def make_extract(run: restore.Run, layer: str = PENULTIMATE):
   """A jitted `extract(images) -> (batch, features)`: `layer`'s activations, spatial maps averaged."""
   if layer not in (PENULTIMATE, *layer_names(run.model)):
     known = ", ".join(layer_names(run.model))
-    raise restore.RunError(f"The model {run.config.model.name} has no layer {layer!r}; --layer can be empty (the penultimate layer) or one of: {known}.")
+    raise restore.RunError(
+      f"The model {run.config.model.name} has no layer {layer!r}; --layer can be empty (the penultimate layer) or one of: {known}."
+    )
   state = run.state
 
   @jax.jit
@@ -91,8 +93,14 @@ def project(features: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def features(
-  config: ml_collections.ConfigDict, workdir: str, *, inputs: str | None = None, layer: str = PENULTIMATE,
-  output: str | None = None, checkpoint: str | None = None, step: int | None = None,
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  inputs: str | None = None,
+  layer: str = PENULTIMATE,
+  output: str | None = None,
+  checkpoint: str | None = None,
+  step: int | None = None,
 ):
   """Features of `inputs` (a class-per-folder tree or CSV/Excel index; default every subset of
   the run) written to `output` (.csv, or .xlsx; default workdir/features/features.csv) with
@@ -115,16 +123,20 @@ def features(
       keep = np.asarray([p not in seen for p in split.paths], bool)  # val may be test itself.
       seen.update(split.paths)
       if keep.any():
-        parts.append((sources.Split([p for p, k in zip(split.paths, keep) if k], split.labels[keep], run.class_names, name), name))
+        parts.append(
+          (sources.Split([p for p, k in zip(split.paths, keep) if k], split.labels[keep], run.class_names, name), name)
+        )
   values = np.concatenate([extract_features(run, data, layer) for data, _ in parts]).astype(np.float64)
   if output.lower().endswith(".xlsx") and values.shape[1] + 7 > EXCEL_MAX_COLUMNS:
     raise restore.RunError(f"{values.shape[1]} features do not fit an Excel sheet ({EXCEL_MAX_COLUMNS} columns): write a .csv.")
   labels = np.concatenate([data.labels for data, _ in parts])
-  table = pd.DataFrame({
-    "path": [p for data, _ in parts for p in data.paths],
-    "label": [run.class_names[i] for i in labels],
-    "split": [name for data, name in parts for _ in data.paths],
-  })
+  table = pd.DataFrame(
+    {
+      "path": [p for data, _ in parts for p in data.paths],
+      "label": [run.class_names[i] for i in labels],
+      "split": [name for data, name in parts for _ in data.paths],
+    }
+  )
   columns = pd.DataFrame(values, columns=[f"f{i}" for i in range(values.shape[1])])
   pca, umap_xy = project(values, config.seed)
   projections = pd.DataFrame({"pca_x": pca[:, 0], "pca_y": pca[:, 1], "umap_x": umap_xy[:, 0], "umap_y": umap_xy[:, 1]})

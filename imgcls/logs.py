@@ -69,8 +69,14 @@ class RunLog:
     if not self.enabled or not self.config.train.progress:
       return _NoBar()
     return tqdm.tqdm(
-      total=steps, initial=initial, desc=f"Epoch {epoch + 1}/{epochs}", unit="step", leave=False,
-      disable=None, file=sys.stderr, dynamic_ncols=True,
+      total=steps,
+      initial=initial,
+      desc=f"Epoch {epoch + 1}/{epochs}",
+      unit="step",
+      leave=False,
+      disable=None,
+      file=sys.stderr,
+      dynamic_ncols=True,
     )
 
   def _write(self, record: dict) -> None:
@@ -127,7 +133,9 @@ class RunLog:
       self.message(f"Best {best['monitor']} {best['value']:.4f} at epoch {best['epoch']} (step {best['step']}).")
     if "val_accuracy" in final:
       self.message(f"Final val_accuracy {final['val_accuracy']:.4f}.")
-    self.message(f"Results in {os.path.abspath(self.workdir)}: summary.json, report.html, metrics.jsonl, tensorboard/, checkpoints/")
+    self.message(
+      f"Results in {os.path.abspath(self.workdir)}: summary.json, report.html, metrics.jsonl, tensorboard/, checkpoints/"
+    )
     self.message(f"Report: {os.path.abspath(report)}")
 
 

@@ -23,20 +23,28 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "predict", "feature
 _INPUT = flags.DEFINE_string(
   "input", None, "eval, features: a class-per-folder tree or a CSV/Excel index; predict: an image file, a folder or an index."
 )
-_OUTPUT = flags.DEFINE_string("output", None, "predict: CSV file to write; features: .csv or .xlsx (default WORKDIR/features/features.csv).")
+_OUTPUT = flags.DEFINE_string(
+  "output", None, "predict: CSV file to write; features: .csv or .xlsx (default WORKDIR/features/features.csv)."
+)
 _SPLIT = flags.DEFINE_string("split", "val", "eval: the run's subset to evaluate (train, val, test) when --input is not given.")
 _STEP = flags.DEFINE_integer(
-  "step", None, "eval, predict, features: the checkpoint of this step (default: the best); inspect: the training step to show (default 0).",
+  "step",
+  None,
+  "eval, predict, features: the checkpoint of this step (default: the best); inspect: the training step to show (default 0).",
   lower_bound=0,
 )
 _CHECKPOINT = flags.DEFINE_string(
   "checkpoint", None, "eval, predict, features: take the weights from this workdir or checkpoint folder instead of --workdir's."
 )
 _THRESHOLD = flags.DEFINE_float(
-  "threshold", None, "eval, predict: decision threshold on p(second class) of two-class models (default: config.train.threshold for binary ones)."
+  "threshold",
+  None,
+  "eval, predict: decision threshold on p(second class) of two-class models (default: config.train.threshold for binary ones).",
 )
 _LAYER = flags.DEFINE_string(
-  "layer", "", "features: 'backbone', a head layer ('head/hidden/0') or a Keras layer name (out_relu); default: the penultimate layer."
+  "layer",
+  "",
+  "features: 'backbone', a head layer ('head/hidden/0') or a Keras layer name (out_relu); default: the penultimate layer.",
 )
 
 MODES_NEEDING_WORKDIR = ("train", "eval", "features", "inspect")
@@ -122,7 +130,12 @@ def _run_mode(mode: str, workdir: str | None) -> None:
     from imgcls import evaluate
 
     evaluate.evaluate(
-      config, workdir, split=_SPLIT.value, inputs=_INPUT.value, checkpoint=_CHECKPOINT.value, step=_STEP.value,
+      config,
+      workdir,
+      split=_SPLIT.value,
+      inputs=_INPUT.value,
+      checkpoint=_CHECKPOINT.value,
+      step=_STEP.value,
       threshold=_THRESHOLD.value,
     )
   elif mode == "predict":
@@ -131,14 +144,24 @@ def _run_mode(mode: str, workdir: str | None) -> None:
     if not _INPUT.value or not _OUTPUT.value:
       raise app.UsageError("--mode=predict needs --input=FILE_DIR_OR_INDEX and --output=FILE.csv.")
     evaluate.predict(
-      config, inputs=_INPUT.value, output=_OUTPUT.value, workdir=workdir, checkpoint=_CHECKPOINT.value, step=_STEP.value,
+      config,
+      inputs=_INPUT.value,
+      output=_OUTPUT.value,
+      workdir=workdir,
+      checkpoint=_CHECKPOINT.value,
+      step=_STEP.value,
       threshold=_THRESHOLD.value,
     )
   elif mode == "features":
     from imgcls import features
 
     features.features(
-      config, workdir, inputs=_INPUT.value, layer=_LAYER.value, output=_OUTPUT.value, checkpoint=_CHECKPOINT.value,
+      config,
+      workdir,
+      inputs=_INPUT.value,
+      layer=_LAYER.value,
+      output=_OUTPUT.value,
+      checkpoint=_CHECKPOINT.value,
       step=_STEP.value,
     )
   elif mode == "inspect":

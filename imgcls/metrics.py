@@ -134,7 +134,9 @@ def evaluation_report(labels: np.ndarray, probs: np.ndarray, class_names: list[s
   report = skm.classification_report(
     labels, predictions, labels=list(range(k)), target_names=class_names, output_dict=True, zero_division=0
   )
-  text = skm.classification_report(labels, predictions, labels=list(range(k)), target_names=class_names, digits=4, zero_division=0)
+  text = skm.classification_report(
+    labels, predictions, labels=list(range(k)), target_names=class_names, digits=4, zero_division=0
+  )
   confusion = skm.confusion_matrix(labels, predictions, labels=list(range(k)))
   rows = confusion.sum(axis=1, keepdims=True)
   out = {
@@ -174,7 +176,9 @@ def evaluation_report(labels: np.ndarray, probs: np.ndarray, class_names: list[s
       precision, recall, _ = skm.precision_recall_curve(truth, score)
       out["curves"]["roc"][name] = {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "auc": float(skm.auc(fpr, tpr))}
       out["curves"]["pr"][name] = {
-        "precision": precision.tolist(), "recall": recall.tolist(), "ap": float(skm.average_precision_score(truth, score))
+        "precision": precision.tolist(),
+        "recall": recall.tolist(),
+        "ap": float(skm.average_precision_score(truth, score)),
       }
   out["ece"], out["reliability"] = expected_calibration_error(probs, labels)
   return out

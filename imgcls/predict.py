@@ -28,7 +28,10 @@ def batch_size_for(data_config, dp: parallel.DataParallel | None = None) -> int:
 
 
 def predict_split(
-  fn: Callable[[jax.Array], jax.Array], split: sources.Split, data_config, dp: parallel.DataParallel | None = None,
+  fn: Callable[[jax.Array], jax.Array],
+  split: sources.Split,
+  data_config,
+  dp: parallel.DataParallel | None = None,
   features: np.ndarray | None = None,
 ) -> np.ndarray:
   """`fn(inputs)`'s outputs for every example of `split`, in its order, padding left out.
@@ -58,7 +61,10 @@ def timed_predict(fn: Callable[[jax.Array], jax.Array], split: sources.Split, da
   outputs = predict_split(fn, split, data_config)
   seconds = time.perf_counter() - start
   timing = {
-    "seconds": seconds, "compile_seconds": compile_seconds, "images_per_s": len(split) / max(seconds, 1e-9),
-    "batch_size": batch_size, "batches": -(-len(split) // batch_size),
+    "seconds": seconds,
+    "compile_seconds": compile_seconds,
+    "images_per_s": len(split) / max(seconds, 1e-9),
+    "batch_size": batch_size,
+    "batches": -(-len(split) // batch_size),
   }
   return outputs, timing

@@ -67,7 +67,9 @@ def overridden_keys(argv: Iterable[str], flag: str = "config") -> list[str]:
   return keys
 
 
-def with_overrides(base: ml_collections.ConfigDict, given: ml_collections.ConfigDict | None, keys: Sequence[str]) -> ml_collections.ConfigDict:
+def with_overrides(
+  base: ml_collections.ConfigDict, given: ml_collections.ConfigDict | None, keys: Sequence[str]
+) -> ml_collections.ConfigDict:
   """`base` with the values of `keys` taken from `given` (the parsed command-line config)."""
   config = ml_collections.ConfigDict(base.to_dict())
   for key in keys:
@@ -165,7 +167,9 @@ def load(config: ml_collections.ConfigDict, workdir: str, checkpoint: str | None
     )
   model = steps.create_model(config, len(ours), load_weights=False)  # The checkpoint holds every weight.
   _, eval_graphdef, params, frozen, stats = steps.split_model(model)
-  state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params, frozen=frozen, stats=stats, opt_state=None, epoch_sums={}, window_sums={})
+  state = steps.TrainState(
+    step=jnp.zeros((), jnp.int32), params=params, frozen=frozen, stats=stats, opt_state=None, epoch_sums={}, window_sums={}
+  )
   verbosity = logging.get_verbosity()
   logging.set_verbosity(logging.ERROR)  # Orbax warns that the state folder has no metadata file of its own.
   try:

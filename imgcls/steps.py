@@ -33,11 +33,18 @@ class TrainState:
   window_sums: dict  # The same since the last per-batch log line.
 
 
-def initial_state(params: nnx.State, frozen: nnx.State, stats: nnx.State, tx: optax.GradientTransformation, num_classes: int) -> TrainState:
+def initial_state(
+  params: nnx.State, frozen: nnx.State, stats: nnx.State, tx: optax.GradientTransformation, num_classes: int
+) -> TrainState:
   """The state at step 0: fresh optimizer state and metric sums."""
   return TrainState(
-    step=jnp.zeros((), jnp.int32), params=params, frozen=frozen, stats=stats, opt_state=tx.init(params),
-    epoch_sums=zero_sums(num_classes), window_sums=zero_sums(num_classes),
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    frozen=frozen,
+    stats=stats,
+    opt_state=tx.init(params),
+    epoch_sums=zero_sums(num_classes),
+    window_sums=zero_sums(num_classes),
   )
 
 
@@ -122,8 +129,12 @@ def make_prepare(aug: augment.Augment, normalize: augment.Normalize, pixel_max: 
 
 
 def make_train_step(
-  graphdef: nnx.GraphDef, tx: optax.GradientTransformation, scales: nnx.State, cfg: StepConfig,
-  prepare=identity_prepare, state_sharding=None,
+  graphdef: nnx.GraphDef,
+  tx: optax.GradientTransformation,
+  scales: nnx.State,
+  cfg: StepConfig,
+  prepare=identity_prepare,
+  state_sharding=None,
 ):
   """A jitted `step(state, batch, key, lr_scale) -> state` (the state is donated).
 
@@ -178,5 +189,3 @@ def make_eval_step(
     return forward(compute_cast(prepare(images, None), dtype)).astype(jnp.float32)
 
   return eval_step
-
-

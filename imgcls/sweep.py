@@ -87,11 +87,17 @@ def results_table(root: str, runs: list[tuple[str, Override]], metric: str) -> l
         summary = json.load(f)
       best, final = summary.get("best") or {}, summary.get("final") or {}
       wanted = metric or best.get("monitor", "val_accuracy")
-      row.update({
-        "status": "done", "metric": wanted,
-        "best": (best.get("metrics") or {}).get(wanted, best.get("value")), "best_epoch": best.get("epoch"),
-        "final": final.get(wanted), "epochs": summary.get("epochs"), "wall_s": round(summary.get("wall_seconds", 0.0), 1),
-      })
+      row.update(
+        {
+          "status": "done",
+          "metric": wanted,
+          "best": (best.get("metrics") or {}).get(wanted, best.get("value")),
+          "best_epoch": best.get("epoch"),
+          "final": final.get(wanted),
+          "epochs": summary.get("epochs"),
+          "wall_s": round(summary.get("wall_seconds", 0.0), 1),
+        }
+      )
     else:
       row["status"] = "failed" if os.path.exists(os.path.join(root, name, "sweep.log")) else "not run"
     rows.append(row)
@@ -147,7 +153,9 @@ def load_grid(config: str, sweep: str, extra: Sequence[str] = ()) -> list[Overri
   return grid
 
 
-def run_sweep(config: str, sweep: str, root: str, parallel: int = 1, extra: Sequence[str] = (), metric: str = "", dry_run: bool = False) -> list[dict]:
+def run_sweep(
+  config: str, sweep: str, root: str, parallel: int = 1, extra: Sequence[str] = (), metric: str = "", dry_run: bool = False
+) -> list[dict]:
   """Runs (or resumes) every run of the sweep not finished yet and writes the results table."""
   grid = load_grid(config, sweep, extra)
   runs = [(run_name(o), o) for o in grid]

@@ -119,15 +119,25 @@ class Callbacks:
   @classmethod
   def from_meta(cls, config: ml_collections.ConfigDict, meta: ckpt_lib.RunMeta) -> Callbacks:
     best = Monitor(config.checkpoint.mode, best=meta.best["value"] if meta.best else None)
-    return cls(Plateau(config.reduce_on_plateau, **meta.plateau), EarlyStopping(config.early_stopping, **meta.early_stopping), best)
+    return cls(
+      Plateau(config.reduce_on_plateau, **meta.plateau), EarlyStopping(config.early_stopping, **meta.early_stopping), best
+    )
 
-  def end_of_epoch(self, config: ml_collections.ConfigDict, record: dict, meta: ckpt_lib.RunMeta, log: RunLog) -> tuple[bool, bool]:
+  def end_of_epoch(
+    self, config: ml_collections.ConfigDict, record: dict, meta: ckpt_lib.RunMeta, log: RunLog
+  ) -> tuple[bool, bool]:
     """(is this epoch the best so far, stop now) after `record`; the best goes into `meta`."""
     monitored = _monitored(record, config.checkpoint.monitor)
     is_best = self.best.improved(monitored)
     if is_best:
       self.best.best = monitored
-      meta.best = {"monitor": config.checkpoint.monitor, "value": monitored, "step": record["step"], "epoch": record["epoch"], "metrics": record}
+      meta.best = {
+        "monitor": config.checkpoint.monitor,
+        "value": monitored,
+        "step": record["step"],
+        "epoch": record["epoch"],
+        "metrics": record,
+      }
     if config.reduce_on_plateau.enabled:
       if self.plateau.update(_monitored(record, config.reduce_on_plateau.monitor), config.optimizer.learning_rate):
         log.message(f"Reducing the learning rate to {config.optimizer.learning_rate * self.plateau.scale:.3g}.")
@@ -161,8 +171,10 @@ def check_workdir_outside_data(workdir: str, data_config: ml_collections.ConfigD
     return
   data = os.path.realpath(folder)
   if os.path.commonpath([data, os.path.realpath(workdir)]) == data:
-    raise ValueError(f"--workdir={workdir} is inside data.dir={folder}: its checkpoints and logs would be read as "
-                     "images. Put the workdir elsewhere.")
+    raise ValueError(
+      f"--workdir={workdir} is inside data.dir={folder}: its checkpoints and logs would be read as "
+      "images. Put the workdir elsewhere."
+    )
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -227,7 +239,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # What the steps do to their inputs: augment and normalise images, or pick a cached flip's features.
   prepare = feature_cache.make_pick(aug, tuple(config.data.image_size)) if on_features else prepare_images
   train_step = steps.make_train_step(
-    graphdef, tx, optim.update_scales(params, config), dataclasses.replace(step_cfg, on_features=on_features), prepare,
+    graphdef,
+    tx,
+    optim.update_scales(params, config),
+    dataclasses.replace(step_cfg, on_features=on_features),
+    prepare,
     dp.replicated,
   )
   eval_step = steps.make_eval_step(eval_graphdef, prepare, dp.replicated, config.dtype, on_features=on_features)
@@ -248,8 +264,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     resume_state = start_data_state if start_data_state and epoch == start_epoch else None
     epoch_start = time.time()
     iterator = pipeline.train_batches(
-      train_split, data, config.seed, epoch, resume_state, batch_size=batch_size, shard=shard,
-      host_augment=aug if data.augment_on == "host" else None, features=train_features,
+      train_split,
+      data,
+      config.seed,
+      epoch,
+      resume_state,
+      batch_size=batch_size,
+      shard=shard,
+      host_augment=aug if data.augment_on == "host" else None,
+      features=train_features,
     )
     if resume_state is None:
       state = state.replace(
@@ -284,7 +307,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     check_finite(state, int(state.step))
     learning_rate = float(schedule(int(state.step) - 1)) * callbacks.plateau.scale
     record = {"epoch": epoch + 1, "step": int(state.step), "learning_rate": learning_rate}
-    record.update({f"train_{k}": v for k, v in metrics_lib.from_confusion(sums["confusion"], sums["loss"], sums["count"]).items()})
+    record.update(
+      {f"train_{k}": v for k, v in metrics_lib.from_confusion(sums["confusion"], sums["loss"], sums["count"]).items()}
+    )
     if val_split is not None:
       val_logits = predict_split(functools.partial(eval_step, state), val_split, data, dp, features=val_features)
       val_metrics = metrics_lib.from_logits(val_logits, val_split.labels, num_classes, step_cfg.threshold)
@@ -317,7 +342,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return summary
 
 
-def process_batches(config: ml_collections.ConfigDict, train_size: int, dp: parallel.DataParallel) -> tuple[int, tuple[int, int], int]:
+def process_batches(
+  config: ml_collections.ConfigDict, train_size: int, dp: parallel.DataParallel
+) -> tuple[int, tuple[int, int], int]:
   """(this process's share of every batch, its shard, steps per epoch). A last partial batch that
   does not split evenly over the devices is left out."""
   if config.data.batch_size % dp.devices:
@@ -344,7 +371,9 @@ def cache_backbone_features(
     if size > feature_cache.MAX_BYTES:
       cache, why_not = False, f"they would take {size / 2**30:.1f} GiB"
       if config.train.cache_features == "on":
-        raise ValueError(f"config.train.cache_features='on', but the backbone's features {why_not} (limit {feature_cache.MAX_BYTES / 2**30:.0f} GiB).")
+        raise ValueError(
+          f"config.train.cache_features='on', but the backbone's features {why_not} (limit {feature_cache.MAX_BYTES / 2**30:.0f} GiB)."
+        )
   if not cache:
     log.message(f"Backbone features are not cached: {why_not}.")
     return None, None

@@ -100,6 +100,11 @@ def run_cli(*args: str, timeout: float = 600, **kwargs) -> subprocess.CompletedP
   """Runs `python -m imgcls.main ARGS` in the repo, returning the completed process."""
   env = dict(os.environ, PYTHONUNBUFFERED="1")
   return subprocess.run(
-    [sys.executable, "-m", "imgcls.main", *args], cwd=REPO, env=env, capture_output=True, text=True,
-    timeout=timeout, **kwargs,
+    [sys.executable, "-m", "imgcls.main", *args],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    **kwargs,
   )

@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import tiny_config
 from keras.src.legacy.preprocessing import image as keras_image
 
-from conftest import tiny_config
 from imgcls import train
 from imgcls.data import augment, grain_pipeline, images, pipeline, sources
 
@@ -36,7 +36,18 @@ def test_geometry_matches_keras_apply_affine_transform(mode):
   # interpolate towards the fill value / wrap periodically, as Keras 3's preprocessing layers do).
   keras_mode = {"constant": "grid-constant", "wrap": "grid-wrap"}.get(mode, mode)
   theirs = keras_image.apply_affine_transform(
-    x, theta=23.0, tx=2.5, ty=-3.0, shear=7.0, zx=1.1, zy=0.9, row_axis=0, col_axis=1, channel_axis=2, fill_mode=keras_mode, cval=0.25
+    x,
+    theta=23.0,
+    tx=2.5,
+    ty=-3.0,
+    shear=7.0,
+    zx=1.1,
+    zy=0.9,
+    row_axis=0,
+    col_axis=1,
+    channel_axis=2,
+    fill_mode=keras_mode,
+    cval=0.25,
   )
   np.testing.assert_allclose(ours, theirs, atol=1e-5)
 
@@ -113,7 +124,9 @@ def test_device_augmentation_is_deterministic_per_key():
 
 
 def test_normalisation_matches_keras_image_data_generator(tree):
-  config = tiny_config(tree, **{"data.validation_split": 0.0, "data.featurewise_center": True, "data.featurewise_std_normalization": True})
+  config = tiny_config(
+    tree, **{"data.validation_split": 0.0, "data.featurewise_center": True, "data.featurewise_std_normalization": True}
+  )
   split = sources.find_splits(config.data, 0)["train"]
   normalize = augment.make_normalize(config.data, lambda: pipeline.eval_batches(split, config.data))
   x = np.concatenate([b["image"][b["mask"] > 0] for b in pipeline.eval_batches(split, config.data)])
@@ -130,7 +143,9 @@ def test_normalisation_matches_keras_image_data_generator(tree):
 
 @pytest.mark.parametrize("where", ["device", "host"])
 def test_training_with_augmentation_is_reproducible(tree, tmp_path, where):
-  config = tiny_config(tree, **{"data.augment": ALL, "data.augment_on": where, "train.epochs": 1, "data.featurewise_center": True})
+  config = tiny_config(
+    tree, **{"data.augment": ALL, "data.augment_on": where, "train.epochs": 1, "data.featurewise_center": True}
+  )
   first = train.train_and_evaluate(config, str(tmp_path / "a"))
   second = train.train_and_evaluate(config, str(tmp_path / "b"))
   assert first["final"] == second["final"]

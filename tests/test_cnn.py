@@ -7,45 +7,71 @@ import jax.numpy as jnp
 import keras
 import numpy as np
 import pytest
+from conftest import class_pattern, tiny_config
 from flax import nnx
 from keras import layers
 
-from conftest import class_pattern, tiny_config
 from imgcls.models import build_model
 from imgcls.models.heads import Head
 
 
 def keras_insects(size, classes):  # The insects tutorial.
-  return keras.Sequential([
-    keras.Input((size, size, 3)),
-    layers.Conv2D(16, 3, padding="same", activation="relu"), layers.MaxPooling2D(),
-    layers.Conv2D(32, 3, padding="same", activation="relu"), layers.MaxPooling2D(),
-    layers.Conv2D(64, 3, padding="same", activation="relu"), layers.MaxPooling2D(),
-    layers.Flatten(), layers.Dense(128, activation="relu"), layers.Dense(classes),
-  ])
+  return keras.Sequential(
+    [
+      keras.Input((size, size, 3)),
+      layers.Conv2D(16, 3, padding="same", activation="relu"),
+      layers.MaxPooling2D(),
+      layers.Conv2D(32, 3, padding="same", activation="relu"),
+      layers.MaxPooling2D(),
+      layers.Conv2D(64, 3, padding="same", activation="relu"),
+      layers.MaxPooling2D(),
+      layers.Flatten(),
+      layers.Dense(128, activation="relu"),
+      layers.Dense(classes),
+    ]
+  )
 
 
 def keras_bn_cnn(size, classes, filters=32):  # The cats-vs-dogs tutorial (its softmax is our logits).
   bn = dict(momentum=0.1, epsilon=0.00001)
-  return keras.Sequential([
-    keras.Input((size, size, 3)),
-    layers.Conv2D(filters, (7, 7), strides=(2, 2), activation="relu"), layers.BatchNormalization(**bn),
-    layers.MaxPooling2D((2, 2), strides=(2, 2)),
-    layers.Conv2D(filters, (3, 3), activation="relu"), layers.BatchNormalization(**bn), layers.MaxPooling2D((2, 2)),
-    layers.Conv2D(filters, (3, 3), activation="relu"), layers.BatchNormalization(**bn), layers.MaxPooling2D((2, 2)),
-    layers.Dropout(0.3), layers.Flatten(), layers.Dense(size, activation="relu"), layers.BatchNormalization(**bn),
-    layers.Dense(classes),
-  ])
+  return keras.Sequential(
+    [
+      keras.Input((size, size, 3)),
+      layers.Conv2D(filters, (7, 7), strides=(2, 2), activation="relu"),
+      layers.BatchNormalization(**bn),
+      layers.MaxPooling2D((2, 2), strides=(2, 2)),
+      layers.Conv2D(filters, (3, 3), activation="relu"),
+      layers.BatchNormalization(**bn),
+      layers.MaxPooling2D((2, 2)),
+      layers.Conv2D(filters, (3, 3), activation="relu"),
+      layers.BatchNormalization(**bn),
+      layers.MaxPooling2D((2, 2)),
+      layers.Dropout(0.3),
+      layers.Flatten(),
+      layers.Dense(size, activation="relu"),
+      layers.BatchNormalization(**bn),
+      layers.Dense(classes),
+    ]
+  )
 
 
 def keras_dropout_cnn(size, classes):  # The X-ray tutorial.
-  return keras.Sequential([
-    keras.Input((size, size, 3)),
-    layers.Conv2D(32, kernel_size=(3, 3), activation="relu"), layers.Conv2D(64, (3, 3), activation="relu"),
-    layers.MaxPooling2D(pool_size=(2, 2)), layers.Dropout(0.25),
-    layers.Conv2D(64, (3, 3), activation="relu"), layers.MaxPooling2D(pool_size=(2, 2)), layers.Dropout(0.25),
-    layers.Flatten(), layers.Dense(64, activation="relu"), layers.Dropout(0.5), layers.Dense(classes),
-  ])
+  return keras.Sequential(
+    [
+      keras.Input((size, size, 3)),
+      layers.Conv2D(32, kernel_size=(3, 3), activation="relu"),
+      layers.Conv2D(64, (3, 3), activation="relu"),
+      layers.MaxPooling2D(pool_size=(2, 2)),
+      layers.Dropout(0.25),
+      layers.Conv2D(64, (3, 3), activation="relu"),
+      layers.MaxPooling2D(pool_size=(2, 2)),
+      layers.Dropout(0.25),
+      layers.Flatten(),
+      layers.Dense(64, activation="relu"),
+      layers.Dropout(0.5),
+      layers.Dense(classes),
+    ]
+  )
 
 
 def our_layers(model):

@@ -7,8 +7,8 @@ import runpy
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, run_cli
+
 from imgcls import config as config_lib
 
 CONFIGS = sorted((REPO / "configs").glob("*.py"))
@@ -61,17 +61,20 @@ def test_tf_backend_is_checked_and_needs_tensorflow(monkeypatch):
     config_lib.check_config(config)
 
 
-@pytest.mark.parametrize("key, value, message", [
-  ("checkpoint.monitor", "val_acc", "checkpoint.monitor='val_acc' is not a logged metric; did you mean val_accuracy"),
-  ("early_stopping.monitor", "loss", "early_stopping.monitor='loss' is not a logged metric"),
-  ("train.log_every_steps", 0, "train.log_every_steps=0 must be at least 1"),
-  ("checkpoint.max_to_keep", 0, "checkpoint.max_to_keep=0 must be at least 1"),
-  ("data.num_threads", -1, "data.num_threads=-1 must be at least 0"),
-  ("optimizer.learning_rate", -1.0, "learning_rate=-1.0 must be positive"),
-  ("loss.label_smoothing", 2.0, r"label_smoothing=2.0 must be in \[0, 1\)"),
-  ("data.image_size", (16,), r"image_size=\(16,\) must be \(height, width\)"),
-  ("data.interpolation", "pil_bicubic", "data.backend='tf' resizes with tf.image.resize"),
-])
+@pytest.mark.parametrize(
+  "key, value, message",
+  [
+    ("checkpoint.monitor", "val_acc", "checkpoint.monitor='val_acc' is not a logged metric; did you mean val_accuracy"),
+    ("early_stopping.monitor", "loss", "early_stopping.monitor='loss' is not a logged metric"),
+    ("train.log_every_steps", 0, "train.log_every_steps=0 must be at least 1"),
+    ("checkpoint.max_to_keep", 0, "checkpoint.max_to_keep=0 must be at least 1"),
+    ("data.num_threads", -1, "data.num_threads=-1 must be at least 0"),
+    ("optimizer.learning_rate", -1.0, "learning_rate=-1.0 must be positive"),
+    ("loss.label_smoothing", 2.0, r"label_smoothing=2.0 must be in \[0, 1\)"),
+    ("data.image_size", (16,), r"image_size=\(16,\) must be \(height, width\)"),
+    ("data.interpolation", "pil_bicubic", "data.backend='tf' resizes with tf.image.resize"),
+  ],
+)
 def test_bad_values_fail_before_training(key, value, message):
   config = config_lib.default_config()
   section, name = key.split(".")
@@ -96,7 +99,10 @@ def test_cli_training_errors_are_one_line_and_train_nothing(tmp_path):
 
 def test_usage_errors_and_broken_recipes_are_one_line(tmp_path):
   result = run_cli("--mode=eval", timeout=120)
-  assert result.returncode == 2 and result.stderr.strip() == "error: --mode=eval needs --workdir. (python -m imgcls.main --help lists the flags)"
+  assert (
+    result.returncode == 2
+    and result.stderr.strip() == "error: --mode=eval needs --workdir. (python -m imgcls.main --help lists the flags)"
+  )
   recipe = tmp_path / "recipe.py"
   recipe.write_text("def config():\n  return None\n")
   result = run_cli(f"--config={recipe}", f"--workdir={tmp_path / 'run'}", timeout=120)

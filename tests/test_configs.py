@@ -5,10 +5,10 @@ from __future__ import annotations
 import jax.numpy as jnp
 import pytest
 from flax import nnx
+from paths import CONFIGS, load_recipe
 
 from imgcls.config import check_config
 from imgcls.models import build_model
-from paths import CONFIGS, load_recipe
 
 RECIPES = sorted(p.stem for p in CONFIGS.glob("*.py"))
 IMAGENET_MODELS = ["mobilenet_v2", "vgg16", "vgg19", "inception_v3"]
@@ -51,13 +51,17 @@ def test_tuned_pollen_is_the_seed_recipe_plus_three_changes():
 
 
 def test_every_config_file_is_tested():
-  assert {"imagenet", "pollen", "insects", "insects_transfer", "flowers", "flowers_mobilenet", "cats_dogs", "covid"} <= set(RECIPES)
+  assert {"imagenet", "pollen", "insects", "insects_transfer", "flowers", "flowers_mobilenet", "cats_dogs", "covid"} <= set(
+    RECIPES
+  )
 
 
 def test_recipes_use_what_the_seeds_use():
   pollen = load_recipe("pollen")
   assert (pollen.model.name, pollen.model.cut_at, tuple(pollen.data.image_size)) == (
-    "mobilenet_v2", "block_6_expand_relu", (90, 90)
+    "mobilenet_v2",
+    "block_6_expand_relu",
+    (90, 90),
   )
   assert (pollen.seed, pollen.data.label_mode, tuple(pollen.model.head.hidden)) == (42, "binary", (64,))
   flowers = load_recipe("flowers")

@@ -33,19 +33,23 @@ def _assert_same(ours: tuple, theirs: tuple, tolerance: float) -> None:
     np.testing.assert_allclose(a, b, atol=tolerance * max(1.0, float(jnp.max(jnp.abs(b)))))
 
 
-@pytest.mark.parametrize("shape,kernel,strides,padding", [
-  ((4, 9, 9, 5), 3, (1, 1), "SAME"),
-  ((4, 9, 8, 5), 3, (2, 2), "SAME"),
-  ((3, 10, 11, 6), 3, (2, 2), "VALID"),
-  ((2, 7, 7, 4), 5, (1, 1), "VALID"),
-  ((2, 12, 12, 3), 3, (2, 1), "SAME"),
-  ((2, 4, 60, 2), 3, (1, 1), "SAME"),  # rows wider than MAX_UNROLLED_WIDTH: taps reduced one by one
-])
+@pytest.mark.parametrize(
+  "shape,kernel,strides,padding",
+  [
+    ((4, 9, 9, 5), 3, (1, 1), "SAME"),
+    ((4, 9, 8, 5), 3, (2, 2), "SAME"),
+    ((3, 10, 11, 6), 3, (2, 2), "VALID"),
+    ((2, 7, 7, 4), 5, (1, 1), "VALID"),
+    ((2, 12, 12, 3), 3, (2, 1), "SAME"),
+    ((2, 4, 60, 2), 3, (1, 1), "SAME"),  # rows wider than MAX_UNROLLED_WIDTH: taps reduced one by one
+  ],
+)
 def test_depthwise_matches_lax_conv_forward_and_backward(shape, kernel, strides, padding):
   x = jnp.asarray(np.random.default_rng(0).standard_normal(shape, np.float32))
   results = [
-    _outputs_and_grads(DepthwiseConv(shape[-1], (kernel, kernel), strides=strides, padding=padding, implementation=impl,
-                                     rngs=nnx.Rngs(0)), x)
+    _outputs_and_grads(
+      DepthwiseConv(shape[-1], (kernel, kernel), strides=strides, padding=padding, implementation=impl, rngs=nnx.Rngs(0)), x
+    )
     for impl in ("cpu", "xla")
   ]
   _assert_same(*results, tolerance=1e-5)
@@ -57,19 +61,25 @@ def test_pointwise_matches_lax_conv_forward_and_backward():
   _assert_same(*results, tolerance=1e-5)
 
 
-@pytest.mark.parametrize("shape,features,kernel,strides,padding", [
-  ((4, 11, 11, 3), 8, 3, (2, 2), "SAME"),  # a stem layer: built from patches
-  ((4, 10, 9, 3), 5, 3, (1, 1), "VALID"),
-  ((2, 9, 9, 2), 4, 5, (2, 1), "SAME"),
-  ((2, 8, 8, 16), 4, 3, (1, 1), "SAME"),  # 144 inputs per output: XLA's convolution
-  ((2, 9, 9, 32), 6, 3, (1, 1), "SAME"),  # 288 inputs per output: the kernel's gradient from patches
-  ((2, 10, 9, 32), 5, 3, (2, 2), "VALID"),
-])
+@pytest.mark.parametrize(
+  "shape,features,kernel,strides,padding",
+  [
+    ((4, 11, 11, 3), 8, 3, (2, 2), "SAME"),  # a stem layer: built from patches
+    ((4, 10, 9, 3), 5, 3, (1, 1), "VALID"),
+    ((2, 9, 9, 2), 4, 5, (2, 1), "SAME"),
+    ((2, 8, 8, 16), 4, 3, (1, 1), "SAME"),  # 144 inputs per output: XLA's convolution
+    ((2, 9, 9, 32), 6, 3, (1, 1), "SAME"),  # 288 inputs per output: the kernel's gradient from patches
+    ((2, 10, 9, 32), 5, 3, (2, 2), "VALID"),
+  ],
+)
 def test_conv_matches_lax_conv_forward_and_backward(shape, features, kernel, strides, padding):
   x = jnp.asarray(np.random.default_rng(0).standard_normal(shape, np.float32))
-  results = [_outputs_and_grads(Conv(shape[-1], features, (kernel, kernel), strides=strides, padding=padding, implementation=impl,
-                                     rngs=nnx.Rngs(0)), x)
-             for impl in ("cpu", "xla")]
+  results = [
+    _outputs_and_grads(
+      Conv(shape[-1], features, (kernel, kernel), strides=strides, padding=padding, implementation=impl, rngs=nnx.Rngs(0)), x
+    )
+    for impl in ("cpu", "xla")
+  ]
   _assert_same(*results, tolerance=1e-5)
 
 
@@ -79,24 +89,29 @@ def test_conv_kernel_gradient_from_patches_only_within_the_memory_cap(monkeypatc
 
   def primitives() -> str:
     return str(jax.make_jaxpr(lambda k: conv.cpu_conv(x, k, (1, 1)))(conv.kernel[...]))
+
   assert "custom_vjp_call" in primitives()
   monkeypatch.setattr(Conv, "MAX_PATCHES_BYTES", 2 * 9 * 9 * 288 * 4 - 1)
   assert "custom_vjp_call" not in primitives()
 
 
-@pytest.mark.parametrize("shape,window,strides,padding", [
-  ((2, 8, 8, 3), (2, 2), (2, 2), "VALID"),
-  ((2, 9, 7, 3), (2, 2), (2, 2), "VALID"),  # odd sizes: the last row and column are left out
-  ((1, 9, 9, 2), (3, 3), (3, 3), "VALID"),
-  ((2, 8, 8, 3), (3, 3), (2, 2), "VALID"),  # overlapping windows: nnx.max_pool
-  ((2, 7, 7, 3), (2, 2), (2, 2), "SAME"),
-])
+@pytest.mark.parametrize(
+  "shape,window,strides,padding",
+  [
+    ((2, 8, 8, 3), (2, 2), (2, 2), "VALID"),
+    ((2, 9, 7, 3), (2, 2), (2, 2), "VALID"),  # odd sizes: the last row and column are left out
+    ((1, 9, 9, 2), (3, 3), (3, 3), "VALID"),
+    ((2, 8, 8, 3), (3, 3), (2, 2), "VALID"),  # overlapping windows: nnx.max_pool
+    ((2, 7, 7, 3), (2, 2), (2, 2), "SAME"),
+  ],
+)
 def test_max_pool_matches_nnx_forward_and_backward(shape, window, strides, padding):
   x = jnp.asarray(np.random.default_rng(0).standard_normal(shape, np.float32))  # No ties.
   weights = jnp.asarray(np.random.default_rng(1).standard_normal(nnx.max_pool(x, window, strides, padding).shape, np.float32))
 
   def run(pool):
     return jax.value_and_grad(lambda x: jnp.sum(pool(x) * weights))(x)
+
   ours = run(lambda x: max_pool(x, window, strides, padding))
   theirs = run(lambda x: nnx.max_pool(x, window, strides=strides, padding=padding))
   np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-6)
@@ -114,8 +129,10 @@ def test_max_pool_splits_the_gradient_between_equal_maxima():
 def test_batch_norm_training_step_matches_nnx(use_scale):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((6, 5, 4, 8), np.float32) * 3 + 1)
-  modules = [BatchNorm(8, momentum=0.9, epsilon=1e-3, use_scale=use_scale, implementation=impl, rngs=nnx.Rngs(0))
-             for impl in ("cpu", "xla")]
+  modules = [
+    BatchNorm(8, momentum=0.9, epsilon=1e-3, use_scale=use_scale, implementation=impl, rngs=nnx.Rngs(0))
+    for impl in ("cpu", "xla")
+  ]
   scale = jnp.asarray(rng.standard_normal(8, np.float32))
   for module in modules:  # non-trivial scale and bias, the same in both
     if use_scale:

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-from keras.src.utils import dataset_utils
-
 from conftest import FLOWERS, POLLEN, REPO, class_pattern, needs, tiny_config, write_image, write_tree
+from keras.src.utils import dataset_utils
+from PIL import Image
+
 from imgcls.data import grain_pipeline, images, pipeline, sources
 
 KERAS_FORMATS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
@@ -106,7 +106,10 @@ def test_train_and_val_with_different_classes_fail(tmp_path):
     (lambda root: None, "does not exist"),
     (lambda root: root.mkdir(), "no class subfolders"),
     (lambda root: write_image(root / "loose.png", class_pattern(0, 0)), "loose images"),
-    (lambda root: (write_tree(root, classes=2, per_class=2), (root / "empty_class").mkdir()), r"\['empty_class'\].*hold no images"),
+    (
+      lambda root: (write_tree(root, classes=2, per_class=2), (root / "empty_class").mkdir()),
+      r"\['empty_class'\].*hold no images",
+    ),
     (lambda root: write_tree(root, classes=1, per_class=3), "single class"),
   ],
   ids=["missing", "empty", "loose-files", "empty-class", "single-class"],
@@ -197,7 +200,11 @@ def test_decode_modes(tmp_path):
 def test_batches_have_the_configured_shape_dtype_and_scale(binary_tree):
   config = tiny_config(binary_tree, **{"data.image_size": (12, 20), "data.label_mode": "binary", "data.color_mode": "grayscale"})
   splits = sources.find_splits(config.data, 3)
-  batch = next(grain_pipeline.iterate(grain_pipeline.train_dataset(splits["train"], images.ImageSpec.from_config(config.data), 8, 3, 0), 2, 2))
+  batch = next(
+    grain_pipeline.iterate(
+      grain_pipeline.train_dataset(splits["train"], images.ImageSpec.from_config(config.data), 8, 3, 0), 2, 2
+    )
+  )
   assert batch["image"].shape == (8, 12, 20, 1) and batch["image"].dtype == np.float32
   assert 0.0 <= batch["image"].min() and batch["image"].max() <= 1.0 and batch["image"].max() > 0.5
   assert batch["label"].dtype == np.int32 and set(batch["label"]) <= {0, 1}
@@ -364,7 +371,9 @@ def test_cv2_bicubic_and_full_size_jpeg_decoding(tmp_path):
   paths = sorted(str(p) for p in (tmp_path / "t").glob("*/big.jpg"))
   for path in paths:
     expected = cv2.resize(cv2.imread(path), (40, 30), interpolation=cv2.INTER_CUBIC)[..., ::-1]
-    np.testing.assert_array_equal(images.load_image(path, images.ImageSpec((30, 40), "rgb", "cv2_bicubic", jpeg_draft=False)), expected)
+    np.testing.assert_array_equal(
+      images.load_image(path, images.ImageSpec((30, 40), "rgb", "cv2_bicubic", jpeg_draft=False)), expected
+    )
   split = sources.Split(paths, np.array([0, 1]), ["c0", "c1"], "test")
   for draft in (True, False):
     config = tiny_config(tmp_path / "t", **{"data.image_size": (30, 40), "data.rescale": 1.0, "data.jpeg_draft": draft})

@@ -14,18 +14,26 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import FLOWERS, POLLEN, run_cli, tiny_config
 from flax import nnx
+from paths import shared
 from PIL import Image
 from sklearn import metrics as skm
 from sklearn.decomposition import PCA
 
-from conftest import FLOWERS, POLLEN, run_cli, tiny_config
-from paths import shared
 from imgcls import checkpoint as ckpt_lib
 from imgcls import evaluate, features, inspection, restore, steps, train
 from imgcls.data import sources
 
-GRID_FILES = ("confusion_matrix.png", "confusion_matrix_normalized.png", "confusion_matrix_normalized_all.png", "roc_pr.png", "reliability.png", "random_predictions.png", "hard_cases.png")
+GRID_FILES = (
+  "confusion_matrix.png",
+  "confusion_matrix_normalized.png",
+  "confusion_matrix_normalized_all.png",
+  "roc_pr.png",
+  "reliability.png",
+  "random_predictions.png",
+  "hard_cases.png",
+)
 
 
 def _needs(path: Path) -> None:
@@ -38,9 +46,15 @@ def pollen_run(tmp_path_factory):
   """A 2-epoch binary (one sigmoid unit) run on pollen at 32x32: (config, workdir, summary)."""
   _needs(POLLEN)
   workdir = tmp_path_factory.mktemp("pollen_run")
-  config = tiny_config(POLLEN, **{
-    "data.image_size": (32, 32), "data.label_mode": "binary", "data.batch_size": 32, "train.log_every_steps": 9,
-  })
+  config = tiny_config(
+    POLLEN,
+    **{
+      "data.image_size": (32, 32),
+      "data.label_mode": "binary",
+      "data.batch_size": 32,
+      "train.log_every_steps": 9,
+    },
+  )
   return config, workdir, train.train_and_evaluate(config, str(workdir))
 
 
@@ -161,7 +175,9 @@ def test_eval_at_a_step_or_checkpoint_with_a_threshold(pollen_run):
   # The same weights named by their folder (--checkpoint) give the same predictions, in the same folder.
   again = evaluate.evaluate(config, str(workdir), checkpoint=report["checkpoint"])
   assert again["step"] == latest and again["threshold"] == 0.5
-  np.testing.assert_allclose(pd.read_csv(workdir / f"eval_val_step{latest}" / "predictions.csv")["prob_P"], table["prob_P"], rtol=1e-6)
+  np.testing.assert_allclose(
+    pd.read_csv(workdir / f"eval_val_step{latest}" / "predictions.csv")["prob_P"], table["prob_P"], rtol=1e-6
+  )
 
 
 def test_flowers_run_on_its_test_folder(flowers_run):
@@ -169,7 +185,11 @@ def test_flowers_run_on_its_test_folder(flowers_run):
   report = evaluate.evaluate(config, str(workdir), inputs=str(FLOWERS / "test"))
   report, table, labels, probs, predicted = recomputed(workdir / "eval_test")
   test_size = json.loads((workdir / "summary.json").read_text())["data"]["sizes"]["test"]
-  assert report["count"] == test_size == 272 and len(report["class_names"]) == 17 and np.asarray(report["confusion_matrix"]).shape == (17, 17)
+  assert (
+    report["count"] == test_size == 272
+    and len(report["class_names"]) == 17
+    and np.asarray(report["confusion_matrix"]).shape == (17, 17)
+  )
   assert report["threshold"] is None and (predicted == probs.argmax(axis=1)).all()
   assert report["accuracy"] == pytest.approx(skm.accuracy_score(labels, predicted))
   assert report["confusion_matrix"] == skm.confusion_matrix(labels, predicted, labels=list(range(17))).tolist()
@@ -247,7 +267,9 @@ def keras_run(tree, tmp_path_factory):
   """A MobileNetV2 (alpha 0.35, 32x32) run's workdir: config.json and a best checkpoint as
   training writes them (weights as initialised, to spare compiling a train step)."""
   workdir = tmp_path_factory.mktemp("keras_run")
-  config = tiny_config(tree, **{"model.name": "mobilenet_v2", "model.alpha": 0.35, "data.image_size": (32, 32), "model.head.hidden": (-1,)})
+  config = tiny_config(
+    tree, **{"model.name": "mobilenet_v2", "model.alpha": 0.35, "data.image_size": (32, 32), "model.head.hidden": (-1,)}
+  )
   save_untrained_run(config, workdir)
   return config, workdir
 
@@ -258,8 +280,13 @@ def save_untrained_run(config, workdir: Path) -> steps.TrainState:
   model = steps.create_model(config, 3)
   _, _, params, frozen, stats = steps.split_model(model)
   state = steps.TrainState(
-    step=jnp.zeros((), jnp.int32), params=params, frozen=frozen, stats=stats, opt_state={},
-    epoch_sums=steps.zero_sums(3), window_sums=steps.zero_sums(3),
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    frozen=frozen,
+    stats=stats,
+    opt_state={},
+    epoch_sums=steps.zero_sums(3),
+    window_sums=steps.zero_sums(3),
   )
   checkpoints = ckpt_lib.Checkpoints(str(workdir), async_save=False)
   checkpoints.save(0, state, ckpt_lib.RunMeta(class_names=["class_0", "class_1", "class_2"], normalization={}), best=True)
@@ -293,13 +320,16 @@ def test_a_pretrained_run_is_used_without_its_weights_file(tree, tmp_path):
   copy = tmp_path / "weights.h5"
   shutil.copy(weights, copy)
   workdir = tmp_path / "run"
-  config = tiny_config(tree, **{"model.name": "mobilenet_v2", "model.weights": str(copy), "data.image_size": (32, 32),
-                                "model.head.hidden": (-1,)})
+  config = tiny_config(
+    tree, **{"model.name": "mobilenet_v2", "model.weights": str(copy), "data.image_size": (32, 32), "model.head.hidden": (-1,)}
+  )
   saved = save_untrained_run(config, workdir)
   copy.unlink()
   run = restore.load(config, str(workdir))
   for group in ("params", "frozen", "stats"):
-    jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(getattr(run.state, group)), nnx.to_pure_dict(getattr(saved, group)))
+    jax.tree.map(
+      np.testing.assert_array_equal, nnx.to_pure_dict(getattr(run.state, group)), nnx.to_pure_dict(getattr(saved, group))
+    )
   result = run_cli("--mode=predict", f"--workdir={workdir}", f"--input={tree}", f"--output={tmp_path / 'preds.csv'}")
   assert result.returncode == 0, result.stderr[-3000:]
   assert len(pd.read_csv(tmp_path / "preds.csv")) == 36
@@ -347,7 +377,10 @@ def test_inspect_grid_of_one_augmented_training_batch(pollen_run):
 
 def test_checkpoint_with_other_classes(pollen_run, flowers_run):
   config, workdir, _ = pollen_run
-  with pytest.raises(ckpt_lib.CheckpointError, match=r"trained on 17 classes \['bluebell'.*this run on 2 \['NP', 'P'\]: missing \['NP', 'P'\]; extra \['bluebell'"):
+  with pytest.raises(
+    ckpt_lib.CheckpointError,
+    match=r"trained on 17 classes \['bluebell'.*this run on 2 \['NP', 'P'\]: missing \['NP', 'P'\]; extra \['bluebell'",
+  ):
     evaluate.evaluate(config, str(workdir), checkpoint=str(flowers_run[1]))
 
 
@@ -375,7 +408,10 @@ def test_folder_with_some_of_the_classes(pollen_run, tmp_path):
 
 def test_folder_with_other_class_names(pollen_run, tree):
   config, workdir, _ = pollen_run
-  with pytest.raises(restore.RunError, match=r"has the classes \['class_0', 'class_1', 'class_2'\], the run \['NP', 'P'\]: missing \['NP', 'P'\]; extra \['class_0'"):
+  with pytest.raises(
+    restore.RunError,
+    match=r"has the classes \['class_0', 'class_1', 'class_2'\], the run \['NP', 'P'\]: missing \['NP', 'P'\]; extra \['class_0'",
+  ):
     evaluate.evaluate(config, str(workdir), inputs=str(tree))
 
 

@@ -7,19 +7,30 @@ import json
 import jax
 import numpy as np
 import pytest
-
 from conftest import tiny_config
+
 from imgcls import checkpoint as ckpt_lib
 from imgcls import train
 
 
 def frozen_config(tree, **overrides):
   """MobileNetV2 (random weights) frozen, a dropout head, flips on both axes: 4 cached copies."""
-  return tiny_config(tree, **{
-    "data.image_size": (32, 32), "data.validation_split": 0.25, "data.augment": "flip_lr|flip_ud",
-    "model.name": "mobilenet_v2", "model.alpha": 0.35, "model.cut_at": "block_4_add", "model.freeze": "all",
-    "model.head.pooling": "avg", "model.head.dropout": 0.3, "optimizer.learning_rate": 1e-2, **overrides,
-  })
+  return tiny_config(
+    tree,
+    **{
+      "data.image_size": (32, 32),
+      "data.validation_split": 0.25,
+      "data.augment": "flip_lr|flip_ud",
+      "model.name": "mobilenet_v2",
+      "model.alpha": 0.35,
+      "model.cut_at": "block_4_add",
+      "model.freeze": "all",
+      "model.head.pooling": "avg",
+      "model.head.dropout": 0.3,
+      "optimizer.learning_rate": 1e-2,
+      **overrides,
+    },
+  )
 
 
 @pytest.fixture(scope="module")
@@ -67,12 +78,15 @@ def test_cached_run_says_so_and_uncached_says_why(tree, tmp_path, capsys):
   assert "(2 flipped copies each)" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("overrides, reason", [
-  ({"model.freeze": ""}, "the backbone is trained"),
-  ({"data.augment": "zoom(0.1)"}, "changes images beyond flips"),
-  ({"data.augment_on": "host"}, "flips are drawn on the host"),
-  ({"train.cache_features": "sometimes"}, "is not one of auto, on, off"),
-])
+@pytest.mark.parametrize(
+  "overrides, reason",
+  [
+    ({"model.freeze": ""}, "the backbone is trained"),
+    ({"data.augment": "zoom(0.1)"}, "changes images beyond flips"),
+    ({"data.augment_on": "host"}, "flips are drawn on the host"),
+    ({"train.cache_features": "sometimes"}, "is not one of auto, on, off"),
+  ],
+)
 def test_impossible_cache_fails_saying_why(tree, tmp_path, overrides, reason):
   config = frozen_config(tree, **{"train.cache_features": "on", **overrides})
   with pytest.raises(ValueError, match=reason):

@@ -48,11 +48,7 @@ def train_step(model) -> None:
 
 
 def changed(before, after, prefix) -> dict[tuple, bool]:
-  return {
-    path: not np.array_equal(before[path], after[path])
-    for path in before
-    if path[: len(prefix)] == prefix
-  }
+  return {path: not np.array_equal(before[path], after[path]) for path in before if path[: len(prefix)] == prefix}
 
 
 @pytest.fixture(scope="module")

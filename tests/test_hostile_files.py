@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import class_pattern, tiny_config, write_image, write_tree
 from PIL import Image
 
-from conftest import class_pattern, tiny_config, write_image, write_tree
 from imgcls import train
 from imgcls.data import images, pipeline, sources
 

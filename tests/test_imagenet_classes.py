@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+from paths import shared
 
 from imgcls.models import imagenet
-from paths import shared
 
 
 def test_class_names_are_the_shared_labels_without_background():

@@ -30,8 +30,11 @@ def abstract_logits(c, outputs=4, batch=2):
 
 POOLING_CASES = [
   *[("mobilenet_v2", 1280, pooling, head) for pooling in ("", "avg", "max") for head in ("", "flatten", "avg", "max")],
-  *[(name, width, pooling, "flatten") for name, width in (("vgg16", 512), ("inception_v3", 2048))
-    for pooling in ("", "avg", "max")],
+  *[
+    (name, width, pooling, "flatten")
+    for name, width in (("vgg16", 512), ("inception_v3", 2048))
+    for pooling in ("", "avg", "max")
+  ],
 ]
 
 
@@ -117,6 +120,7 @@ def test_bfloat16_compute_stays_bfloat16(name, convs):
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   x = jax.ShapeDtypeStruct((2, *c.data.image_size, 3), jnp.bfloat16)
   for training in (True, False):
+
     def forward(params, x, training=training):
       m = nnx.merge(graphdef, compute_cast(params, "bfloat16"), rest, copy=True)
       m.train() if training else m.eval()

@@ -21,13 +21,13 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 keras = pytest.importorskip("keras")
 
 import jax  # noqa: E402
-from flax import nnx  # noqa: E402
-
 import keras_reference as kr  # noqa: E402
+from flax import nnx  # noqa: E402
+from paths import IMAGENET_SAMPLES  # noqa: E402
+
 from imgcls.config import default_config  # noqa: E402
 from imgcls.data.images import ImageSpec, load_image  # noqa: E402
 from imgcls.models import build_model, keras_graph, keras_weights, mobilenet_v2  # noqa: E402
-from paths import IMAGENET_SAMPLES  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:keras")
 
@@ -50,28 +50,45 @@ class Case:
 CASES = {
   # Odd, non-square input: MobileNetV2's correct_pad pads differently.
   "mobilenet_v2_0.35": Case(
-    "mobilenet_v2", (63, 75), lambda: keras.applications.MobileNetV2(weights=None, input_shape=(63, 75, 3), alpha=0.35),
-    keras.applications.mobilenet_v2.preprocess_input, "out_relu", alpha=0.35,
+    "mobilenet_v2",
+    (63, 75),
+    lambda: keras.applications.MobileNetV2(weights=None, input_shape=(63, 75, 3), alpha=0.35),
+    keras.applications.mobilenet_v2.preprocess_input,
+    "out_relu",
+    alpha=0.35,
   ),
   # alpha > 1 also widens the last convolution.
   "mobilenet_v2_1.3": Case(
-    "mobilenet_v2", (64, 64), lambda: keras.applications.MobileNetV2(weights=None, input_shape=(64, 64, 3), alpha=1.3),
-    keras.applications.mobilenet_v2.preprocess_input, "out_relu", alpha=1.3,
+    "mobilenet_v2",
+    (64, 64),
+    lambda: keras.applications.MobileNetV2(weights=None, input_shape=(64, 64, 3), alpha=1.3),
+    keras.applications.mobilenet_v2.preprocess_input,
+    "out_relu",
+    alpha=1.3,
   ),
   # With the top at 32x32 (Keras allows any size >= 32 without ImageNet weights): fc1 is 512 x 4096.
   "vgg19": Case(
-    "vgg19", (32, 32), lambda: keras.applications.VGG19(weights=None, input_shape=(32, 32, 3)),
-    keras.applications.vgg19.preprocess_input, "block5_pool",
+    "vgg19",
+    (32, 32),
+    lambda: keras.applications.VGG19(weights=None, input_shape=(32, 32, 3)),
+    keras.applications.vgg19.preprocess_input,
+    "block5_pool",
   ),
   # The real thing once: 224x224 with the 138M-parameter top.
   "vgg16_224": Case(
-    "vgg16", (224, 224), lambda: keras.applications.VGG16(weights=None),
-    keras.applications.vgg16.preprocess_input, "block5_pool",
+    "vgg16",
+    (224, 224),
+    lambda: keras.applications.VGG16(weights=None),
+    keras.applications.vgg16.preprocess_input,
+    "block5_pool",
   ),
   # Inception's smallest input, non-square.
   "inception_v3": Case(
-    "inception_v3", (75, 83), lambda: keras.applications.InceptionV3(weights=None, input_shape=(75, 83, 3)),
-    keras.applications.inception_v3.preprocess_input, "mixed10",
+    "inception_v3",
+    (75, 83),
+    lambda: keras.applications.InceptionV3(weights=None, input_shape=(75, 83, 3)),
+    keras.applications.inception_v3.preprocess_input,
+    "mixed10",
   ),
 }
 
@@ -263,9 +280,7 @@ def test_wrong_alpha_fails_naming_layers_and_shapes(reference_dir):
     build_model(config_for(CASES["mobilenet_v2_1.3"], weights=ref.notop_file), 2, rngs=nnx.Rngs(0))
   message = str(error.value)
   assert "Conv1: kernel (3, 3, 3, 16) in the file, (3, 3, 3, 40) in the model" in message
-  assert (
-    "block_16_project_BN: gamma, beta, moving_mean, moving_variance (112,) in the file, (416,) in the model"
-  ) in message
+  assert ("block_16_project_BN: gamma, beta, moving_mean, moving_variance (112,) in the file, (416,) in the model") in message
   assert "MobileNetV2 alpha" in message
 
 

@@ -10,10 +10,10 @@ import h5py
 import numpy as np
 import pytest
 from flax import nnx
+from paths import shared
 
 from imgcls.config import default_config
 from imgcls.models import build_model, keras_weights, mobilenet_v2, vgg
-from paths import shared
 
 
 def write_legacy(path, layers: dict[str, dict[str, np.ndarray]], *, wrap: bool = False) -> None:
@@ -47,23 +47,24 @@ def test_reads_keras_1_names_and_model_save_files(tmp_path):
   weights = keras_weights.read(tmp_path / "old.h5")
   assert list(weights) == ["block1_conv1/kernel", "block1_conv1/bias"]
   np.testing.assert_array_equal(weights["block1_conv1/kernel"], kernel)
-  net = nnx.eval_shape(lambda: vgg.vgg((32, 32, 3), depth=16, include_top=False, cut_at="block1_conv1",
-                                       rngs=nnx.Rngs(0)))
+  net = nnx.eval_shape(lambda: vgg.vgg((32, 32, 3), depth=16, include_top=False, cut_at="block1_conv1", rngs=nnx.Rngs(0)))
   keras_weights.assign(dict(net.layers.items()), weights, known_layers=net.all_weighted)
   np.testing.assert_array_equal(np.asarray(net.layers["block1_conv1"].kernel[...]), kernel)
 
 
 def test_depthwise_kernels_are_transposed(tmp_path):
   kernel = np.arange(3 * 3 * 16, dtype=np.float32).reshape(3, 3, 16, 1)
-  net = nnx.eval_shape(lambda: mobilenet_v2.mobilenet_v2((32, 32, 3), alpha=0.35, include_top=False,
-                                                         cut_at="expanded_conv_depthwise", rngs=nnx.Rngs(0)))
+  net = nnx.eval_shape(
+    lambda: mobilenet_v2.mobilenet_v2(
+      (32, 32, 3), alpha=0.35, include_top=False, cut_at="expanded_conv_depthwise", rngs=nnx.Rngs(0)
+    )
+  )
   conv = np.ones((3, 3, 3, 16), np.float32)
   bn = {f"bn_Conv1/{w}": np.ones(16, np.float32) for w in ("gamma", "beta", "moving_mean", "moving_variance")}
   weights = {"Conv1/kernel": conv, "expanded_conv_depthwise/kernel": kernel, **bn}
   keras_weights.assign(dict(net.layers.items()), weights, known_layers=net.all_weighted)
   assert net.layers["expanded_conv_depthwise"].kernel.shape == (3, 3, 1, 16)
-  np.testing.assert_array_equal(np.asarray(net.layers["expanded_conv_depthwise"].kernel[...])[:, :, 0, :],
-                                kernel[:, :, :, 0])
+  np.testing.assert_array_equal(np.asarray(net.layers["expanded_conv_depthwise"].kernel[...])[:, :, 0, :], kernel[:, :, :, 0])
 
 
 def test_not_a_weights_file(tmp_path):
@@ -106,9 +107,7 @@ def test_offline_imagenet_error_names_the_file_and_where_to_put_it(empty_keras_c
 
 
 def test_unreachable_url_fails_the_same_way(empty_keras_cache, monkeypatch):
-  monkeypatch.setattr(
-    "imgcls.models.inception_v3._BASE", "http://127.0.0.1:9/keras-applications/inception_v3/"
-  )
+  monkeypatch.setattr("imgcls.models.inception_v3._BASE", "http://127.0.0.1:9/keras-applications/inception_v3/")
   with pytest.raises(FileNotFoundError, match="inception_v3_weights_tf_dim_ordering_tf_kernels.h5"):
     build_model(imagenet_config("inception_v3", include_top=True), 1000, rngs=nnx.Rngs(0))
 

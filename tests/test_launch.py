@@ -7,7 +7,6 @@ import shutil
 import subprocess
 
 import pytest
-
 from conftest import REPO
 
 SCRIPTS = sorted((REPO / "launch").glob("*.sh"))
@@ -27,8 +26,17 @@ def test_scripts_are_shellcheck_clean():
 
 
 def test_tpu_vm_lifecycle():
-  commands = dry_run("tpu_vm.sh", "--name=imgcls-v4", "--zone=us-central2-b", "--type=v4-16", "--project=lab",
-                     "--config=configs/pollen.py", "--workdir=runs/pollen", "--", "--config.train.epochs=5")
+  commands = dry_run(
+    "tpu_vm.sh",
+    "--name=imgcls-v4",
+    "--zone=us-central2-b",
+    "--type=v4-16",
+    "--project=lab",
+    "--config=configs/pollen.py",
+    "--workdir=runs/pollen",
+    "--",
+    "--config.train.epochs=5",
+  )
   steps = [c.split(" ")[4] if c.startswith("gcloud") else c.split(" ")[0] for c in commands]
   assert steps == ["create", "git", "scp", "ssh", "ssh", "ssh", "mkdir", "scp", "delete"]
   assert "--accelerator-type=v4-16" in commands[0] and "--project=lab" in commands[0]
@@ -57,4 +65,8 @@ def test_local_processes():
   commands = dry_run("local.sh", "--processes=3", "--config=configs/digits.py", "--workdir=runs/d")
   assert len(commands) == 3
   for i, command in enumerate(commands):
-    assert f"IMGCLS_PROCESS_ID={i}" in command and "IMGCLS_NUM_PROCESSES=3" in command and "IMGCLS_COORDINATOR=127.0.0.1:12355" in command
+    assert (
+      f"IMGCLS_PROCESS_ID={i}" in command
+      and "IMGCLS_NUM_PROCESSES=3" in command
+      and "IMGCLS_COORDINATOR=127.0.0.1:12355" in command
+    )

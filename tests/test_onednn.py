@@ -68,14 +68,21 @@ def model_convolutions(name: str, image_size: tuple[int, int]) -> list[dict]:
       continue
     x, kernel = (v.aval.shape for v in eqn.invars)
     p = eqn.params
-    case = dict(x=(2, _small(x[1]), _small(x[2]), x[3]), kernel=kernel, strides=p["window_strides"],
-                padding=p["padding"], dilation=p["rhs_dilation"], groups=p["feature_group_count"], size=x[1:3])
+    case = dict(
+      x=(2, _small(x[1]), _small(x[2]), x[3]),
+      kernel=kernel,
+      strides=p["window_strides"],
+      padding=p["padding"],
+      dilation=p["rhs_dilation"],
+      groups=p["feature_group_count"],
+      size=x[1:3],
+    )
     found[repr(sorted(case.items()))] = case
   return list(found.values())
 
 
 def _pads(case: dict) -> str:
-  """"VALID" where the model pads nothing, else "SAME" (at the small size, as the model's at its own)."""
+  """ "VALID" where the model pads nothing, else "SAME" (at the small size, as the model's at its own)."""
   return "VALID" if all(p == (0, 0) for p in case["padding"]) else "SAME"
 
 
@@ -96,9 +103,16 @@ def _assert_parity(case: dict, dtype=jnp.float32, tolerance: float = 1e-5) -> No
   options = dict(strides=case["strides"], padding=padding, dilation=case["dilation"], groups=case["groups"])
 
   def xla(x, kernel):
-    return lax.conv_general_dilated(x, kernel, case["strides"], padding, rhs_dilation=case["dilation"],
-                                    dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=case["groups"],
-                                    precision=lax.Precision.HIGHEST)
+    return lax.conv_general_dilated(
+      x,
+      kernel,
+      case["strides"],
+      padding,
+      rhs_dilation=case["dilation"],
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      feature_group_count=case["groups"],
+      precision=lax.Precision.HIGHEST,
+    )
 
   out_shape = jax.eval_shape(xla, x, kernel).shape
   cotangent = jnp.asarray(rng.standard_normal(out_shape), dtype)
@@ -155,12 +169,15 @@ def test_the_models_convolutions_cover_odd_sizes_strides_and_valid_padding():
   assert any(c["kernel"][:2] in ((1, 7), (7, 1)) for c in cases)  # InceptionV3's factorised ones
 
 
-@pytest.mark.parametrize("kwargs", [
-  dict(x=(2, 9, 11, 3), kernel=(3, 3, 3, 8), strides=(1, 1), padding=((1, 1), (1, 1)), dilation=(1, 1), groups=1),
-  dict(x=(2, 10, 10, 4), kernel=(3, 3, 4, 6), strides=(2, 1), padding=((0, 0), (0, 0)), dilation=(1, 1), groups=1),
-  dict(x=(2, 12, 13, 6), kernel=(5, 5, 3, 6), strides=(2, 2), padding=((2, 2), (2, 2)), dilation=(1, 1), groups=2),
-  dict(x=(2, 11, 11, 4), kernel=(3, 3, 4, 5), strides=(1, 1), padding=((2, 2), (2, 2)), dilation=(2, 2), groups=1),
-])
+@pytest.mark.parametrize(
+  "kwargs",
+  [
+    dict(x=(2, 9, 11, 3), kernel=(3, 3, 3, 8), strides=(1, 1), padding=((1, 1), (1, 1)), dilation=(1, 1), groups=1),
+    dict(x=(2, 10, 10, 4), kernel=(3, 3, 4, 6), strides=(2, 1), padding=((0, 0), (0, 0)), dilation=(1, 1), groups=1),
+    dict(x=(2, 12, 13, 6), kernel=(5, 5, 3, 6), strides=(2, 2), padding=((2, 2), (2, 2)), dilation=(1, 1), groups=2),
+    dict(x=(2, 11, 11, 4), kernel=(3, 3, 4, 5), strides=(1, 1), padding=((2, 2), (2, 2)), dilation=(2, 2), groups=1),
+  ],
+)
 def test_groups_dilation_and_uneven_strides_match_xla(kwargs, layout):
   _assert_parity(kwargs)
 
@@ -182,8 +199,9 @@ def test_fused_bias_and_relu_match_their_separate_ops():
     return jnp.sum(onednn.conv(x, kernel, bias, padding="SAME", relu=True) * cotangent)
 
   def separate(x, kernel, bias):
-    y = lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                 precision=lax.Precision.HIGHEST)
+    y = lax.conv_general_dilated(
+      x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=lax.Precision.HIGHEST
+    )
     return jnp.sum(jax.nn.relu(y + bias) * cotangent)
 
   ours = jax.jit(jax.value_and_grad(fused, argnums=(0, 1, 2)))(x, kernel, bias)
@@ -227,12 +245,22 @@ def test_training_with_onednn_gives_xla_s_epoch_metrics(tree, tmp_path):
 
   metrics = {}
   for implementation in ("onednn", "xla"):
-    config = tiny_config(tree, **{"model.name": "bn_cnn", "model.convs": implementation, "data.image_size": (64, 64),
-                                  "data.validation_split": 0.25, "train.epochs": 2})
+    config = tiny_config(
+      tree,
+      **{
+        "model.name": "bn_cnn",
+        "model.convs": implementation,
+        "data.image_size": (64, 64),
+        "data.validation_split": 0.25,
+        "train.epochs": 2,
+      },
+    )
     workdir = tmp_path / implementation
     train.train_and_evaluate(config, str(workdir))
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    metrics[implementation] = [{k: v for k, v in r.items() if k.startswith(("train_", "val_"))} for r in rows if r["type"] == "epoch"]
+    metrics[implementation] = [
+      {k: v for k, v in r.items() if k.startswith(("train_", "val_"))} for r in rows if r["type"] == "epoch"
+    ]
   assert len(metrics["onednn"]) == 2
   for ours, theirs in zip(metrics["onednn"], metrics["xla"]):
     assert ours.keys() == theirs.keys() and "val_loss" in ours

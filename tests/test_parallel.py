@@ -8,12 +8,16 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
 
 ARGS = [
-  "--config=configs/digits.py", "--config.train.epochs=1", "--config.model.name=bn_cnn", "--config.model.filters=8",
-  "--config.data.image_size=(48, 48)", "--config.data.batch_size=32", "--config.train.log_every_steps=5",
+  "--config=configs/digits.py",
+  "--config.train.epochs=1",
+  "--config.model.name=bn_cnn",
+  "--config.model.filters=8",
+  "--config.data.image_size=(48, 48)",
+  "--config.data.batch_size=32",
+  "--config.train.log_every_steps=5",
   "--config.data.validation_split=0.1987",  # 1440 training images: 45 full batches of 32.
 ]
 
@@ -21,8 +25,12 @@ ARGS = [
 def train(workdir, devices: int, *extra: str, processes_env: dict | None = None) -> subprocess.CompletedProcess:
   env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", PYTHONUNBUFFERED="1")
   return subprocess.run(
-    [sys.executable, "-m", "imgcls.main", *ARGS, *extra, f"--workdir={workdir}"], cwd=REPO, env=env,
-    capture_output=True, text=True, timeout=600,
+    [sys.executable, "-m", "imgcls.main", *ARGS, *extra, f"--workdir={workdir}"],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
   )
 
 
@@ -37,7 +45,10 @@ def test_eight_devices_match_one(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
   a, b = final(one), final(eight)
   assert a["step"] == b["step"] == 45
-  losses = [[r["loss"] for r in map(json.loads, (w / "metrics.jsonl").read_text().splitlines()) if r["type"] == "batch"] for w in (one, eight)]
+  losses = [
+    [r["loss"] for r in map(json.loads, (w / "metrics.jsonl").read_text().splitlines()) if r["type"] == "batch"]
+    for w in (one, eight)
+  ]
   # The same global batches give the same losses (BatchNorm statistics over the whole batch);
   # float rounding differs between 1 and 8 devices and grows slowly as training goes on.
   assert losses[1][:10] == pytest.approx(losses[0][:10], rel=1e-4)
@@ -72,9 +83,22 @@ def test_two_processes_train_checkpoint_and_resume_together(tmp_path):
 
   def launch(epochs: int) -> subprocess.CompletedProcess:
     result = subprocess.run(
-      ["bash", "launch/local.sh", "--processes=2", "--port=12391", "--config=configs/digits.py", f"--workdir={workdir}",
-       "--", *ARGS[1:], f"--config.train.epochs={epochs}"],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+      [
+        "bash",
+        "launch/local.sh",
+        "--processes=2",
+        "--port=12391",
+        "--config=configs/digits.py",
+        f"--workdir={workdir}",
+        "--",
+        *ARGS[1:],
+        f"--config.train.epochs={epochs}",
+      ],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
@@ -91,14 +115,31 @@ def test_two_processes_train_checkpoint_and_resume_together(tmp_path):
   # checkpoint on whole batches gets the same metrics.
   one = subprocess.run(
     [sys.executable, "-m", "imgcls.main", "--mode=eval", f"--workdir={workdir}", "--step=90"],
-    cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
   )
   assert one.returncode == 0, one.stderr[-3000:]
   alone = json.loads((workdir / "eval_val_step90" / "metrics.json").read_text())
   assert alone["step"] == 90 and alone["accuracy"] == pytest.approx(summary["final"]["val_accuracy"], abs=1e-9)
   assert alone["mean_loss"] == pytest.approx(summary["final"]["val_loss"], rel=1e-4)
   several = subprocess.run(
-    ["bash", "launch/local.sh", "--processes=2", "--port=12391", "--config=configs/digits.py", f"--workdir={workdir}",
-     "--", "--mode=eval"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    [
+      "bash",
+      "launch/local.sh",
+      "--processes=2",
+      "--port=12391",
+      "--config=configs/digits.py",
+      f"--workdir={workdir}",
+      "--",
+      "--mode=eval",
+    ],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
   )
   assert several.returncode != 0 and "--mode=eval runs as one process" in several.stderr

@@ -8,13 +8,13 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from paths import load_recipe, shared
 from PIL import Image
 
 from imgcls.config import default_config
 from imgcls.data.images import ImageSpec, load_image
 from imgcls.evaluate import predict
 from imgcls.models import build_model, imagenet
-from paths import load_recipe, shared
 
 TOP = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5"
 NO_TOP = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"

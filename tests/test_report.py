@@ -26,7 +26,9 @@ def test_evaluation_report_hand_case():
   assert report["confusion_matrix_normalized"][1] == pytest.approx([1 / 3, 2 / 3])
   assert np.sum(report["confusion_matrix_normalized_all"]) == pytest.approx(1.0)
   np.testing.assert_allclose(report["confusion_matrix_normalized_all"], np.asarray(report["confusion_matrix"]) / report["count"])
-  assert report["threshold"] == 0.5 and metrics.evaluation_report(labels, probs, ["neg", "pos"], 0.65)["accuracy"] == pytest.approx(4 / 5)
+  assert report["threshold"] == 0.5 and metrics.evaluation_report(labels, probs, ["neg", "pos"], 0.65)[
+    "accuracy"
+  ] == pytest.approx(4 / 5)
 
 
 def test_evaluation_report_agrees_with_sklearn_multiclass():
@@ -55,9 +57,9 @@ def test_expected_calibration_error_by_hand():
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
 def test_report_loads_in_headless_chromium_with_images(tmp_path, tree):
+  from conftest import tiny_config
   from playwright.sync_api import sync_playwright
 
-  from conftest import tiny_config
   from imgcls import evaluate, inspection, train
 
   config = tiny_config(tree, **{"train.epochs": 2})
@@ -69,7 +71,14 @@ def test_report_loads_in_headless_chromium_with_images(tmp_path, tree):
   with sync_playwright() as p:
     browser = p.chromium.launch(
       executable_path=CHROMIUM,
-      args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
+      args=[
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+      ],
     )
     page = browser.new_page(viewport={"width": 1200, "height": 900})
     problems = []

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 ARGS = [
@@ -27,8 +26,12 @@ ARGS = [
 
 def start(workdir: Path) -> subprocess.Popen:
   return subprocess.Popen(
-    [sys.executable, "-m", "imgcls.main", *ARGS, f"--workdir={workdir}"], cwd=REPO,
-    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    [sys.executable, "-m", "imgcls.main", *ARGS, f"--workdir={workdir}"],
+    cwd=REPO,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+    env=dict(os.environ, PYTHONUNBUFFERED="1"),
   )
 
 
@@ -85,6 +88,7 @@ def test_resume_refuses_other_classes_and_workdir_inside_the_data(tree, tmp_path
   import shutil
 
   from conftest import tiny_config
+
   from imgcls import checkpoint as ckpt_lib
   from imgcls import train
 
@@ -94,7 +98,9 @@ def test_resume_refuses_other_classes_and_workdir_inside_the_data(tree, tmp_path
   train.train_and_evaluate(tiny_config(data, **{"train.epochs": 1}), str(workdir))
   saved = committed_steps(workdir)
   (data / "class_2").rename(data / "class_9")
-  with pytest.raises(ckpt_lib.CheckpointError, match=r"trained on the classes \['class_0', 'class_1', 'class_2'\].*class_9.*init_from"):
+  with pytest.raises(
+    ckpt_lib.CheckpointError, match=r"trained on the classes \['class_0', 'class_1', 'class_2'\].*class_9.*init_from"
+  ):
     train.train_and_evaluate(tiny_config(data, **{"train.epochs": 2}), str(workdir))
   assert committed_steps(workdir) == saved
   with pytest.raises(ValueError, match="is inside data.dir"):
@@ -106,6 +112,7 @@ def test_a_damaged_checkpoint_is_passed_over_on_resume_and_named_in_eval(tree, t
   """Truncated data files (an interrupted copy): resuming restores the checkpoint before it, with
   a warning; reading it for eval fails naming the folder."""
   from conftest import run_cli, tiny_config
+
   from imgcls import checkpoint as ckpt_lib
   from imgcls import train
 

@@ -7,9 +7,9 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import tiny_config, write_tree
 from paths import load_recipe
+
 from imgcls import train
 from imgcls.data import pipeline, sources
 
@@ -83,7 +83,10 @@ def test_index_errors_name_the_problem(tmp_path):
     ([], "has no rows"),
     ([("class_0/img_000.png", "a"), (None, "b")], r"Rows \[3\] of .* have no 'file'"),
     ([("class_0/img_000.png", "a"), ("class_1/img_000.png", None)], r"Rows \[3\] of .* have no 'y'"),
-    ([("class_0/img_000.png", "a"), ("class_1/img_000.png", "b"), ("class_0/img_000.png", "a")], "1 image\\(s\\) are listed more than once"),
+    (
+      [("class_0/img_000.png", "a"), ("class_1/img_000.png", "b"), ("class_0/img_000.png", "a")],
+      "1 image\\(s\\) are listed more than once",
+    ),
   ):
     pd.DataFrame(rows, columns=["file", "y"]).to_csv(tmp_path / "i.csv", index=False)
     with pytest.raises(sources.DataError, match=message):

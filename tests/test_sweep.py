@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
+
 from imgcls import sweep
 
 
@@ -18,20 +18,26 @@ def test_product_and_zip():
   grid = sweep.product({"a": [1, 2]}, sweep.zip_({"b": [3, 4], "c": ["x", "y"]}))
   assert grid == [{"a": 1, "b": 3, "c": "x"}, {"a": 1, "b": 4, "c": "y"}, {"a": 2, "b": 3, "c": "x"}, {"a": 2, "b": 4, "c": "y"}]
   assert sweep.run_name({"model.cut_at": "block_6_expand_relu", "model.freeze": ""}) == "cut_at=block_6_expand_relu,freeze=none"
-  assert sweep.command("c.py", "w", {"data.image_size": (8, 8), "x.y": 1})[-2:] == ["--config.data.image_size=(8, 8)", "--config.x.y=1"]
+  assert sweep.command("c.py", "w", {"data.image_size": (8, 8), "x.y": 1})[-2:] == [
+    "--config.data.image_size=(8, 8)",
+    "--config.x.y=1",
+  ]
 
 
 def test_sweep_runs_skips_and_resumes(tmp_path):
   sweep_file = tmp_path / "grid.py"
-  sweep_file.write_text(
-    "from imgcls.sweep import product\n"
-    "def get_sweep():\n"
-    "  return product({'model.filters': [4, 8]})\n"
-  )
+  sweep_file.write_text("from imgcls.sweep import product\ndef get_sweep():\n  return product({'model.filters': [4, 8]})\n")
   root = tmp_path / "runs"
   args = [
-    sys.executable, "-m", "imgcls.sweep", "--config=configs/digits.py", f"--sweep={sweep_file}", f"--root={root}",
-    "--parallel=2", "--config.train.epochs=2", "--config.data.image_size=(8, 8)",
+    sys.executable,
+    "-m",
+    "imgcls.sweep",
+    "--config=configs/digits.py",
+    f"--sweep={sweep_file}",
+    f"--root={root}",
+    "--parallel=2",
+    "--config.train.epochs=2",
+    "--config.data.image_size=(8, 8)",
   ]
   first = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert first.returncode == 0, first.stderr[-2000:]
@@ -63,7 +69,14 @@ def test_bad_sweeps_fail_before_running_anything(tmp_path):
   with pytest.raises(ValueError, match="must return a list of override dicts"):
     sweep.run_sweep("configs/digits.py", str(grid), str(tmp_path / "runs"))
   assert not (tmp_path / "runs").exists()
-  args = [sys.executable, "-m", "imgcls.sweep", "--config=configs/digits.py", f"--sweep={tmp_path / 'none.py'}", f"--root={tmp_path / 'runs'}"]
+  args = [
+    sys.executable,
+    "-m",
+    "imgcls.sweep",
+    "--config=configs/digits.py",
+    f"--sweep={tmp_path / 'none.py'}",
+    f"--root={tmp_path / 'runs'}",
+  ]
   result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120)
   assert result.returncode == 2 and result.stderr.startswith("error: No file") and "Traceback" not in result.stderr
   grid.write_text("def get_sweep():\n  return [{'model.filters': -4}]\n")  # A valid key whose run fails.

@@ -11,6 +11,7 @@ from PIL import Image
 tf = pytest.importorskip("tensorflow")
 
 from conftest import POLLEN, needs, tiny_config, write_tree  # noqa: E402
+
 from imgcls import train  # noqa: E402
 from imgcls.data import grain_pipeline, images, pipeline, sources, tf_pipeline  # noqa: E402
 
@@ -127,7 +128,9 @@ def test_odd_tree_gives_the_same_batches(odd, spec):
 
 def test_resume_from_state_and_eval_padding(odd):
   root, _ = odd
-  config = tiny_config(root, **{"data.validation_split": 0.3, "data.batch_size": 4, "data.eval_batch_size": 8, "data.image_size": SIZE})
+  config = tiny_config(
+    root, **{"data.validation_split": 0.3, "data.batch_size": 4, "data.eval_batch_size": 8, "data.image_size": SIZE}
+  )
   splits = sources.find_splits(config.data, 1)
   spec = images.ImageSpec.from_config(config.data)
   full = grain_train(splits["train"], spec, 4, 1, 2)

@@ -10,8 +10,8 @@ import jax
 import keras
 import numpy as np
 import pytest
-
 from conftest import POLLEN, needs, tiny_config, write_tree
+
 from imgcls import checkpoint as ckpt_lib
 from imgcls import optim, train
 
@@ -34,7 +34,16 @@ def test_run_writes_summary_metrics_tensorboard_and_checkpoints(run):
   on_disk = json.loads((workdir / "summary.json").read_text())
   assert on_disk["final"] == summary["final"] and on_disk["epochs"] == 3
   assert summary["final"]["step"] == 3 * 4  # 27 train images, batch 8.
-  for key in ("train_loss", "train_accuracy", "train_precision", "train_recall", "train_f1", "val_loss", "val_accuracy", "val_f1"):
+  for key in (
+    "train_loss",
+    "train_accuracy",
+    "train_precision",
+    "train_recall",
+    "train_f1",
+    "val_loss",
+    "val_accuracy",
+    "val_f1",
+  ):
     assert 0 <= summary["final"][key] < 10
   assert summary["best"]["monitor"] == "val_accuracy"
   history = [r for r in read_jsonl(workdir / "metrics.jsonl") if r["type"] == "epoch"]
@@ -140,7 +149,9 @@ def test_plateau_and_early_stopping_match_keras(patience, cooldown):
   config.reduce_on_plateau.update(patience=patience, cooldown=cooldown, factor=0.5, min_delta=1e-4, min_learning_rate=0.01)
   config.early_stopping.update(patience=patience, min_delta=0.0)
   plateau, early = train.Plateau(config.reduce_on_plateau), train.EarlyStopping(config.early_stopping)
-  reference = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=patience, cooldown=cooldown, min_delta=1e-4, min_lr=0.01)
+  reference = keras.callbacks.ReduceLROnPlateau(
+    monitor="val_loss", factor=0.5, patience=patience, cooldown=cooldown, min_delta=1e-4, min_lr=0.01
+  )
   stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience)
   model = _Model()
   for callback in (reference, stopper):
@@ -159,7 +170,9 @@ def test_plateau_and_early_stopping_match_keras(patience, cooldown):
 
 @needs(POLLEN)
 def test_trains_on_real_pollen_images(tmp_path):
-  config = tiny_config(POLLEN, **{"data.label_mode": "binary", "data.image_size": (24, 24), "train.epochs": 1, "data.batch_size": 64})
+  config = tiny_config(
+    POLLEN, **{"data.label_mode": "binary", "data.image_size": (24, 24), "train.epochs": 1, "data.batch_size": 64}
+  )
   summary = train.train_and_evaluate(config, str(tmp_path))
   assert summary["final"]["step"] == 9  # 572 training images of 714, batch 64.
   assert summary["class_names"] == ["NP", "P"]
@@ -181,10 +194,17 @@ def test_plateau_lowers_learning_rate_and_early_stopping_ends_run(tree, tmp_path
 
 @pytest.mark.parametrize(
   "schedule, expected",
-  [("constant", [1.0, 1.0, 1.0]), ("cosine", [1.0, 0.5, 0.0]), ("warmup_constant", [0.0, 1.0, 1.0]), ("warmup_cosine", [0.0, 1.0, 0.0])],
+  [
+    ("constant", [1.0, 1.0, 1.0]),
+    ("cosine", [1.0, 0.5, 0.0]),
+    ("warmup_constant", [0.0, 1.0, 1.0]),
+    ("warmup_cosine", [0.0, 1.0, 0.0]),
+  ],
 )
 def test_schedules(schedule, expected):
-  config = tiny_config("unused", **{"optimizer.schedule": schedule, "optimizer.learning_rate": 1.0, "optimizer.warmup_epochs": 1.0})
+  config = tiny_config(
+    "unused", **{"optimizer.schedule": schedule, "optimizer.learning_rate": 1.0, "optimizer.warmup_epochs": 1.0}
+  )
   lr = optim.learning_rate_schedule(config.optimizer, steps_per_epoch=10, epochs=2)
   np.testing.assert_allclose([float(lr(s)) for s in (0, 10, 20)], expected, atol=1e-6)
 

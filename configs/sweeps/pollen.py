@@ -1,6 +1,6 @@
 """Ablation of the pollen recipe: cut layer x frozen/fine-tuned x ImageNet/scratch (16 runs).
 
-  python -m imgcls.sweep --config=configs/pollen.py --sweep=configs/sweeps/pollen.py
+python -m imgcls.sweep --config=configs/pollen.py --sweep=configs/sweeps/pollen.py
 """
 
 from imgcls.sweep import product

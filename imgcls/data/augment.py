@@ -91,7 +91,8 @@ def parse(spec: str, fill_mode: str = "nearest", fill_value: float = 0.0) -> Aug
       if "" in choices or any(c.startswith("one_of") or "|" in c for c in choices):
         raise ValueError(f"one_of takes ops or `none` separated by commas, not {part!r}.")
       fields[name] = tuple(
-        Augment(fill_mode=fill_mode, fill_value=float(fill_value)) if c == "none"
+        Augment(fill_mode=fill_mode, fill_value=float(fill_value))
+        if c == "none"
         else dataclasses.replace(parse(c, fill_mode, fill_value), flip_probability=1.0)
         for c in choices
       )
@@ -211,7 +212,9 @@ def transform_device(aug: Augment, x: jax.Array, p: dict, pixel_max: float) -> j
     coords = [src[0].reshape(height, width), src[1].reshape(height, width)]
     mode = "wrap" if aug.fill_mode == "wrap" else aug.fill_mode
     x = jnp.stack(
-      [jax.scipy.ndimage.map_coordinates(x[:, :, c], coords, order=1, mode=mode, cval=aug.fill_value) for c in range(x.shape[-1])],
+      [
+        jax.scipy.ndimage.map_coordinates(x[:, :, c], coords, order=1, mode=mode, cval=aug.fill_value) for c in range(x.shape[-1])
+      ],
       axis=-1,
     )
   return _photometric(x, p, pixel_max, jnp)
@@ -237,7 +240,9 @@ def transform_host(aug: Augment, x: np.ndarray, p: dict, pixel_max: float) -> np
     matrix = affine_matrix(p, *x.shape[:2])
     x = np.stack(
       [
-        ndimage.affine_transform(x[:, :, c], matrix[:2, :2], matrix[:2, 2], order=1, mode=_SCIPY_MODES[aug.fill_mode], cval=aug.fill_value)
+        ndimage.affine_transform(
+          x[:, :, c], matrix[:2, :2], matrix[:2, 2], order=1, mode=_SCIPY_MODES[aug.fill_mode], cval=aug.fill_value
+        )
         for c in range(x.shape[-1])
       ],
       axis=-1,

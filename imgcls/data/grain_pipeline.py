@@ -14,8 +14,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from imgcls.data import augment, images, order
-from imgcls.data import pixel_cache
+from imgcls.data import augment, images, order, pixel_cache
 from imgcls.data.images import ImageSpec
 from imgcls.data.order import Record
 from imgcls.data.sources import Split
@@ -29,8 +28,12 @@ class _LoadBatch(grain.transforms.Map):
     self.spec = spec
     self.cache = None
     if spec.cache:
-      fields = {"size": list(spec.image_size), "color": spec.color_mode, "interpolation": spec.interpolation,
-                "jpeg_draft": spec.jpeg_draft}
+      fields = {
+        "size": list(spec.image_size),
+        "color": spec.color_mode,
+        "interpolation": spec.interpolation,
+        "jpeg_draft": spec.jpeg_draft,
+      }
       shape = (*spec.image_size, spec.channels)
       self.cache = pixel_cache.for_paths(split.paths, shape, spec.cache, fields, spec.cache_dir)
 
@@ -70,9 +73,7 @@ def _batch_fields(batch: list[Record]) -> dict[str, np.ndarray]:
   }
 
 
-def _load_batches(
-  groups: list[list[Record]], spec: ImageSpec, split: Split, features: np.ndarray | None
-) -> grain.MapDataset:
+def _load_batches(groups: list[list[Record]], spec: ImageSpec, split: Split, features: np.ndarray | None) -> grain.MapDataset:
   """Records grouped into batches, in the order they are read -> batches of examples.
 
   The records are grouped before grain sees them, so grain handles one element per batch."""
@@ -95,8 +96,15 @@ class _HostAugment(grain.transforms.RandomMap):
 
 
 def train_dataset(
-  split: Split, spec: ImageSpec, batch_size: int, seed: int, epoch: int, shuffle: bool = True,
-  host_augment: augment.Augment | None = None, shard: tuple[int, int] = (0, 1), features: np.ndarray | None = None,
+  split: Split,
+  spec: ImageSpec,
+  batch_size: int,
+  seed: int,
+  epoch: int,
+  shuffle: bool = True,
+  host_augment: augment.Augment | None = None,
+  shard: tuple[int, int] = (0, 1),
+  features: np.ndarray | None = None,
 ) -> grain.MapDataset:
   """One epoch of training batches (the last one may be smaller), shuffled by (seed, epoch),
   optionally augmented on the host, deterministically per (seed, epoch, example).

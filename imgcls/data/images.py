@@ -51,8 +51,13 @@ class ImageSpec:
   @classmethod
   def from_config(cls, data_config) -> ImageSpec:
     return cls(
-      tuple(data_config.image_size), data_config.color_mode, data_config.interpolation, data_config.rescale,
-      data_config.cache, data_config.cache_dir, data_config.jpeg_draft,
+      tuple(data_config.image_size),
+      data_config.color_mode,
+      data_config.interpolation,
+      data_config.rescale,
+      data_config.cache,
+      data_config.cache_dir,
+      data_config.jpeg_draft,
     )
 
   @property

@@ -33,8 +33,15 @@ def _tf_pipeline():
 
 
 def train_batches(
-  split: Split, data_config, seed: int, epoch: int, state: dict[str, Any] | None = None, *,
-  batch_size: int | None = None, shard: tuple[int, int] = (0, 1), host_augment: augment.Augment | None = None,
+  split: Split,
+  data_config,
+  seed: int,
+  epoch: int,
+  state: dict[str, Any] | None = None,
+  *,
+  batch_size: int | None = None,
+  shard: tuple[int, int] = (0, 1),
+  host_augment: augment.Augment | None = None,
   features: np.ndarray | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
   """Epoch `epoch` of training batches from `data_config.backend`, resumed from `state` if given.
@@ -54,7 +61,10 @@ def train_batches(
 
 
 def eval_batches(
-  split: Split, data_config, batch_size: int | None = None, features: np.ndarray | None = None,
+  split: Split,
+  data_config,
+  batch_size: int | None = None,
+  features: np.ndarray | None = None,
   shard: tuple[int, int] = (0, 1),
 ) -> Iterator[dict[str, np.ndarray]]:
   """All of `split` as padded batches, with the config's backend, image spec and threads

@@ -115,8 +115,7 @@ def _walk_images(directory: str, follow_links: bool, seen: set[str]) -> tuple[li
 def _walk_once(directory: str, follow_links: bool, seen: set[str]):
   """os.walk without hidden folders, never entering a real folder in `seen`."""
   for dirpath, dirnames, filenames in os.walk(directory, followlinks=follow_links):
-    dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
-                         and os.path.realpath(os.path.join(dirpath, d)) not in seen)
+    dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and os.path.realpath(os.path.join(dirpath, d)) not in seen)
     seen.update(os.path.realpath(os.path.join(dirpath, d)) for d in dirnames)
     yield dirpath, dirnames, filenames
 
@@ -136,14 +135,18 @@ def holdout_split(scan: Scan, validation_split: float, seed: int, order: str = "
       rows = np.flatnonzero(labels == label)
       held[rows[: int(validation_split * len(rows))]] = True
   elif int(validation_split * len(paths)):
-    held[-int(validation_split * len(paths)):] = True
+    held[-int(validation_split * len(paths)) :] = True
   if not held.any():
     if validation_split:
-      logging.warning("validation_split=%s of %d images holds out none: the run has no validation subset.", validation_split, len(paths))
+      logging.warning(
+        "validation_split=%s of %d images holds out none: the run has no validation subset.", validation_split, len(paths)
+      )
     return Split(paths, labels, scan.class_names, "train"), None
   train, val = np.flatnonzero(~held), np.flatnonzero(held)
-  return (Split([paths[i] for i in train], labels[train], scan.class_names, "train"),
-          Split([paths[i] for i in val], labels[val], scan.class_names, "val"))
+  return (
+    Split([paths[i] for i in train], labels[train], scan.class_names, "train"),
+    Split([paths[i] for i in val], labels[val], scan.class_names, "val"),
+  )
 
 
 def find_bad_images(paths: Sequence[str], color_mode: str = "rgb", num_threads: int = 8) -> dict[str, str]:
@@ -184,17 +187,23 @@ def scan_index(index: str, data_config, class_names: Sequence[str] = ()) -> Scan
   needed = [data_config.path_column] + (one_hot or [data_config.label_column])
   missing = [c for c in needed if c not in columns]
   if missing:
-    raise DataError(f"Index {index!r} has no column(s) {missing}; its columns are {columns}. Set data.path_column and data.label_column or data.class_columns.")
+    raise DataError(
+      f"Index {index!r} has no column(s) {missing}; its columns are {columns}. Set data.path_column and data.label_column or data.class_columns."
+    )
   if one_hot:
     values = table[one_hot].to_numpy()
     bad_rows = [i + 2 for i, row in enumerate(values) if sorted(row.tolist()) != [0] * (len(one_hot) - 1) + [1]]
     if bad_rows:
-      raise DataError(f"Rows {bad_rows[:10]} of {index!r} do not have exactly one 1 in {one_hot} (row numbers as in a spreadsheet).")
+      raise DataError(
+        f"Rows {bad_rows[:10]} of {index!r} do not have exactly one 1 in {one_hot} (row numbers as in a spreadsheet)."
+      )
     names, labels = one_hot, values.argmax(axis=1)
   else:
     raw = table[data_config.label_column]
     if raw.isna().any():
-      raise DataError(f"Rows {[int(i) + 2 for i in np.flatnonzero(raw.isna())][:10]} of {index!r} have no {data_config.label_column!r}.")
+      raise DataError(
+        f"Rows {[int(i) + 2 for i in np.flatnonzero(raw.isna())][:10]} of {index!r} have no {data_config.label_column!r}."
+      )
     if pd.api.types.is_integer_dtype(raw):
       found = [str(v) for v in sorted(set(raw.tolist()))]
     else:
@@ -206,13 +215,16 @@ def scan_index(index: str, data_config, class_names: Sequence[str] = ()) -> Scan
     labels = np.asarray([names.index(v) for v in raw.astype(str)])
   column = table[data_config.path_column]
   if column.isna().any():
-    raise DataError(f"Rows {[int(i) + 2 for i in np.flatnonzero(column.isna())][:10]} of {index!r} have no {data_config.path_column!r}.")
+    raise DataError(
+      f"Rows {[int(i) + 2 for i in np.flatnonzero(column.isna())][:10]} of {index!r} have no {data_config.path_column!r}."
+    )
   root = data_config.dir or os.path.dirname(os.path.abspath(index))
   paths = [p if os.path.isabs(p) else os.path.join(root, p) for p in column.astype(str)]
   repeated = sorted(p for p, n in collections.Counter(paths).items() if n > 1)
   if repeated:
-    raise DataError(f"{len(repeated)} image(s) are listed more than once in {index!r} (they would land in several "
-                    f"splits), e.g. {repeated[:3]}.")
+    raise DataError(
+      f"{len(repeated)} image(s) are listed more than once in {index!r} (they would land in several splits), e.g. {repeated[:3]}."
+    )
   if len(names) < 2:
     raise DataError(f"Index {index!r} has a single class ({names}); a classifier needs at least two.")
   return Scan(paths, np.asarray(labels, np.int32), list(names), [])

@@ -230,13 +230,15 @@ def dataset(
   paths = [e[0] for e in examples]
   codes, orientations = plans(paths, spec, num_threads)
   used, compact = np.unique(codes, return_inverse=True)
-  ds = tf.data.Dataset.from_tensor_slices({
-    "path": tf.constant(paths, tf.string, shape=[len(paths)]),
-    "label": np.asarray([e[1] for e in examples], np.int32).reshape(-1),
-    "index": np.asarray([e[2] for e in examples], np.int32).reshape(-1),
-    "code": compact.astype(np.int32).reshape(-1),
-    "orientation": orientations,
-  })
+  ds = tf.data.Dataset.from_tensor_slices(
+    {
+      "path": tf.constant(paths, tf.string, shape=[len(paths)]),
+      "label": np.asarray([e[1] for e in examples], np.int32).reshape(-1),
+      "index": np.asarray([e[2] for e in examples], np.int32).reshape(-1),
+      "code": compact.astype(np.int32).reshape(-1),
+      "orientation": orientations,
+    }
+  )
   parallel = num_threads if num_threads > 0 else tf.data.AUTOTUNE
   load_fn = functools.partial(load, spec, tuple(int(c) for c in used) or (0,))
   ds = ds.map(load_fn, num_parallel_calls=parallel, deterministic=True)
@@ -262,8 +264,15 @@ def _pad(batch_size: int, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
 
 
 def train_batches(
-  split: Split, spec: ImageSpec, batch_size: int, seed: int, epoch: int, shuffle: bool = True,
-  num_threads: int = 4, prefetch: int = 8, state: dict[str, Any] | None = None,
+  split: Split,
+  spec: ImageSpec,
+  batch_size: int,
+  seed: int,
+  epoch: int,
+  shuffle: bool = True,
+  num_threads: int = 4,
+  prefetch: int = 8,
+  state: dict[str, Any] | None = None,
 ) -> BatchIterator:
   """Epoch `epoch` of training batches in grain's order, from batch `state["next_index"]` on."""
   ordered = epoch_records(split, seed, epoch, shuffle)
@@ -271,6 +280,8 @@ def train_batches(
   return BatchIterator(dataset(ordered[start * batch_size :], spec, batch_size, num_threads, prefetch), start)
 
 
-def eval_batches(split: Split, spec: ImageSpec, batch_size: int, num_threads: int = 4, prefetch: int = 8) -> Iterator[dict[str, np.ndarray]]:
+def eval_batches(
+  split: Split, spec: ImageSpec, batch_size: int, num_threads: int = 4, prefetch: int = 8
+) -> Iterator[dict[str, np.ndarray]]:
   """All of `split` in file order as batches padded to `batch_size` (mask 0 on padding)."""
   return BatchIterator(dataset(records(split), spec, batch_size, num_threads, prefetch, pad=True))

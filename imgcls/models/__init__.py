@@ -68,8 +68,9 @@ def keras_backbone(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> KerasNe
   output = g["predictions"].inputs[0] if m.include_top else m.cut_at
   module, _ = KERAS_MODELS[m.name]
   preprocessing = module.PREPROCESSING if m.preprocess_input else "none"
-  return KerasNet(g, output=output, preprocessing=preprocessing, bn_momentum=m.bn_momentum,
-                  bn_epsilon=m.bn_epsilon, convs=m.convs, rngs=rngs)
+  return KerasNet(
+    g, output=output, preprocessing=preprocessing, bn_momentum=m.bn_momentum, bn_epsilon=m.bn_epsilon, convs=m.convs, rngs=rngs
+  )
 
 
 # name -> function(config, rngs) -> backbone.
@@ -106,9 +107,7 @@ def as_floating(images: jax.Array) -> jax.Array:
 class Classifier(nnx.Module):
   """A backbone followed by a head; the backbone's preprocessing is part of the model."""
 
-  def __init__(
-    self, backbone: nnx.Module, head: Head, *, pixel_scale: float = 1.0, frozen=NOTHING, keras_top: bool = False
-  ):
+  def __init__(self, backbone: nnx.Module, head: Head, *, pixel_scale: float = 1.0, frozen=NOTHING, keras_top: bool = False):
     self.backbone = backbone
     self.head = head
     self.pixel_scale = float(pixel_scale)
@@ -186,14 +185,16 @@ def load_keras_weights(model: Classifier | KerasNet, path: str) -> None:
   if isinstance(model, Classifier) and model.keras_top:
     modules["predictions"] = model.head.output
   keras_weights.assign(
-    modules, keras_weights.read(path), known_layers=net.all_weighted, auto_named=net.auto_named,
-    source=str(path), model=f"{net.name} up to {net.output_name}",
+    modules,
+    keras_weights.read(path),
+    known_layers=net.all_weighted,
+    auto_named=net.auto_named,
+    source=str(path),
+    model=f"{net.name} up to {net.output_name}",
   )
 
 
-def build_model(
-  config: ml_collections.ConfigDict, num_outputs: int, *, rngs: nnx.Rngs, load_weights: bool = True
-) -> Classifier:
+def build_model(config: ml_collections.ConfigDict, num_outputs: int, *, rngs: nnx.Rngs, load_weights: bool = True) -> Classifier:
   """The model `config.model.name` for `num_outputs` logits, initialised (or loaded) as configured.
 
   `load_weights=False` (for a checkpoint that holds every variable) leaves a pretrained
@@ -205,8 +206,7 @@ def build_model(
   m = config.model
   if name not in KERAS_MODELS and (m.weights or m.include_top or m.cut_at or m.pooling):
     raise ValueError(
-      f"model.weights, include_top, cut_at and pooling apply to the Keras models ({', '.join(KERAS_MODELS)}), "
-      f"not {name}."
+      f"model.weights, include_top, cut_at and pooling apply to the Keras models ({', '.join(KERAS_MODELS)}), not {name}."
     )
   if m.include_top and m.weights and num_outputs != 1000:
     raise ValueError(
@@ -222,7 +222,9 @@ def build_model(
   backbone.eval()
   feature_shape = nnx.eval_shape(lambda b, x: b(b.preprocess(x, config.data.rescale)), backbone, example).shape
   if min(feature_shape[1:]) < 1:
-    raise ValueError(f"config.data.image_size={tuple(config.data.image_size)} is too small for {name}: its features would be {feature_shape[1:]}.")
+    raise ValueError(
+      f"config.data.image_size={tuple(config.data.image_size)} is too small for {name}: its features would be {feature_shape[1:]}."
+    )
   if m.include_top:  # The output layer is Keras's `predictions` on the pooled features.
     head = Head(feature_shape[1:], num_outputs, pooling="none", rngs=rngs)
   else:

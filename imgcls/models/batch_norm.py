@@ -77,8 +77,13 @@ class BatchNorm(nnx.BatchNorm):
 
   def __call__(self, x: jax.Array, use_running_average: bool | None = None, *, mask: jax.Array | None = None):
     training = not (self.use_running_average if use_running_average is None else use_running_average)
-    plain = (self.implementation == "xla" or mask is not None or self.axis_name is not None
-             or self.axis not in (-1, x.ndim - 1) or self.dtype is not None)
+    plain = (
+      self.implementation == "xla"
+      or mask is not None
+      or self.axis_name is not None
+      or self.axis not in (-1, x.ndim - 1)
+      or self.dtype is not None
+    )
     if not training or plain:
       # nnx.BatchNorm promotes x to its float32 statistics' dtype; bfloat16 activations stay bfloat16.
       y = super().__call__(x, use_running_average, mask=mask)

@@ -14,8 +14,9 @@ _KERNEL_INIT = nnx.initializers.glorot_uniform()
 
 
 def _conv(cin: int, cout: int, kernel: int, rngs: nnx.Rngs, convs: str, *, strides: int = 1, padding: str = "SAME") -> Conv:
-  return Conv(cin, cout, (kernel, kernel), strides=strides, padding=padding, kernel_init=_KERNEL_INIT,
-              implementation=convs, rngs=rngs)
+  return Conv(
+    cin, cout, (kernel, kernel), strides=strides, padding=padding, kernel_init=_KERNEL_INIT, implementation=convs, rngs=rngs
+  )
 
 
 def _max_pool(x: jax.Array) -> jax.Array:
@@ -62,8 +63,13 @@ class BatchNormCNN(SimpleBackbone):
     self.conv3 = _conv(filters, filters, 3, rngs, convs, padding="VALID")
     self.norms = nnx.List([BatchNorm(filters, momentum=0.1, epsilon=1e-5, implementation=convs, rngs=rngs) for _ in range(3)])
     self.default_head = dict(
-      pooling="flatten", hidden=(image_width,), dropout=0.0, input_dropout=0.3,
-      batch_norm=True, bn_momentum=0.1, bn_epsilon=1e-5,
+      pooling="flatten",
+      hidden=(image_width,),
+      dropout=0.0,
+      input_dropout=0.3,
+      batch_norm=True,
+      bn_momentum=0.1,
+      bn_epsilon=1e-5,
     )
 
   def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:

@@ -31,7 +31,7 @@ MAX_UNROLLED_WIDTH = 48  # widest output row whose depthwise taps gradient is on
 
 
 def resolve(implementation: str) -> str:
-  """"auto" -> "onednn" (or "cpu" where oneDNN did not load) on the CPU backend, "xla" elsewhere.
+  """ "auto" -> "onednn" (or "cpu" where oneDNN did not load) on the CPU backend, "xla" elsewhere.
 
   "onednn" where it did not load, or off the CPU backend, is a ValueError saying why."""
   if implementation not in IMPLEMENTATIONS:
@@ -60,7 +60,9 @@ def _same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
 def _pad(x: jax.Array, kernel_hw: tuple[int, int], strides: tuple[int, int], padding: str) -> jax.Array:
   """x padded as `padding` ("SAME" or "VALID") asks for a kernel_hw kernel at these strides."""
   if padding == "SAME":
-    return jnp.pad(x, ((0, 0), _same_pads(x.shape[1], kernel_hw[0], strides[0]), _same_pads(x.shape[2], kernel_hw[1], strides[1]), (0, 0)))
+    return jnp.pad(
+      x, ((0, 0), _same_pads(x.shape[1], kernel_hw[0], strides[0]), _same_pads(x.shape[2], kernel_hw[1], strides[1]), (0, 0))
+    )
   if padding != "VALID":
     raise ValueError(f"Unsupported padding {padding!r}.")
   return x
@@ -103,8 +105,9 @@ def _depthwise_valid_bwd(strides, residuals, grad):
   oh, ow = grad.shape[1:3]
   # Input: correlate the stride-dilated, (k-1)-padded gradient with the flipped taps.
   zero = jnp.zeros((), grad.dtype)
-  dilated = lax.pad(grad, zero, ((0, 0, 0), (kh - 1, height - (oh - 1) * sh - 1, sh - 1),
-                                 (kw - 1, width - (ow - 1) * sw - 1, sw - 1), (0, 0, 0)))
+  dilated = lax.pad(
+    grad, zero, ((0, 0, 0), (kh - 1, height - (oh - 1) * sh - 1, sh - 1), (kw - 1, width - (ow - 1) * sw - 1, sw - 1), (0, 0, 0))
+  )
   dx = _shifted_sum(dilated, taps[::-1, ::-1].astype(grad.dtype), (height, width), (1, 1))
   # Taps: for each (i, j), sum over n, h, w of x[n, i + s*h, j + s*w] * grad[n, h, w]. Unrolling the
   # sum over w into slices keeps it one fused loop; only the small (n, h) sums are left to reduce.
@@ -169,8 +172,16 @@ class _ConvWithCpuPath(nnx.Conv):
   def __call__(self, x: jax.Array, *, relu: bool = False) -> jax.Array:
     if self.uses_onednn() and (x.dtype != jnp.bfloat16 or onednn.supports_bfloat16()):
       bias = self.bias[...] if self.bias is not None else None
-      return onednn.conv(x, self.kernel[...], bias, strides=as_pair(self.strides), padding=self.padding,
-                         dilation=as_pair(self.kernel_dilation), groups=self.feature_group_count, relu=relu)
+      return onednn.conv(
+        x,
+        self.kernel[...],
+        bias,
+        strides=as_pair(self.strides),
+        padding=self.padding,
+        dilation=as_pair(self.kernel_dilation),
+        groups=self.feature_group_count,
+        relu=relu,
+      )
     if not self.uses_cpu_path():
       y = super().__call__(x)
     else:

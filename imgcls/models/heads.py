@@ -49,9 +49,7 @@ class Head(nnx.Module):
     norms = []
     for units in hidden:
       layers.append(nnx.Linear(width, int(units), kernel_init=_KERNEL_INIT, rngs=rngs))
-      norms.append(
-        BatchNorm(int(units), momentum=bn_momentum, epsilon=bn_epsilon, rngs=rngs) if batch_norm else None
-      )
+      norms.append(BatchNorm(int(units), momentum=bn_momentum, epsilon=bn_epsilon, rngs=rngs) if batch_norm else None)
       width = int(units)
     self.hidden = nnx.List(layers)
     self.norms = nnx.List(norms)

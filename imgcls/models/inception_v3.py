@@ -134,5 +134,4 @@ def inception_v3(
 ) -> KerasNet:
   """keras.applications.InceptionV3(weights=None, ...) up to the layer `cut_at` ("": the last)."""
   g = graph(input_shape, include_top=include_top, pooling=pooling, classes=classes)
-  return KerasNet(g, output=cut_at, preprocessing=PREPROCESSING, bn_momentum=bn_momentum, bn_epsilon=bn_epsilon,
-                  rngs=rngs)
+  return KerasNet(g, output=cut_at, preprocessing=PREPROCESSING, bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, rngs=rngs)

@@ -31,10 +31,19 @@ CAFFE_MEAN = (103.939, 116.779, 123.68)
 WEIGHTED = ("conv", "depthwise", "bn", "dense")
 # The prefix Keras 3 gives an unnamed layer of each type (then _1, _2, ... in a session).
 _AUTO_PREFIX = {
-  "conv": "conv2d", "depthwise": "depthwise_conv2d", "bn": "batch_normalization", "dense": "dense",
-  "relu": "activation", "pad": "zero_padding2d", "max_pool": "max_pooling2d",
-  "avg_pool": "average_pooling2d", "concat": "concatenate", "add": "add", "flatten": "flatten",
-  "global_avg": "global_average_pooling2d", "global_max": "global_max_pooling2d",
+  "conv": "conv2d",
+  "depthwise": "depthwise_conv2d",
+  "bn": "batch_normalization",
+  "dense": "dense",
+  "relu": "activation",
+  "pad": "zero_padding2d",
+  "max_pool": "max_pooling2d",
+  "avg_pool": "average_pooling2d",
+  "concat": "concatenate",
+  "add": "add",
+  "flatten": "flatten",
+  "global_avg": "global_average_pooling2d",
+  "global_max": "global_max_pooling2d",
 }
 
 
@@ -112,14 +121,23 @@ class Graph:
   def conv(self, name, x, filters, kernel, *, strides=1, padding="valid", use_bias=True, activation=""):
     kernel, strides = as_pair(kernel), as_pair(strides)
     shape = (*self._spatial(x, kernel, strides, padding), filters)
-    return self._append(name, "conv", (x,), shape, units=filters, kernel=kernel, strides=strides,
-                    padding=padding, use_bias=use_bias, activation=activation)
+    return self._append(
+      name,
+      "conv",
+      (x,),
+      shape,
+      units=filters,
+      kernel=kernel,
+      strides=strides,
+      padding=padding,
+      use_bias=use_bias,
+      activation=activation,
+    )
 
   def depthwise(self, name, x, kernel, *, strides=1, padding="valid", use_bias=True):
     kernel, strides = as_pair(kernel), as_pair(strides)
     shape = (*self._spatial(x, kernel, strides, padding), self.shape(x)[-1])
-    return self._append(name, "depthwise", (x,), shape, kernel=kernel, strides=strides, padding=padding,
-                    use_bias=use_bias)
+    return self._append(name, "depthwise", (x,), shape, kernel=kernel, strides=strides, padding=padding, use_bias=use_bias)
 
   def bn(self, name, x, *, momentum=0.99, epsilon=1e-3, scale=True):
     return self._append(name, "bn", (x,), self.shape(x), momentum=momentum, epsilon=epsilon, scale=scale)
@@ -168,17 +186,41 @@ class Graph:
 def _module(layer: Layer, in_shape: tuple[int, ...], momentum: float, epsilon: float, convs: str, rngs: nnx.Rngs) -> nnx.Module:
   padding = layer.padding.upper()
   if layer.op == "conv" and as_pair(layer.kernel) == (1, 1) and as_pair(layer.strides) == (1, 1):
-    return PointwiseConv(in_shape[-1], layer.units, use_bias=layer.use_bias, kernel_init=_KERNEL_INIT,
-                         implementation=convs, rngs=rngs)
+    return PointwiseConv(
+      in_shape[-1], layer.units, use_bias=layer.use_bias, kernel_init=_KERNEL_INIT, implementation=convs, rngs=rngs
+    )
   if layer.op == "conv":
-    return Conv(in_shape[-1], layer.units, layer.kernel, strides=layer.strides, padding=padding,
-                use_bias=layer.use_bias, kernel_init=_KERNEL_INIT, implementation=convs, rngs=rngs)
+    return Conv(
+      in_shape[-1],
+      layer.units,
+      layer.kernel,
+      strides=layer.strides,
+      padding=padding,
+      use_bias=layer.use_bias,
+      kernel_init=_KERNEL_INIT,
+      implementation=convs,
+      rngs=rngs,
+    )
   if layer.op == "depthwise":
-    return DepthwiseConv(in_shape[-1], layer.kernel, strides=layer.strides, padding=padding, use_bias=layer.use_bias,
-                         kernel_init=_KERNEL_INIT, implementation=convs, rngs=rngs)
+    return DepthwiseConv(
+      in_shape[-1],
+      layer.kernel,
+      strides=layer.strides,
+      padding=padding,
+      use_bias=layer.use_bias,
+      kernel_init=_KERNEL_INIT,
+      implementation=convs,
+      rngs=rngs,
+    )
   if layer.op == "bn":
-    return BatchNorm(in_shape[-1], momentum=momentum or layer.momentum, epsilon=epsilon or layer.epsilon,
-                     use_scale=layer.scale, implementation=convs, rngs=rngs)
+    return BatchNorm(
+      in_shape[-1],
+      momentum=momentum or layer.momentum,
+      epsilon=epsilon or layer.epsilon,
+      use_scale=layer.scale,
+      implementation=convs,
+      rngs=rngs,
+    )
   if layer.op == "dense":
     return nnx.Linear(in_shape[-1], layer.units, kernel_init=_KERNEL_INIT, rngs=rngs)
   raise ValueError(f"Layer type {layer.op!r} has no parameters.")
@@ -200,8 +242,9 @@ def _apply(layer: Layer, module: nnx.Module | None, xs: list[jax.Array]) -> jax.
   if op == "max_pool":
     return max_pool(x, layer.kernel, layer.strides, layer.padding)
   if op == "avg_pool":  # Keras (TensorFlow) averages over the window's real pixels only.
-    return nnx.avg_pool(x, layer.kernel, strides=layer.strides, padding=layer.padding.upper(),
-                        count_include_pad=False).astype(x.dtype)  # its window counts are float32
+    return nnx.avg_pool(x, layer.kernel, strides=layer.strides, padding=layer.padding.upper(), count_include_pad=False).astype(
+      x.dtype
+    )  # its window counts are float32
   if op == "concat":
     return jnp.concatenate(xs, axis=-1)
   if op == "add":
@@ -242,9 +285,7 @@ class KerasNet(nnx.Module):
     if output not in by_name:
       close = [n for n in by_name if output.lower() in n.lower()][:10]
       hint = f" Similar names: {', '.join(close)}." if close else ""
-      raise ValueError(
-        f"{graph.name} has no layer named {output!r}.{hint} Its layers are: {', '.join(list(by_name)[1:])}."
-      )
+      raise ValueError(f"{graph.name} has no layer named {output!r}.{hint} Its layers are: {', '.join(list(by_name)[1:])}.")
     needed = {output}
     for layer in reversed(graph.layers):
       if layer.name in needed:
@@ -257,11 +298,13 @@ class KerasNet(nnx.Module):
     # Every weighted layer of the full network (those past `output` too), to check a weights file.
     self.all_weighted = tuple(layer.name for layer in graph.layers if layer.op in WEIGHTED)
     self.auto_named = tuple(layer.name for layer in graph.layers if layer.auto_named and layer.op in WEIGHTED)
-    self.layers = nnx.Dict({
-      layer.name: _module(layer, by_name[layer.inputs[0]].shape, bn_momentum, bn_epsilon, convs, rngs)
-      for layer in self.spec
-      if layer.op in WEIGHTED
-    })
+    self.layers = nnx.Dict(
+      {
+        layer.name: _module(layer, by_name[layer.inputs[0]].shape, bn_momentum, bn_epsilon, convs, rngs)
+        for layer in self.spec
+        if layer.op in WEIGHTED
+      }
+    )
     last_use = {}
     for layer in self.spec:
       for name in layer.inputs:

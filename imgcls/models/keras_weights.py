@@ -29,7 +29,10 @@ from imgcls.models.keras_net import auto_name_order
 
 # Old Keras weight names -> today's.
 _ALIASES = {
-  "W": "kernel", "b": "bias", "depthwise_kernel": "kernel", "running_mean": "moving_mean",
+  "W": "kernel",
+  "b": "bias",
+  "depthwise_kernel": "kernel",
+  "running_mean": "moving_mean",
   "running_std": "moving_variance",
 }
 _BN_WEIGHTS = ("gamma", "beta", "moving_mean", "moving_variance")
@@ -118,8 +121,7 @@ def _param_table(modules: Mapping[str, nnx.Module]) -> dict[str, tuple[nnx.Varia
   table = {}
   for layer, module in modules.items():
     if isinstance(module, nnx.BatchNorm):
-      pairs = [("gamma", module.scale), ("beta", module.bias), ("moving_mean", module.mean),
-               ("moving_variance", module.var)]
+      pairs = [("gamma", module.scale), ("beta", module.bias), ("moving_mean", module.mean), ("moving_variance", module.var)]
       for name, variable in pairs:
         if variable is not None:
           table[f"{layer}/{name}"] = (variable, tuple(variable.shape), False)
@@ -198,7 +200,8 @@ def assign(
   known = set(known_layers) | set(modules)
   missing = [(key, _shape(shape)) for key, (_, shape, _) in table.items() if key not in weights]
   unexpected = [
-    (key, _shape(value.shape)) for key, value in weights.items()
+    (key, _shape(value.shape))
+    for key, value in weights.items()
     if key.split("/", 1)[0] not in known or (key.split("/", 1)[0] in modules and key not in table)
   ]
   mis_shaped = [
@@ -237,8 +240,7 @@ def _mismatch_message(source, model, missing, unexpected, mis_shaped, needed) ->
     )
   elif "predictions" in missing_layers and not unexpected:
     lines.append(
-      "  The file has no classifier (`predictions`): it is a no-top file. Use model.include_top=False, "
-      "or the file with the top."
+      "  The file has no classifier (`predictions`): it is a no-top file. Use model.include_top=False, or the file with the top."
     )
   if mis_shaped and len(missing) <= needed // 2:
     lines.append("  Shapes differ: is the file for another width (MobileNetV2 alpha) or input size (VGG's fc1)?")

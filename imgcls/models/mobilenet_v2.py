@@ -13,11 +13,21 @@ BASE_WEIGHT_PATH = "https://storage.googleapis.com/tensorflow/keras-applications
 # Inverted residual blocks 0-16: (filters, stride, expansion).
 BLOCKS = (
   (16, 1, 1),
-  (24, 2, 6), (24, 1, 6),
-  (32, 2, 6), (32, 1, 6), (32, 1, 6),
-  (64, 2, 6), (64, 1, 6), (64, 1, 6), (64, 1, 6),
-  (96, 1, 6), (96, 1, 6), (96, 1, 6),
-  (160, 2, 6), (160, 1, 6), (160, 1, 6),
+  (24, 2, 6),
+  (24, 1, 6),
+  (32, 2, 6),
+  (32, 1, 6),
+  (32, 1, 6),
+  (64, 2, 6),
+  (64, 1, 6),
+  (64, 1, 6),
+  (64, 1, 6),
+  (96, 1, 6),
+  (96, 1, 6),
+  (96, 1, 6),
+  (160, 2, 6),
+  (160, 1, 6),
+  (160, 1, 6),
   (320, 1, 6),
 )
 _BN = dict(epsilon=1e-3, momentum=0.999)
@@ -72,8 +82,7 @@ def _inverted_res_block(g: Graph, inputs: str, *, filters, alpha, stride, expans
     prefix = "expanded_conv_"
   if stride == 2:
     x = g.correct_pad(f"{prefix}pad", x, 3)
-  x = g.depthwise(f"{prefix}depthwise", x, 3, strides=stride, padding="same" if stride == 1 else "valid",
-                  use_bias=False)
+  x = g.depthwise(f"{prefix}depthwise", x, 3, strides=stride, padding="same" if stride == 1 else "valid", use_bias=False)
   x = g.bn(f"{prefix}depthwise_BN", x, **_BN)
   x = g.relu(f"{prefix}depthwise_relu", x, max_value=6.0)
   x = g.conv(f"{prefix}project", x, pointwise_filters, 1, padding="same", use_bias=False)
@@ -112,5 +121,4 @@ def mobilenet_v2(
 ) -> KerasNet:
   """keras.applications.MobileNetV2(weights=None, ...) up to the layer `cut_at` ("": the last)."""
   g = graph(input_shape, alpha=alpha, include_top=include_top, pooling=pooling, classes=classes)
-  return KerasNet(g, output=cut_at, preprocessing=PREPROCESSING, bn_momentum=bn_momentum, bn_epsilon=bn_epsilon,
-                  rngs=rngs)
+  return KerasNet(g, output=cut_at, preprocessing=PREPROCESSING, bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, rngs=rngs)

@@ -65,8 +65,10 @@ def _load() -> tuple[str | None, str]:
     return None, f"oneDNN convolutions are built for Linux x86-64 only, not {sys.platform} {platform.machine()}"
   path = _library_path()
   if path is None:
-    return None, (f"imgcls/models/{LIBRARY_NAME}*.so was not built at install time (no C++ compiler, or "
-                  "onednn-devel-cpu-gomp missing); reinstall with `pip install -e .` to build it")
+    return None, (
+      f"imgcls/models/{LIBRARY_NAME}*.so was not built at install time (no C++ compiler, or "
+      "onednn-devel-cpu-gomp missing); reinstall with `pip install -e .` to build it"
+    )
   try:
     _preload_dnnl()
     library = ctypes.CDLL(path)
@@ -122,9 +124,10 @@ def warn_unavailable() -> None:
 Pads = tuple[tuple[int, int], tuple[int, int]]
 
 
-def explicit_padding(padding: str | Sequence, in_hw: Sequence[int], kernel_hw: Sequence[int],
-                     strides: Sequence[int], dilation: Sequence[int]) -> Pads:
-  """"SAME"/"VALID" or ((top, bottom), (left, right)) as explicit pads, as XLA computes them."""
+def explicit_padding(
+  padding: str | Sequence, in_hw: Sequence[int], kernel_hw: Sequence[int], strides: Sequence[int], dilation: Sequence[int]
+) -> Pads:
+  """ "SAME"/"VALID" or ((top, bottom), (left, right)) as explicit pads, as XLA computes them."""
   if isinstance(padding, str):
     dilated = [(k - 1) * d + 1 for k, d in zip(kernel_hw, dilation)]
     pads = lax.padtype_to_pads(tuple(in_hw), tuple(dilated), tuple(strides), padding)
@@ -135,22 +138,26 @@ def explicit_padding(padding: str | Sequence, in_hw: Sequence[int], kernel_hw: S
 
 
 def _attrs(strides, pads: Pads, dilation, groups: int) -> dict:
-  return dict(strides=np.asarray(strides, np.int64), padding=np.asarray([*pads[0], *pads[1]], np.int64),
-              dilation=np.asarray(dilation, np.int64), groups=np.int64(groups))
+  return dict(
+    strides=np.asarray(strides, np.int64),
+    padding=np.asarray([*pads[0], *pads[1]], np.int64),
+    dilation=np.asarray(dilation, np.int64),
+    groups=np.int64(groups),
+  )
 
 
 def _out_hw(in_hw, kernel_hw, strides, pads: Pads, dilation) -> tuple[int, int]:
   return tuple(
-    (size + lo + hi - ((k - 1) * d + 1)) // s + 1
-    for size, k, s, (lo, hi), d in zip(in_hw, kernel_hw, strides, pads, dilation)
+    (size + lo + hi - ((k - 1) * d + 1)) // s + 1 for size, k, s, (lo, hi), d in zip(in_hw, kernel_hw, strides, pads, dilation)
   )
 
 
 def _forward(x, kernel, bias, strides, pads, dilation, groups, relu):
   out_hw = _out_hw(x.shape[1:3], kernel.shape[:2], strides, pads, dilation)
   out = jax.ShapeDtypeStruct((x.shape[0], *out_hw, kernel.shape[3]), x.dtype)
-  return jax.ffi.ffi_call("imgcls_onednn_conv_fwd", out)(x, kernel, bias, **_attrs(strides, pads, dilation, groups),
-                                                         relu=bool(relu))
+  return jax.ffi.ffi_call("imgcls_onednn_conv_fwd", out)(
+    x, kernel, bias, **_attrs(strides, pads, dilation, groups), relu=bool(relu)
+  )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
@@ -179,8 +186,17 @@ def _conv_bwd(strides, pads, dilation, groups, relu, residuals, grad):
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
-def conv(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None, *, strides: Sequence[int] = (1, 1),
-         padding: str | Sequence = "SAME", dilation: Sequence[int] = (1, 1), groups: int = 1, relu: bool = False) -> jax.Array:
+def conv(
+  x: jax.Array,
+  kernel: jax.Array,
+  bias: jax.Array | None = None,
+  *,
+  strides: Sequence[int] = (1, 1),
+  padding: str | Sequence = "SAME",
+  dilation: Sequence[int] = (1, 1),
+  groups: int = 1,
+  relu: bool = False,
+) -> jax.Array:
   """relu?(conv(x, kernel) + bias) by oneDNN: `lax.conv_general_dilated(x, kernel, strides, padding,
   rhs_dilation=dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)`.
 

@@ -23,8 +23,7 @@ def _taps(x: jax.Array, window: tuple[int, int]) -> list[tuple[int, int, jax.Arr
   """(i, j, x[:, i::wh, j::ww]) for each position (i, j) of a tiling window."""
   wh, ww = window
   n, height, width, channels = x.shape
-  return [(i, j, lax.slice(x, (0, i, j, 0), (n, height, width, channels), (1, wh, ww, 1)))
-          for i in range(wh) for j in range(ww)]
+  return [(i, j, lax.slice(x, (0, i, j, 0), (n, height, width, channels), (1, wh, ww, 1))) for i in range(wh) for j in range(ww)]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -46,8 +45,10 @@ def _tiled_max_bwd(window, residuals, dy):
   share = dy / sum(hit.astype(dy.dtype) for hit in hits)  # equal maxima split the gradient
   zero = jnp.zeros((), dy.dtype)
   # Each tap's share, put back in place: interior padding spreads it to every wh-th row, ww-th column.
-  dx = sum(lax.pad(jnp.where(hit, share, zero), zero, ((0, 0, 0), (i, wh - 1 - i, wh - 1), (j, ww - 1 - j, ww - 1), (0, 0, 0)))
-           for (i, j, _), hit in zip(taps, hits))
+  dx = sum(
+    lax.pad(jnp.where(hit, share, zero), zero, ((0, 0, 0), (i, wh - 1 - i, wh - 1), (j, ww - 1 - j, ww - 1), (0, 0, 0)))
+    for (i, j, _), hit in zip(taps, hits)
+  )
   return (dx,)
 
 

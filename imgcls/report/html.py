@@ -54,7 +54,19 @@ def _eval_section(folder: str) -> str:
   if metrics is None:
     return ""
   name = os.path.basename(folder)
-  keys = ("count", "accuracy", "macro_f1", "weighted_f1", "precision", "recall", "f1", "roc_auc", "average_precision", "log_loss", "ece")
+  keys = (
+    "count",
+    "accuracy",
+    "macro_f1",
+    "weighted_f1",
+    "precision",
+    "recall",
+    "f1",
+    "roc_auc",
+    "average_precision",
+    "log_loss",
+    "ece",
+  )
   rows = [[k, metrics[k]] for k in keys if metrics.get(k) is not None]
   report = metrics["classification_report"]
   per_class = [
@@ -63,11 +75,19 @@ def _eval_section(folder: str) -> str:
   parts = [
     f"<h2>Evaluation: {html.escape(name)}</h2>",
     f'<p class="muted">{html.escape(metrics.get("source", ""))} &middot; checkpoint {html.escape(str(metrics.get("checkpoint", "")))}'
-    f' &middot; {metrics.get("images_per_s", 0):.1f} images/s</p>',
+    f" &middot; {metrics.get('images_per_s', 0):.1f} images/s</p>",
     _table(rows, ["metric", "value"]),
     _table(per_class, ["class", "precision", "recall", "f1", "support"]),
   ]
-  for png in ("confusion_matrix.png", "confusion_matrix_normalized.png", "confusion_matrix_normalized_all.png", "roc_pr.png", "reliability.png", "random_predictions.png", "hard_cases.png"):
+  for png in (
+    "confusion_matrix.png",
+    "confusion_matrix_normalized.png",
+    "confusion_matrix_normalized_all.png",
+    "roc_pr.png",
+    "reliability.png",
+    "random_predictions.png",
+    "hard_cases.png",
+  ):
     parts.append(_img(os.path.join(folder, png), png))
   parts.append(f'<p><a href="{html.escape(name)}/predictions.csv">predictions.csv</a></p>')
   return "\n".join(parts)
@@ -82,11 +102,16 @@ def write_report(workdir: str) -> str:
   curves = plots.training_curves(epochs, os.path.join(plot_dir, "training_curves.png"))
   batch = plots.batch_curves(batches, os.path.join(plot_dir, "batch_curves.png"))
   title = f"imgcls run: {os.path.basename(os.path.abspath(workdir))}"
-  parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-           f"<style>{_STYLE}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
+  parts = [
+    f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+    f"<style>{_STYLE}</style></head><body>",
+    f"<h1>{html.escape(title)}</h1>",
+  ]
   model = config.get("model", {}).get("name", "?")
   data = summary.get("data", {})
-  parts.append(f'<p class="muted">model {html.escape(model)} &middot; data {html.escape(str(config.get("data", {}).get("dir", "")))}</p>')
+  parts.append(
+    f'<p class="muted">model {html.escape(model)} &middot; data {html.escape(str(config.get("data", {}).get("dir", "")))}</p>'
+  )
   if data:
     rows = [[name, n] for name, n in data.get("sizes", {}).items()]
     parts.append("<h2>Data</h2>" + _table(rows, ["subset", "images"]))
@@ -99,8 +124,11 @@ def write_report(workdir: str) -> str:
     keys = [k for k in final if k.startswith(("train_", "val_"))]
     rows = [[k, final[k], (best.get("metrics") or {}).get(k, "")] for k in keys]
     parts.append("<h2>Training</h2>")
-    parts.append(f"<p>{summary.get('epochs')} epochs, {final.get('step')} steps, {summary.get('wall_seconds', 0):.0f} s."
-                 + (f" Best {html.escape(best['monitor'])} = {best['value']:.4f} at epoch {best['epoch']}." if best else "") + "</p>")
+    parts.append(
+      f"<p>{summary.get('epochs')} epochs, {final.get('step')} steps, {summary.get('wall_seconds', 0):.0f} s."
+      + (f" Best {html.escape(best['monitor'])} = {best['value']:.4f} at epoch {best['epoch']}." if best else "")
+      + "</p>"
+    )
     parts.append(_table(rows, ["metric", "final", "best epoch"]))
   parts.append(_img(curves, "training curves"))
   parts.append(_img(batch, "per-batch curves"))

@@ -72,7 +72,11 @@ def confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: str, 
   size = max(4.0, 0.45 * len(class_names) + 2)
   fig, ax = plt.subplots(figsize=(size + 1, size))
   ConfusionMatrixDisplay(np.asarray(matrix), display_labels=list(class_names)).plot(
-    ax=ax, cmap="Blues", colorbar=True, values_format=".2f" if normalized else "d", xticks_rotation=45 if len(class_names) > 4 else 0
+    ax=ax,
+    cmap="Blues",
+    colorbar=True,
+    values_format=".2f" if normalized else "d",
+    xticks_rotation=45 if len(class_names) > 4 else 0,
   )
   titles = {"": "", "true": " (normalized by true class)", "all": " (fractions of all examples)"}
   ax.set_title("confusion matrix" + titles[normalized])
@@ -102,14 +106,18 @@ def reliability_diagram(table: dict, ece: float, path: str) -> str:
   counts = np.asarray(table["count"])
   fig, ax = plt.subplots(figsize=(4.6, 4.4))
   used = counts > 0
-  ax.bar(centres[used], np.asarray(table["accuracy"])[used], width=edges[1] - edges[0], edgecolor="black", alpha=0.7, label="accuracy")
+  ax.bar(
+    centres[used], np.asarray(table["accuracy"])[used], width=edges[1] - edges[0], edgecolor="black", alpha=0.7, label="accuracy"
+  )
   ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
   ax.set(title=f"reliability (ECE {ece:.3f})", xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
   ax.legend(loc="upper left")
   return _save(fig, path)
 
 
-def image_grid(images: np.ndarray, titles: Sequence[str], path: str, xlabels: Sequence[str] | None = None, columns: int = 8, title: str = "") -> str:
+def image_grid(
+  images: np.ndarray, titles: Sequence[str], path: str, xlabels: Sequence[str] | None = None, columns: int = 8, title: str = ""
+) -> str:
   """A grid of images (NHWC, any range: each is scaled to [0, 1] for display) with titles."""
   n = len(images)
   rows = max(1, -(-n // columns))
