@@ -5,6 +5,7 @@ subset or folder), `predict` (class probabilities of image files; also Keras's I
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import re
@@ -332,8 +333,9 @@ def predict(
   top_k = max(1, min(top_k, len(class_names)))
   found = without_bad_images(sources.Split(paths, np.zeros(len(paths), np.int32), list(class_names), "predict"), config.data)
   graphdef, variables = nnx.split(model)
-  forward = jax.jit(lambda images: nnx.merge(graphdef, variables)(images))
-  probs = metrics.probabilities(predict_split(forward, found, config.data))
+  # The weights are an argument, not constants folded into the compiled function.
+  forward = jax.jit(lambda variables, images: nnx.merge(graphdef, variables)(images))
+  probs = metrics.probabilities(predict_split(functools.partial(forward, variables), found, config.data))
   rows = []
   for path, row in zip(found.paths, probs):
     best = np.argsort(-row, kind="stable")[:top_k]

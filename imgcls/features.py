@@ -5,6 +5,7 @@ scatter plots of both coloured by class (as the cats-vs-dogs tutorial's features
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 
@@ -41,10 +42,9 @@ def make_extract(run: restore.Run, layer: str = PENULTIMATE):
     raise restore.RunError(
       f"The model {run.config.model.name} has no layer {layer!r}; --layer can be empty (the penultimate layer) or one of: {known}."
     )
-  state = run.state
 
   @jax.jit
-  def extract(images: jax.Array) -> jax.Array:
+  def extract(state, images: jax.Array) -> jax.Array:  # The weights as an argument, not folded constants.
     model = nnx.merge(run.eval_graphdef, state.params, state.frozen, state.stats)
     x = run.prepare(images, None)
     if layer == PENULTIMATE:
@@ -60,7 +60,7 @@ def make_extract(run: restore.Run, layer: str = PENULTIMATE):
       out = jnp.mean(out, axis=tuple(range(1, out.ndim - 1)))
     return out
 
-  return extract
+  return functools.partial(extract, run.state)
 
 
 def extract_features(run: restore.Run, split: sources.Split, layer: str = PENULTIMATE) -> np.ndarray:
