@@ -19,13 +19,21 @@ def num_outputs(label_mode: str, num_classes: int) -> int:
 def probabilities(logits, xp=np):
   """Class probabilities (N, classes) from logits; one logit means a sigmoid over 2 classes.
 
-  `xp` is the array module: numpy (float64, on the host) or jax.numpy (in jitted steps)."""
-  if xp is np:
-    logits = np.asarray(logits, np.float64)
-  if logits.shape[-1] == 1:
-    p = 1.0 / (1.0 + xp.exp(-logits[:, 0]))
-    return xp.stack([1.0 - p, p], axis=-1)
-  e = xp.exp(logits - logits.max(axis=-1, keepdims=True))
+  `xp` is the array module: numpy (float64, on the host) or jax.numpy (in jitted steps and
+  exports, where jax.nn's sigmoid and softmax become the converters' logistic and softmax ops)."""
+  binary = logits.shape[-1] == 1
+  if xp is not np:
+    import jax
+
+    if binary:
+      p = jax.nn.sigmoid(xp.squeeze(logits, -1))  # squeeze, not [:, 0]: a gather for a symbolic (exported) batch
+      return xp.stack([1.0 - p, p], axis=-1)
+    return jax.nn.softmax(logits, axis=-1)
+  logits = np.asarray(logits, np.float64)
+  if binary:
+    p = 1.0 / (1.0 + np.exp(-logits[:, 0]))
+    return np.stack([1.0 - p, p], axis=-1)
+  e = np.exp(logits - logits.max(axis=-1, keepdims=True))
   return e / e.sum(axis=-1, keepdims=True)
 
 

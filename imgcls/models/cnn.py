@@ -7,6 +7,7 @@ from flax import nnx
 
 from imgcls.models.batch_norm import BatchNorm
 from imgcls.models.convs import Conv
+from imgcls.models.heads import dropout
 from imgcls.models.pooling import max_pool
 
 # Keras's default initialisers, so a recipe trains as it does in Keras.
@@ -95,6 +96,6 @@ class DropoutCNN(SimpleBackbone):
 
   def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
     x = self.conv2(self.conv1(x, relu=True), relu=True)
-    x = self.drop1(_max_pool(x), rngs=rngs)
-    x = self.drop2(_max_pool(self.conv3(x, relu=True)), rngs=rngs)
+    x = dropout(self.drop1, _max_pool(x), rngs)
+    x = dropout(self.drop2, _max_pool(self.conv3(x, relu=True)), rngs)
     return x

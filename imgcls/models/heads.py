@@ -13,6 +13,11 @@ from imgcls.models.batch_norm import BatchNorm
 _KERNEL_INIT = nnx.initializers.glorot_uniform()  # Keras's Dense default, so recipes start as in Keras.
 
 
+def dropout(layer: nnx.Dropout, x: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
+  """`layer(x, rngs=rngs)`; without `rngs` (inference) `layer(x)`, the call jax2onnx's Dropout translation takes."""
+  return layer(x) if rngs is None else layer(x, rngs=rngs)
+
+
 class Head(nnx.Module):
   """Pool (or flatten) the features, then Dense(+BatchNorm)+ReLU layers, dropout, output Dense.
 
@@ -67,7 +72,7 @@ class Head(nnx.Module):
     """The penultimate representation (what the output layer sees), or the activations of hidden
     layer number `hidden_layer` (its Dense and ReLU, before its BatchNorm)."""
     if self.input_dropout is not None:
-      x = self.input_dropout(x, rngs=rngs)
+      x = dropout(self.input_dropout, x, rngs)
     x = self.pool(x)
     for number, (layer, norm) in enumerate(zip(self.hidden, self.norms)):
       x = nnx.relu(layer(x))
@@ -76,7 +81,7 @@ class Head(nnx.Module):
       if norm is not None:
         x = norm(x)
     if self.dropout is not None:
-      x = self.dropout(x, rngs=rngs)
+      x = dropout(self.dropout, x, rngs)
     return x
 
   def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:

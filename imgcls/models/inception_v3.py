@@ -114,6 +114,11 @@ def graph(
   return g
 
 
+def keras_application() -> tuple[str, dict]:
+  """The `keras.applications` constructor of this network and its arguments (for the Keras export)."""
+  return "InceptionV3", {}
+
+
 def imagenet_file(input_shape: tuple[int, ...], *, include_top: bool) -> tuple[str, str, str]:
   """(file name, URL, md5) of Keras's ImageNet weights."""
   del input_shape

@@ -242,9 +242,9 @@ def _apply(layer: Layer, module: nnx.Module | None, xs: list[jax.Array]) -> jax.
   if op == "max_pool":
     return max_pool(x, layer.kernel, layer.strides, layer.padding)
   if op == "avg_pool":  # Keras (TensorFlow) averages over the window's real pixels only.
-    return nnx.avg_pool(x, layer.kernel, strides=layer.strides, padding=layer.padding.upper(), count_include_pad=False).astype(
-      x.dtype
-    )  # its window counts are float32
+    return nnx.avg_pool(
+      x, window_shape=layer.kernel, strides=layer.strides, padding=layer.padding.upper(), count_include_pad=False
+    ).astype(x.dtype)  # its window counts are float32
   if op == "concat":
     return jnp.concatenate(xs, axis=-1)
   if op == "add":

@@ -138,6 +138,15 @@ def _param_table(modules: Mapping[str, nnx.Module]) -> dict[str, tuple[nnx.Varia
   return table
 
 
+def keras_arrays(modules: Mapping[str, nnx.Module]) -> dict[str, np.ndarray]:
+  """`{"<layer>/<keras weight>": array}` of NNX layers in Keras's layouts: what `assign` reads, written back."""
+  arrays = {}
+  for key, (variable, _, depthwise) in _param_table(modules).items():
+    value = np.asarray(variable.get_value(), np.float32)
+    arrays[key] = value.transpose(0, 1, 3, 2) if depthwise else value
+  return arrays
+
+
 def match_auto_names(weights: Mapping[str, np.ndarray], auto_named: Iterable[str]) -> dict[str, np.ndarray]:
   """Renames the file's counter-named layers (`conv2d_7`, ...) to the model's, by creation order.
 

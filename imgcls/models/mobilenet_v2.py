@@ -92,6 +92,11 @@ def _inverted_res_block(g: Graph, inputs: str, *, filters, alpha, stride, expans
   return x
 
 
+def keras_application(*, alpha: float = 1.0) -> tuple[str, dict]:
+  """The `keras.applications` constructor of this network and its arguments (for the Keras export)."""
+  return "MobileNetV2", {"alpha": float(alpha)}
+
+
 def imagenet_file(input_shape: tuple[int, ...], *, include_top: bool, alpha: float = 1.0) -> tuple[str, str, str]:
   """(file name, URL, hash) of Keras's ImageNet weights; Keras publishes no MobileNetV2 hashes.
 

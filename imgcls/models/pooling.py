@@ -59,9 +59,11 @@ def max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int], pa
   """NHWC max pooling, as `nnx.max_pool(x, window, strides=strides, padding=padding)`."""
   (wh, ww), (sh, sw) = tuple(window), tuple(strides)
   if (wh, ww) != (sh, sw) or padding.upper() != "VALID":
-    return nnx.max_pool(x, (wh, ww), strides=(sh, sw), padding=padding.upper())
+    return nnx.max_pool(x, window_shape=(wh, ww), strides=(sh, sw), padding=padding.upper())
   n, height, width, channels = x.shape
   out_h, out_w = height // wh, width // ww
   if out_h == 0 or out_w == 0:  # an image smaller than the window: nothing to pool
     return jnp.zeros((n, out_h, out_w, channels), x.dtype)
-  return _tiled_max(x[:, : out_h * wh, : out_w * ww], (wh, ww))
+  if (out_h * wh, out_w * ww) != (height, width):  # lax.slice, not indexing: a gather for a symbolic (exported) batch
+    x = lax.slice(x, (0, 0, 0, 0), (n, out_h * wh, out_w * ww, channels))
+  return _tiled_max(x, (wh, ww))

@@ -49,6 +49,11 @@ def graph(
   return g
 
 
+def keras_application(*, depth: int = 16) -> tuple[str, dict]:
+  """The `keras.applications` constructor of this network and its arguments (for the Keras export)."""
+  return f"VGG{depth}", {}
+
+
 def imagenet_file(input_shape: tuple[int, ...], *, include_top: bool, depth: int = 16) -> tuple[str, str, str]:
   """(file name, URL, md5) of Keras's ImageNet weights (one input size: 224 with the top)."""
   del input_shape
