@@ -1,7 +1,8 @@
 # Two commands set up everything on a fresh machine with only Python 3.11+:
 #   make demo   trains the embedded default (scikit-learn's digits as an image folder)
-#   make test   checks the formatting and lint (ruff), then runs the test suite (with the tf
-#               extra, so the tf.data backend is tested too); make format fixes what ruff can
+#   make test   checks the formatting and lint (ruff), then runs the test suite (with the tf and
+#               export extras, so the tf.data backend and every export format are tested too);
+#               make format fixes what ruff can
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -17,7 +18,7 @@ install: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 
 install-test: $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[test,tf]"
+	$(BIN)/python -m pip install --quiet -e ".[test,tf,export]"
 
 demo: install
 	$(BIN)/python -m imgcls.main --config=configs/digits.py --workdir=$(WORKDIR)
