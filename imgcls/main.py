@@ -1,6 +1,6 @@
 """imgcls command line: `python -m imgcls.main --config=configs/X.py --workdir=runs/X [--mode=...]`.
 
-Modes: train; eval, predict, features, inspect on a trained run (`--workdir=runs/X`, whose saved
+Modes: train; eval, predict, features, inspect, export on a trained run (`--workdir=runs/X`, whose saved
 config.json is the config unless --config is given; overrides apply on top either way).
 
 Config overrides: `--config.data.dir=PATH --config.optimizer.learning_rate=3e-4`. An override of a
@@ -19,22 +19,27 @@ from imgcls import config as config_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file with get_config(), e.g. configs/digits.py.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, logs, summary.json.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "predict", "features", "inspect"], "What to do.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "predict", "features", "inspect", "export"], "What to do.")
 _INPUT = flags.DEFINE_string(
   "input", None, "eval, features: a class-per-folder tree or a CSV/Excel index; predict: an image file, a folder or an index."
 )
 _OUTPUT = flags.DEFINE_string(
-  "output", None, "predict: CSV file to write; features: .csv or .xlsx (default WORKDIR/features/features.csv)."
+  "output",
+  None,
+  "predict: CSV file to write; features: .csv or .xlsx (default WORKDIR/features/features.csv); "
+  "export: the file (a folder for saved_model; default WORKDIR/export/FORMAT/).",
 )
 _SPLIT = flags.DEFINE_string("split", "val", "eval: the run's subset to evaluate (train, val, test) when --input is not given.")
 _STEP = flags.DEFINE_integer(
   "step",
   None,
-  "eval, predict, features: the checkpoint of this step (default: the best); inspect: the training step to show (default 0).",
+  "eval, predict, features, export: the checkpoint of this step (default: the best); inspect: the training step to show (default 0).",
   lower_bound=0,
 )
 _CHECKPOINT = flags.DEFINE_string(
-  "checkpoint", None, "eval, predict, features: take the weights from this workdir or checkpoint folder instead of --workdir's."
+  "checkpoint",
+  None,
+  "eval, predict, features, export: take the weights from this workdir or checkpoint folder instead of --workdir's.",
 )
 _THRESHOLD = flags.DEFINE_float(
   "threshold",
@@ -47,7 +52,15 @@ _LAYER = flags.DEFINE_string(
   "features: 'backbone', a head layer ('head/hidden/0') or a Keras layer name (out_relu); default: the penultimate layer.",
 )
 
-MODES_NEEDING_WORKDIR = ("train", "eval", "features", "inspect")
+_FORMAT = flags.DEFINE_enum(
+  "format", None, ["onnx", "litert", "saved_model", "stablehlo", "keras"], "export: the format to write."
+)
+_BATCH_SIZE = flags.DEFINE_integer(
+  "batch_size", None, "export --format=litert: the model's fixed batch size (default 1).", lower_bound=1
+)
+_QUANTIZE = flags.DEFINE_enum("quantize", "none", ["none", "float16", "int8"], "export --format=litert: weight quantization.")
+
+MODES_NEEDING_WORKDIR = ("train", "eval", "features", "inspect", "export")
 SAVED_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "saved_config.py")
 
 
@@ -116,7 +129,7 @@ def main(argv: list[str]) -> None:
 
 
 def _run_mode(mode: str, workdir: str | None) -> None:
-  """eval, predict, features, inspect: on the workdir's saved config with the command line's overrides."""
+  """eval, predict, features, inspect, export: on the workdir's saved config with the command line's overrides."""
   from imgcls import restore
 
   if mode == "predict" and not workdir:  # Keras's ImageNet classifier, from the recipe alone.
@@ -163,6 +176,21 @@ def _run_mode(mode: str, workdir: str | None) -> None:
       output=_OUTPUT.value,
       checkpoint=_CHECKPOINT.value,
       step=_STEP.value,
+    )
+  elif mode == "export":
+    from imgcls import export
+
+    if not _FORMAT.value:
+      raise app.UsageError(f"--mode=export needs --format ({', '.join(export.FORMATS)}).")
+    export.export(
+      config,
+      workdir,
+      _FORMAT.value,
+      output=_OUTPUT.value,
+      checkpoint=_CHECKPOINT.value,
+      step=_STEP.value,
+      quantize=_QUANTIZE.value,
+      batch=_BATCH_SIZE.value or 0,
     )
   elif mode == "inspect":
     from imgcls import inspection
