@@ -95,6 +95,27 @@ def test_conv_kernel_gradient_from_patches_only_within_the_memory_cap(monkeypatc
   assert "custom_vjp_call" not in primitives()
 
 
+@pytest.mark.parametrize("module", ["depthwise", "pointwise", "conv"])
+def test_portable_convs_pick_the_cpu_kernels_on_cpu_and_xla_elsewhere(module):
+  """ "portable" (exported graphs): a jax.export for the CPU holds imgcls's kernels and no
+  convolution op, one for CUDA XLA's convolution; on this CPU it gives "xla"'s numbers."""
+  make = {
+    "depthwise": lambda impl: DepthwiseConv(4, (3, 3), strides=(2, 2), implementation=impl, rngs=nnx.Rngs(0)),
+    "pointwise": lambda impl: PointwiseConv(4, 6, implementation=impl, rngs=nnx.Rngs(0)),
+    "conv": lambda impl: Conv(4, 6, (3, 3), implementation=impl, rngs=nnx.Rngs(0)),  # 3*3*4 inputs: patches
+  }[module]
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 9, 9, 4), np.float32))
+  portable, xla = make("portable"), make("xla")
+  np.testing.assert_allclose(jax.jit(lambda x: portable(x))(x), xla(x), atol=1e-5)
+  spec = jax.ShapeDtypeStruct(x.shape, x.dtype)
+  text = {
+    platform: jax.export.export(jax.jit(lambda x: portable(x)), platforms=(platform,))(spec).mlir_module()
+    for platform in ("cpu", "cuda")
+  }
+  assert "stablehlo.convolution" not in text["cpu"]
+  assert "stablehlo.convolution" in text["cuda"]
+
+
 @pytest.mark.parametrize(
   "shape,window,strides,padding",
   [

@@ -11,6 +11,9 @@ Keras-on-TensorFlow's speed with them). The implementations:
       - a 1x1 convolution is a matrix product of the (N*H*W, C) pixels with the (C, D) kernel;
       - some regular convolutions are matrix products of the image's patches (`Conv`).
   - `"xla"`: `lax.conv_general_dilated`, kept on GPU and TPU.
+  - `"portable"`: `"cpu"`'s kernels on the CPU and `"xla"`'s elsewhere, chosen by the backend
+    that runs the compiled program (`lax.platform_dependent`): for exported graphs
+    (`--mode=export`'s StableHLO and SavedModel), which XLA compiles for whichever device loads them.
 All give the same results to float rounding. `"auto"` picks `"onednn"` on the CPU backend where it
 loaded (else `"cpu"`, saying why in one log line) and `"xla"` elsewhere.
 """
@@ -26,7 +29,7 @@ from jax import lax
 
 import imgcls.models.onednn as onednn
 
-IMPLEMENTATIONS = ("auto", "onednn", "cpu", "xla")
+IMPLEMENTATIONS = ("auto", "onednn", "cpu", "xla", "portable")
 MAX_UNROLLED_WIDTH = 48  # widest output row whose depthwise taps gradient is one unrolled loop
 
 
@@ -161,7 +164,7 @@ class _ConvWithCpuPath(nnx.Conv):
     self.implementation = resolve(implementation)
 
   def uses_cpu_path(self) -> bool:
-    return self.implementation in ("cpu", "onednn") and isinstance(self.padding, str)
+    return self.implementation in ("cpu", "onednn", "portable") and isinstance(self.padding, str)
 
   def uses_onednn(self) -> bool:
     return False
@@ -184,11 +187,15 @@ class _ConvWithCpuPath(nnx.Conv):
       )
     if not self.uses_cpu_path():
       y = super().__call__(x)
+    elif self.implementation == "portable":
+      y = lax.platform_dependent(x, cpu=self._cpu_call, default=super().__call__)
     else:
-      y = self.cpu_conv(x, self.kernel[...], as_pair(self.strides))
-      if self.bias is not None:
-        y = y + self.bias[...].astype(y.dtype)
+      y = self._cpu_call(x)
     return nnx.relu(y) if relu else y
+
+  def _cpu_call(self, x: jax.Array) -> jax.Array:
+    y = self.cpu_conv(x, self.kernel[...], as_pair(self.strides))
+    return y + self.bias[...].astype(y.dtype) if self.bias is not None else y
 
 
 class DepthwiseConv(_ConvWithCpuPath):
@@ -218,7 +225,7 @@ class PointwiseConv(_ConvWithCpuPath):
     super().__init__(in_features, out_features, (1, 1), implementation=implementation, **kwargs)
 
   def uses_cpu_path(self) -> bool:
-    return self.implementation in ("cpu", "onednn")
+    return self.implementation in ("cpu", "onednn", "portable")
 
   def cpu_conv(self, x, kernel, strides):
     return pointwise_dot(x, kernel)
@@ -288,7 +295,9 @@ class Conv(_ConvWithCpuPath):
     patch = kernel.size // kernel.shape[-1]
     if patch <= self.MAX_PATCH:
       return patches_conv(x, kernel, strides, self.padding)
+    # A symbolic batch (an exported graph) has no backward pass, and both forwards are XLA's.
     out_pixels = x.size // x.shape[-1] // (strides[0] * strides[1])
-    if patch >= self.MIN_PATCH_FOR_KERNEL_GRAD and out_pixels * patch * x.dtype.itemsize <= self.MAX_PATCHES_BYTES:
+    fits = isinstance(x.shape[0], int) and out_pixels * patch * x.dtype.itemsize <= self.MAX_PATCHES_BYTES
+    if patch >= self.MIN_PATCH_FOR_KERNEL_GRAD and fits:
       return conv_patches_kernel_grad(x, kernel, strides, self.padding)
     return _xla_conv(x, kernel, strides, self.padding)
