@@ -240,9 +240,10 @@ def export(
     raise ExportError(f"--quantize={quantize} is not one of {', '.join(QUANTIZE[fmt])} for {fmt}.")
   module = _format_module(fmt)
   module.check_available()
-  # Exported graphs hold XLA's standard convolutions, not the CPU custom calls of config.model.convs.
+  # No oneDNN custom calls in a file: XLA's standard convolutions where another converter reads
+  # the graph; where XLA compiles it (StableHLO, SavedModel), imgcls's JAX CPU kernels on the CPU.
   config = ml_collections.ConfigDict(config.to_dict())
-  config.model.convs = "xla"
+  config.model.convs = getattr(module, "CONVS", "xla")
   run = restore.load(config, workdir, checkpoint, step)
   serving = servable(run)
   output = output or default_output(workdir, fmt, quantize)

@@ -261,4 +261,4 @@ def runner(path: str) -> Callable[[np.ndarray], np.ndarray]:
   """`pixels -> probabilities` in Keras: model.py's network with the weights `path`."""
   net = load_code(os.path.join(os.path.dirname(os.path.abspath(path)), CODE_FILE)).build_model()
   net.load_weights(path)
-  return lambda pixels: np.asarray(net(np.asarray(pixels, np.float32), training=False))
+  return lambda pixels: np.asarray(net.predict_on_batch(np.asarray(pixels, np.float32)))

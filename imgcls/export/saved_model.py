@@ -11,6 +11,8 @@ import numpy as np
 from imgcls.export import ExportError, Servable, _version, conversion_error, require
 
 SIGNATURE = "serving_default"
+CONVS = "portable"  # imgcls's JAX kernels where TensorFlow runs the model on a CPU, XLA's elsewhere
+PLATFORMS = ("cpu", "cuda", "tpu")
 
 
 def check_available() -> None:
@@ -28,8 +30,9 @@ def tf_probabilities(logits):
   return tf.nn.softmax(logits, axis=-1)
 
 
-def tf_module(servable: Servable, batch: int | None = None):
-  """A `tf.Module` whose `serve(pixels)` is the run's function, for any batch size (`batch`: that one)."""
+def tf_module(servable: Servable, batch: int | None = None, platforms: tuple[str, ...] | None = None):
+  """A `tf.Module` whose `serve(pixels)` is the run's function, for any batch size (`batch`: that one),
+  lowered for `platforms` (default: this machine's backend)."""
   import tensorflow as tf
   from jax.experimental import jax2tf
 
@@ -38,6 +41,7 @@ def tf_module(servable: Servable, batch: int | None = None):
     servable.logits,
     polymorphic_shapes=None if batch else [None, f"(b, {height}, {width}, {channels})"],
     with_gradient=False,
+    native_serialization_platforms=platforms,
   )
   module = tf.Module()
   module.weights = [tf.Variable(w, trainable=False) for w in servable.weights]
@@ -50,11 +54,12 @@ def tf_module(servable: Servable, batch: int | None = None):
   return module
 
 
-def save(servable: Servable, output: str, batch: int | None = None) -> None:
-  """Writes the SavedModel folder `output` (for batches of `batch` images; default any)."""
+def save(servable: Servable, output: str, batch: int | None = None, platforms: tuple[str, ...] | None = None) -> None:
+  """Writes the SavedModel folder `output` (for batches of `batch` images, default any; for
+  `platforms`, default this machine's backend)."""
   import tensorflow as tf
 
-  module = tf_module(servable, batch)
+  module = tf_module(servable, batch, platforms)
   try:
     concrete = module.serve.get_concrete_function()
   except Exception as e:  # jax2tf raises NotImplementedError or TF errors for what it cannot lower.
@@ -66,10 +71,11 @@ def write(servable: Servable, output: str, *, quantize: str = "none") -> dict:
   del quantize
   if os.path.isfile(output):
     raise ExportError(f"--output={output} is a file; a SavedModel is a folder.")
-  save(servable, output)
+  save(servable, output, platforms=PLATFORMS)
   return {
     "input": {"name": "pixels", "signature": SIGNATURE},
     "outputs": {"name": "probabilities"},
+    "platforms": list(PLATFORMS),
     "versions": {
       "tensorflow": _version("tensorflow-cpu") if _version("tensorflow") == "not installed" else _version("tensorflow")
     },

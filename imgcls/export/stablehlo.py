@@ -16,6 +16,9 @@ import numpy as np
 
 from imgcls.export import ExportError, Servable
 
+CONVS = "portable"  # imgcls's JAX kernels where the file runs on a CPU, XLA's convolutions on GPU/TPU
+PLATFORMS = ("cpu", "cuda", "tpu")
+
 
 def check_available() -> None:
   pass  # jax.export is part of jax.
@@ -27,7 +30,7 @@ def write(servable: Servable, output: str, *, quantize: str = "none") -> dict:
   (batch,) = jax.export.symbolic_shape("batch")
   pixels = jax.ShapeDtypeStruct((batch, *servable.input_shape), np.float32)
   try:
-    exported = jax.export.export(jax.jit(lambda pixels: servable(pixels)), platforms=("cpu", "cuda", "tpu"))(pixels)
+    exported = jax.export.export(jax.jit(lambda pixels: servable(pixels)), platforms=PLATFORMS)(pixels)
   except Exception as e:
     raise ExportError(f"jax.export cannot export {servable.run.config.model.name}: {e}") from e
   with open(output, "wb") as f:
