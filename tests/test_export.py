@@ -297,20 +297,31 @@ def test_bad_requests_are_one_line_errors(runs):
     export.require("imgcls_no_such_runtime", "--format=onnx")
 
 
-def test_an_op_a_format_lacks_is_named_with_its_line(runs, tmp_path):
-  """A Cholesky factorisation (a LAPACK call in XLA): ONNX and LiteRT fail naming it and where it is computed."""
+def test_an_op_a_format_lacks_is_named_with_its_layer_and_line(runs, tmp_path, monkeypatch):
+  """A Cholesky factorisation (a LAPACK call in XLA) inside MobileNetV2's block_1_project layer:
+  ONNX and LiteRT fail naming the op, the Keras layer and the line that computes it."""
   from jax import lax
 
-  config, workdir = runs["bn_cnn"]
+  from imgcls.models import keras_net
+
+  apply = keras_net._apply
+
+  def apply_with_cholesky(layer, module, inputs):
+    out = apply(layer, module, inputs)
+    if layer.name != "block_1_project":
+      return out
+    gram = jnp.eye(2)[None] * (1.0 + jnp.mean(out, (1, 2, 3)) ** 2)[:, None, None]
+    return out * lax.linalg.cholesky(gram)[:, None, None, :1, 0]
+
+  monkeypatch.setattr(keras_net, "_apply", apply_with_cholesky)
+  config, workdir = runs["mobilenet_v2"]
   config = config.copy_and_resolve_references()
   config.model.convs = "xla"
-  serving = export.servable(export.restore.load(config, str(workdir)))
-
-  def logits(weights, pixels):
-    gram = jnp.eye(2)[None] * (1.0 + pixels.mean((1, 2, 3)))[:, None, None]
-    return lax.linalg.cholesky(gram)[:, :, 0]
-
-  unusual = export.Servable(logits, serving.weights, serving.input_shape, serving.class_names, serving.run)
+  unusual = export.servable(export.restore.load(config, str(workdir)))
+  assert export.library_calls(unusual)  # and the exports below fail on it
   for module, name in ((onnx, "model.onnx"), (litert, "model.tflite")):
-    with pytest.raises(export.ExportError, match=r"cannot express an op of bn_cnn: .*cholesky at .*test_export.py:\d+"):
+    with pytest.raises(
+      export.ExportError,
+      match=r"cannot express an op of mobilenet_v2: .*cholesky in layer backbone/block_1_project at .*test_export.py:\d+",
+    ):
       module.write(unusual, str(tmp_path / name))

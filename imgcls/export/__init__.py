@@ -97,26 +97,32 @@ LIBRARY_CALLS = (
 )
 
 
-def _equations(jaxpr, where: str = ""):
-  """(equation, 'file:line (function)') of `jaxpr` and the jaxprs inside it; an inner equation
-  in jax's own code takes the place of the call that reached it."""
+def _equations(jaxpr, where: str = "", scope: str = ""):
+  """(equation, 'file:line (function)', 'named/scope') of `jaxpr` and the jaxprs inside it; an
+  inner equation in jax's own code takes the place of the call that reached it."""
   from jax._src import source_info_util
 
   for eqn in jaxpr.eqns:
     here = source_info_util.summarize(eqn.source_info) or where
-    yield eqn, here
+    named = "/".join(part for part in (scope, str(eqn.source_info.name_stack)) if part)
+    yield eqn, here, named
     for value in eqn.params.values():
       for sub in value if isinstance(value, (list, tuple)) else (value,):
         inner = getattr(sub, "jaxpr", sub)
         if hasattr(inner, "eqns"):
-          yield from _equations(inner, here)
+          yield from _equations(inner, here, named)
 
 
 def library_calls(servable: Servable) -> list[str]:
-  """'op at file:line (function)' for each library call the exported function makes."""
+  """'op in layer backbone/NAME at file:line (function)' for each library call the exported
+  function makes (layers: the named scopes of imgcls.models, Keras's layer names in a backbone)."""
   pixels = jax.ShapeDtypeStruct((1, *servable.input_shape), jnp.float32)
   jaxpr = jax.make_jaxpr(servable)(pixels).jaxpr
-  found = [f"{eqn.primitive.name} at {where}" for eqn, where in _equations(jaxpr) if eqn.primitive.name in LIBRARY_CALLS]
+  found = [
+    eqn.primitive.name + (f" in layer {scope}" if scope else "") + f" at {where}"
+    for eqn, where, scope in _equations(jaxpr)
+    if eqn.primitive.name in LIBRARY_CALLS
+  ]
   return list(dict.fromkeys(found))
 
 

@@ -134,7 +134,10 @@ class Classifier(nnx.Module):
     return self.head.embed(self.features(images, rngs=rngs), rngs=rngs)
 
   def __call__(self, images: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
-    return self.head(self.features(images, rngs=rngs), rngs=rngs)
+    with jax.named_scope("backbone"):  # Scopes name the parts in traces, profiles and export errors.
+      features = self.features(images, rngs=rngs)
+    with jax.named_scope("head"):
+      return self.head(features, rngs=rngs)
 
 
 def head_options(config: ml_collections.ConfigDict, backbone: nnx.Module) -> dict:

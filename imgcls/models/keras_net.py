@@ -341,7 +341,8 @@ class KerasNet(nnx.Module):
     values = {self.spec[0].name: x}
     for layer, frees in zip(self.spec[1:], self._frees[1:]):
       module = self.layers[layer.name] if layer.op in WEIGHTED else None
-      values[layer.name] = _apply(layer, module, [values[name] for name in layer.inputs])
+      with jax.named_scope(layer.name):  # Names the layer in traces, profiles and export errors.
+        values[layer.name] = _apply(layer, module, [values[name] for name in layer.inputs])
       if layer.name == output:
         return values[output]
       for name in frees:  # Let go of activations no later layer reads.
