@@ -96,6 +96,32 @@ def tiny_config(data_dir: Path | str, **overrides):
   return config
 
 
+def save_run(config, workdir: Path, model, class_names: list[str], normalization: dict | None = None):
+  """A workdir as training writes it (config.json, a best checkpoint at step 0) holding `model`'s
+  weights, without training; returns the saved TrainState."""
+  import jax.numpy as jnp
+
+  from imgcls import checkpoint as ckpt_lib
+  from imgcls import steps
+
+  _, _, params, frozen, stats = steps.split_model(model)
+  state = steps.TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    frozen=frozen,
+    stats=stats,
+    opt_state={},
+    epoch_sums=steps.zero_sums(len(class_names)),
+    window_sums=steps.zero_sums(len(class_names)),
+  )
+  checkpoints = ckpt_lib.Checkpoints(str(workdir), async_save=False)
+  meta = ckpt_lib.RunMeta(class_names=list(class_names), normalization=normalization or {})
+  checkpoints.save(0, state, meta, best=True)
+  checkpoints.close()
+  (workdir / "config.json").write_text(config.to_json_best_effort())
+  return state
+
+
 def run_cli(*args: str, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
   """Runs `python -m imgcls.main ARGS` in the repo, returning the completed process."""
   env = dict(os.environ, PYTHONUNBUFFERED="1")

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import FLOWERS, POLLEN, run_cli, tiny_config
+from conftest import FLOWERS, POLLEN, run_cli, save_run, tiny_config
 from flax import nnx
 from paths import shared
 from PIL import Image
@@ -277,22 +277,7 @@ def keras_run(tree, tmp_path_factory):
 def save_untrained_run(config, workdir: Path) -> steps.TrainState:
   """A workdir as training writes it (config.json, a best checkpoint at step 0) with the model as
   initialised, for the 3 classes of `tree`; returns the saved state."""
-  model = steps.create_model(config, 3)
-  _, _, params, frozen, stats = steps.split_model(model)
-  state = steps.TrainState(
-    step=jnp.zeros((), jnp.int32),
-    params=params,
-    frozen=frozen,
-    stats=stats,
-    opt_state={},
-    epoch_sums=steps.zero_sums(3),
-    window_sums=steps.zero_sums(3),
-  )
-  checkpoints = ckpt_lib.Checkpoints(str(workdir), async_save=False)
-  checkpoints.save(0, state, ckpt_lib.RunMeta(class_names=["class_0", "class_1", "class_2"], normalization={}), best=True)
-  checkpoints.close()
-  (workdir / "config.json").write_text(config.to_json_best_effort())
-  return state
+  return save_run(config, workdir, steps.create_model(config, 3), ["class_0", "class_1", "class_2"])
 
 
 def test_features_of_a_head_layer_before_its_batch_norm(tree, tmp_path):

@@ -11,10 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import POLLEN, run_cli, tiny_config
+from conftest import POLLEN, run_cli, save_run, tiny_config
 from flax import nnx
 
-from imgcls import checkpoint as ckpt_lib
 from imgcls import evaluate, export, steps, train
 from imgcls.data import sources
 from imgcls.export import keras as keras_export
@@ -48,20 +47,7 @@ def save_random_run(config, workdir: Path, class_names: list[str], normalization
   """A workdir as training writes it (config.json, a best checkpoint), with random weights."""
   model = steps.create_model(config, len(class_names))
   randomize(model, config.seed)
-  _, _, params, frozen, stats = steps.split_model(model)
-  state = steps.TrainState(
-    step=jnp.zeros((), jnp.int32),
-    params=params,
-    frozen=frozen,
-    stats=stats,
-    opt_state={},
-    epoch_sums=steps.zero_sums(len(class_names)),
-    window_sums=steps.zero_sums(len(class_names)),
-  )
-  checkpoints = ckpt_lib.Checkpoints(str(workdir), async_save=False)
-  checkpoints.save(0, state, ckpt_lib.RunMeta(class_names=class_names, normalization=normalization), best=True)
-  checkpoints.close()
-  (workdir / "config.json").write_text(config.to_json_best_effort())
+  save_run(config, workdir, model, class_names, normalization)
   return workdir
 
 
