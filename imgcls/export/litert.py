@@ -57,7 +57,7 @@ def write(
     "input": {"name": "pixels", "shape": [batch, *servable.input_shape]},
     "outputs": {"name": "probabilities"},
     "calibration_images": 0 if representative is None else len(representative),
-    "versions": {"tensorflow": _version("tensorflow-cpu"), "ai-edge-litert": _version("ai-edge-litert")},
+    "versions": {"tensorflow": saved_model_lib.tensorflow_version(), "ai-edge-litert": _version("ai-edge-litert")},
   }
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from imgcls.export import ExportError, Servable, _version, conversion_error, require
+from imgcls.export import ExportError, Servable, conversion_error, require
 
 SIGNATURE = "serving_default"
 CONVS = "portable"  # imgcls's JAX kernels where TensorFlow runs the model on a CPU, XLA's elsewhere
@@ -76,10 +76,15 @@ def write(servable: Servable, output: str, *, quantize: str = "none") -> dict:
     "input": {"name": "pixels", "signature": SIGNATURE},
     "outputs": {"name": "probabilities"},
     "platforms": list(PLATFORMS),
-    "versions": {
-      "tensorflow": _version("tensorflow-cpu") if _version("tensorflow") == "not installed" else _version("tensorflow")
-    },
+    "versions": {"tensorflow": tensorflow_version()},
   }
+
+
+def tensorflow_version() -> str:
+  """The version of TensorFlow, whichever of its packages (tensorflow, tensorflow-cpu) installed it."""
+  import tensorflow as tf
+
+  return tf.__version__
 
 
 def runner(path: str) -> Callable[[np.ndarray], np.ndarray]:
