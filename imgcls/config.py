@@ -86,7 +86,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.head.hidden = (-1,)  # Dense sizes before the output; (-1,): the model's own default.
   c.model.head.dropout = -1.0  # Dropout before the output layer; -1: the model's default.
   c.model.head.batch_norm = False  # BatchNorm after each hidden Dense.
-  # Keras application models (mobilenet_v2, vgg16, vgg19, inception_v3):
+  # Keras application models (`python -m imgcls.models` lists them: mobilenet_v2, resnet50, densenet121, ...):
   c.model.weights = ""  # "": random init; "imagenet": Keras's file (Keras cache, else downloaded); or a path.
   c.model.alpha = 1.0  # MobileNetV2 width (ImageNet weights: 0.35, 0.5, 0.75, 1.0, 1.3, 1.4).
   c.model.include_top = False  # Keep Keras's 1000-way classifier as the output layer (model.head unused).

@@ -90,6 +90,28 @@ CASES = {
     keras.applications.inception_v3.preprocess_input,
     "mixed10",
   ),
+  # Odd and non-square: the strided 1x1 projections and 3x3 'valid' stem see odd sizes.
+  "resnet50": Case(
+    "resnet50",
+    (37, 45),
+    lambda: keras.applications.ResNet50(weights=None, input_shape=(37, 45, 3)),
+    keras.applications.resnet.preprocess_input,
+    "conv5_block3_out",
+  ),
+  "resnet50_v2": Case(
+    "resnet50_v2",
+    (35, 33),
+    lambda: keras.applications.ResNet50V2(weights=None, input_shape=(35, 33, 3)),
+    keras.applications.resnet_v2.preprocess_input,
+    "post_relu",
+  ),
+  "densenet121": Case(
+    "densenet121",
+    (32, 36),
+    lambda: keras.applications.DenseNet121(weights=None, input_shape=(32, 36, 3)),
+    keras.applications.densenet.preprocess_input,
+    "relu",
+  ),
 }
 
 
@@ -170,6 +192,27 @@ def test_other_alphas_have_keras_layers_and_shapes(alpha):
   assert {l.name: l.shape for l in ours.layers[1:]} == {l.name: tuple(l.output.shape[1:]) for l in theirs.layers[1:]}
 
 
+VARIANTS = {  # Every variant not in CASES: config.model.name -> keras.applications constructor.
+  "resnet101": "ResNet101",
+  "resnet152": "ResNet152",
+  "resnet101_v2": "ResNet101V2",
+  "resnet152_v2": "ResNet152V2",
+  "densenet169": "DenseNet169",
+  "densenet201": "DenseNet201",
+}
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_every_variant_has_keras_layers_and_shapes(name):
+  """Every layer's name and output shape (so every weight's shape) as Keras, with the top."""
+  keras.backend.clear_session()
+  theirs = getattr(keras.applications, VARIANTS[name])(weights=None, input_shape=(32, 32, 3))
+  c = default_config()
+  c.model.name, c.model.include_top, c.data.image_size = name, True, (32, 32)
+  ours = keras_graph(c)
+  assert {l.name: l.shape for l in ours.layers[1:]} == {l.name: tuple(l.output.shape[1:]) for l in theirs.layers[1:]}
+
+
 @pytest.mark.parametrize("key", list(CASES))
 def test_include_top_probabilities_match_keras(key, reference_dir):
   ref = get_reference(key, reference_dir)
@@ -201,6 +244,12 @@ FEATURE_CASES = [
   ("inception_v3", "mixed7", ""),
   ("inception_v3", "mixed9_0", ""),
   ("inception_v3", "activation_4", ""),  # Counter-named, in the stem: conv2d_bn unit 5 of 94.
+  ("resnet50", "", "avg"),
+  ("resnet50", "conv3_block4_out", ""),
+  ("resnet50_v2", "", ""),
+  ("resnet50_v2", "conv4_block6_out", ""),  # After the V2 stride's 1x1 max pooling shortcut.
+  ("densenet121", "", "max"),
+  ("densenet121", "pool3_pool", ""),
 ]
 
 

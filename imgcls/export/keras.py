@@ -23,7 +23,7 @@ import numpy as np
 
 from imgcls.export import ExportError, Servable, normalization, require
 from imgcls.models import KERAS_MODELS, cnn, keras_weights
-from imgcls.models.keras_net import CAFFE_MEAN, KerasNet
+from imgcls.models.keras_net import CAFFE_MEAN, TORCH_MEAN, TORCH_STD, KerasNet
 
 CODE_FILE = "model.py"
 
@@ -90,6 +90,11 @@ def _keras_backbone_lines(config, backbone: KerasNet, input_shape, outputs: int)
       lines.append(f"x = layers.Rescaling({1.0 / float(config.data.rescale)!r}, name='undo_rescale')(x)")
     if backbone.preprocessing == "tf":
       lines.append("x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name='preprocess_input')(x)  # x / 127.5 - 1")
+    elif backbone.preprocessing == "torch":
+      mean, std = [float(v) for v in TORCH_MEAN], [float(v) for v in TORCH_STD]
+      lines.append(
+        f"x = layers.Lambda(lambda t: (t / 255.0 - ops.array({mean!r})) / ops.array({std!r}), name='preprocess_input')(x)"
+      )
     else:
       mean = [float(v) for v in CAFFE_MEAN]
       lines.append(f"x = layers.Lambda(lambda t: ops.flip(t, axis=-1) - ops.array({mean!r}), name='preprocess_input')(x)  # BGR")

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from imgcls.models import cnn, inception_v3, keras_weights, mobilenet_v2, vgg
+from imgcls.models import cnn, densenet, inception_v3, keras_weights, mobilenet_v2, resnet, vgg
 from imgcls.models.heads import Head
 from imgcls.models.keras_net import Graph, KerasNet
 
@@ -45,7 +45,16 @@ KERAS_MODELS = {
   "vgg16": (vgg, lambda c: dict(depth=16)),
   "vgg19": (vgg, lambda c: dict(depth=19)),
   "inception_v3": (inception_v3, lambda c: {}),
+  **{f"resnet{d}": (resnet, lambda c, d=d: dict(depth=d)) for d in resnet.DEPTHS},
+  **{f"resnet{d}_v2": (resnet, lambda c, d=d: dict(depth=d, v2=True)) for d in resnet.DEPTHS},
+  **{f"densenet{d}": (densenet, lambda c, d=d: dict(depth=d)) for d in densenet.BLOCKS},
 }
+
+
+def keras_preprocessing(name: str, options: dict) -> str:
+  """The `preprocess_input` mode of Keras model `name` (its family's, or the variant's where they differ)."""
+  module = KERAS_MODELS[name][0]
+  return module.preprocessing(**options) if hasattr(module, "preprocessing") else module.PREPROCESSING
 
 
 def keras_graph(config: ml_collections.ConfigDict) -> Graph:
@@ -66,8 +75,7 @@ def keras_backbone(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> KerasNe
     raise ValueError("config.model.include_top keeps Keras's classifier: leave model.cut_at and model.pooling empty.")
   g = keras_graph(config)
   output = g["predictions"].inputs[0] if m.include_top else m.cut_at
-  module, _ = KERAS_MODELS[m.name]
-  preprocessing = module.PREPROCESSING if m.preprocess_input else "none"
+  preprocessing = keras_preprocessing(m.name, KERAS_MODELS[m.name][1](config)) if m.preprocess_input else "none"
   return KerasNet(
     g, output=output, preprocessing=preprocessing, bn_momentum=m.bn_momentum, bn_epsilon=m.bn_epsilon, convs=m.convs, rngs=rngs
   )

@@ -27,6 +27,8 @@ from imgcls.models.pooling import max_pool
 _KERNEL_INIT = nnx.initializers.glorot_uniform()
 # keras.applications.imagenet_utils.preprocess_input(mode="caffe"): BGR channel means.
 CAFFE_MEAN = (103.939, 116.779, 123.68)
+# preprocess_input(mode="torch"): pixels / 255, then minus these RGB means, over these deviations.
+TORCH_MEAN, TORCH_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # Layer types with parameters.
 WEIGHTED = ("conv", "depthwise", "bn", "dense")
 # The prefix Keras 3 gives an unnamed layer of each type (then _1, _2, ... in a session).
@@ -57,6 +59,7 @@ class Layer:
   shape: tuple[int, ...]
   units: int = 0  # Output channels of conv and dense.
   kernel: tuple[int, int] = (1, 1)  # Also the pooling window.
+  pads: tuple[tuple[int, int], tuple[int, int]] | None = None  # pad: fixed ((top, bottom), (left, right)); None: correct_pad.
   strides: tuple[int, int] = (1, 1)
   padding: str = "valid"  # valid | same (Keras's, i.e. TensorFlow's, padding).
   use_bias: bool = True
@@ -151,6 +154,13 @@ class Graph:
     h, w, c = self.shape(x)
     return self._append(name, "pad", (x,), (h + top + bottom, w + left + right, c), kernel=as_pair(kernel))
 
+  def pad(self, name, x, pads):
+    """ZeroPadding2D(padding=pads): an int, or ((top, bottom), (left, right))."""
+    pads = ((pads, pads), (pads, pads)) if isinstance(pads, int) else tuple(tuple(p) for p in pads)
+    (top, bottom), (left, right) = pads
+    h, w, c = self.shape(x)
+    return self._append(name, "pad", (x,), (h + top + bottom, w + left + right, c), pads=pads)
+
   def max_pool(self, name, x, pool, *, strides=None, padding="valid"):
     return self._pool("max_pool", name, x, pool, strides, padding)
 
@@ -237,7 +247,7 @@ def _apply(layer: Layer, module: nnx.Module | None, xs: list[jax.Array]) -> jax.
   if op == "relu":
     return jnp.clip(x, 0.0, layer.max_value) if layer.max_value else nnx.relu(x)
   if op == "pad":
-    (top, bottom), (left, right) = correct_pad(x.shape[1], x.shape[2], layer.kernel[0])
+    (top, bottom), (left, right) = layer.pads or correct_pad(x.shape[1], x.shape[2], layer.kernel[0])
     return jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
   if op == "max_pool":
     return max_pool(x, layer.kernel, layer.strides, layer.padding)
@@ -261,8 +271,9 @@ def _apply(layer: Layer, module: nnx.Module | None, xs: list[jax.Array]) -> jax.
 class KerasNet(nnx.Module):
   """A `Graph` as a backbone: the layers up to `output` (default: the graph's last layer).
 
-  `preprocessing` is Keras's `preprocess_input` mode of the family: "tf" (x / 127.5 - 1) or
-  "caffe" (RGB to BGR, minus the ImageNet channel means), or "none". `bn_momentum` / `bn_epsilon` override
+  `preprocessing` is Keras's `preprocess_input` mode of the family: "tf" (x / 127.5 - 1),
+  "caffe" (RGB to BGR, minus the ImageNet channel means), "torch" (x / 255, normalised by the
+  ImageNet channel means and deviations), or "none". `bn_momentum` / `bn_epsilon` override
   every BatchNorm's (0: Keras's values for the model). `convs` picks how depthwise and 1x1
   convolutions are computed (see `imgcls.models.convs`).
   """
@@ -278,8 +289,8 @@ class KerasNet(nnx.Module):
     convs: str = "auto",
     rngs: nnx.Rngs,
   ):
-    if preprocessing not in ("tf", "caffe", "none"):
-      raise ValueError(f"Unknown preprocessing {preprocessing!r}: use tf, caffe or none.")
+    if preprocessing not in ("tf", "caffe", "torch", "none"):
+      raise ValueError(f"Unknown preprocessing {preprocessing!r}: use tf, caffe, torch or none.")
     by_name = {layer.name: layer for layer in graph.layers}
     output = output or graph.output
     if output not in by_name:
@@ -333,6 +344,8 @@ class KerasNet(nnx.Module):
     x = x if pixel_scale == 1.0 else x / pixel_scale
     if self.preprocessing == "tf":
       return x / 127.5 - 1.0
+    if self.preprocessing == "torch":
+      return (x / 255.0 - jnp.asarray(TORCH_MEAN, x.dtype)) / jnp.asarray(TORCH_STD, x.dtype)
     return x[..., ::-1] - jnp.asarray(CAFFE_MEAN, x.dtype)
 
   def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None, output: str = "") -> jax.Array:
