@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import pytest
 from flax import nnx
 
 from imgcls.config import check_config, default_config
-from imgcls.models import build_model
+from imgcls.models import MODELS, build_model
 from imgcls.steps import compute_cast
 
 
@@ -128,3 +131,12 @@ def test_bfloat16_compute_stays_bfloat16(name, convs):
 
     features, logits = jax.eval_shape(forward, params, x)
     assert (features.dtype, logits.dtype) == (jnp.bfloat16, jnp.bfloat16), (training, features.dtype, logits.dtype)
+
+
+def test_models_listing_names_every_model():
+  """`python -m imgcls.models` lists each model with Keras's parameter count and weight file."""
+  out = subprocess.run([sys.executable, "-m", "imgcls.models"], capture_output=True, text=True, check=True).stdout
+  lines = {line.split()[0]: line for line in out.splitlines()[1:]}
+  assert set(lines) == set(MODELS)
+  assert "25,636,712" in lines["resnet50"] and "resnet50_weights_tf_dim_ordering_tf_kernels.h5" in lines["resnet50"]
+  assert "299x299" in lines["inception_v3"]

@@ -28,6 +28,7 @@ from paths import IMAGENET_SAMPLES  # noqa: E402
 from imgcls.config import default_config  # noqa: E402
 from imgcls.data.images import ImageSpec, load_image  # noqa: E402
 from imgcls.models import build_model, keras_graph, keras_weights, mobilenet_v2  # noqa: E402
+from imgcls.models.__main__ import parameter_count  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:keras")
 
@@ -182,6 +183,12 @@ def test_layer_names_and_shapes_match_keras(key, reference_dir):
   ours = {layer.name: layer.shape for layer in keras_graph(config_for(ref.case, include_top=True)).layers[1:]}
   theirs = {layer.name: tuple(layer.output.shape[1:]) for layer in ref.model.layers[1:]}
   assert ours == theirs
+
+
+@pytest.mark.parametrize("key", list(CASES))
+def test_parameter_counts_match_keras(key, reference_dir):
+  ref = get_reference(key, reference_dir)
+  assert parameter_count(keras_graph(config_for(ref.case, include_top=True)).layers) == ref.model.count_params()
 
 
 @pytest.mark.parametrize("alpha", [0.5, 0.75, 1.4])  # 1.0: the real weights load shape-checked.
@@ -363,3 +370,18 @@ def test_jit_compiles_quickly(reference_dir):
   assert logits.shape == (len(PHOTOS), 5)
   np.testing.assert_allclose(np.asarray(logits), np.asarray(model(ref.images)), rtol=1e-4, atol=1e-5)
   assert seconds < 60
+
+
+def test_wrong_variant_fails_naming_every_mismatch(reference_dir):
+  """ResNet50's file into ResNet101 (blocks missing) and into ResNet50V2 (other layers, other shapes)."""
+  ref = get_reference("resnet50", reference_dir)
+  with pytest.raises(ValueError) as error:
+    build_model(config_for(dataclasses.replace(ref.case, name="resnet101"), weights=ref.notop_file), 2, rngs=nnx.Rngs(0))
+  message = str(error.value)
+  assert all(f"conv4_block{i}_1_conv: kernel" in message for i in range(7, 24))
+  assert "0 unexpected" in message
+  with pytest.raises(ValueError) as error:
+    build_model(config_for(dataclasses.replace(ref.case, name="resnet50_v2"), weights=ref.notop_file), 2, rngs=nnx.Rngs(0))
+  message = str(error.value)
+  assert "conv2_block1_preact_bn: gamma, beta, moving_mean, moving_variance (64,)" in message  # missing
+  assert "conv1_bn: gamma" in message  # unexpected: V2 has no stem BatchNorm
