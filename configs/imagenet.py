@@ -1,20 +1,20 @@
 """Keras's ImageNet classifiers as they are: `--config=configs/imagenet.py:resnet50` (default mobilenet_v2).
 
 For predicting the 1000 ImageNet classes of images (`--mode=predict`); no training, no data.dir.
-Any Keras application model imgcls has (`python -m imgcls.models` lists them): mobilenet_v2 (set
---config.model.alpha), vgg16, vgg19, inception_v3, resnet50/101/152, resnet50_v2/101_v2/152_v2,
-densenet121/169/201.
+Any Keras application model imgcls has (`python -m imgcls.models` lists them): mobilenet,
+mobilenet_v2, mobilenet_v3_small/large[_minimalistic] (set --config.model.alpha), vgg16, vgg19, inception_v3, resnet50/101/152, resnet50_v2/101_v2/152_v2,
+densenet121/169/201, efficientnet_b0..efficientnet_b7.
 """
 
 from imgcls.config import default_config
-from imgcls.models import KERAS_MODELS
+from imgcls.models import KERAS_MODELS, default_size
 
 
 def get_config(arg: str | None = None):
   name = arg or "mobilenet_v2"
   if name not in KERAS_MODELS:
     raise ValueError(f"configs/imagenet.py:{name}: pick one of {', '.join(KERAS_MODELS)}.")
-  size = KERAS_MODELS[name][0].DEFAULT_SIZE  # Keras's default input size of the model.
+  size = default_size(name)  # Keras's default input size of the model.
   c = default_config()
   c.model.name = name
   c.model.weights = "imagenet"

@@ -88,7 +88,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.head.batch_norm = False  # BatchNorm after each hidden Dense.
   # Keras application models (`python -m imgcls.models` lists them: mobilenet_v2, resnet50, densenet121, ...):
   c.model.weights = ""  # "": random init; "imagenet": Keras's file (Keras cache, else downloaded); or a path.
-  c.model.alpha = 1.0  # MobileNetV2 width (ImageNet weights: 0.35, 0.5, 0.75, 1.0, 1.3, 1.4).
+  c.model.alpha = 1.0  # MobileNet(V2, V3) width (ImageNet weights: V1 0.25-1.0; V2 0.35-1.4; V3 0.75, 1.0).
   c.model.include_top = False  # Keep Keras's 1000-way classifier as the output layer (model.head unused).
   c.model.pooling = ""  # Keras's include_top=False pooling: "" (the feature map), avg or max (a vector).
   c.model.cut_at = ""  # Keras layer whose output the head sees, e.g. block_6_expand_relu; "": the last.

@@ -19,7 +19,7 @@ def randomize(model: keras.Model, seed: int = 0, logit_scale: float = 4.0, image
   """Random weights everywhere, BatchNorm moving statistics included (so inference BN is tested).
 
   Kernels are He-normal (activations keep their scale), biases and BN shifts small, BN scales and
-  variances around 1. If `images` are given, `predictions` is scaled so that its logits spread by
+  variances around 1, Normalization statistics those of 0-1 pixels. If `images` are given, the classifier is scaled so that its logits spread by
   about `logit_scale`: softmax probabilities then differ from uniform and the comparison means something.
   """
   rng = np.random.default_rng(seed)
@@ -35,6 +35,12 @@ def randomize(model: keras.Model, seed: int = 0, logit_scale: float = 4.0, image
           "moving_variance": rng.uniform(0.5, 2.0, n),
         }[name]
         variable.assign(value.astype("float32"))
+    elif isinstance(layer, keras.layers.Normalization):  # Adapted statistics of 0-1 pixels.
+      n = layer.adapt_mean.shape
+      layer.adapt_mean.assign(rng.normal(0.45, 0.1, n).astype("float32"))
+      layer.adapt_variance.assign(rng.uniform(0.03, 0.1, n).astype("float32"))
+      layer.count.assign(1000)
+      layer.finalize_state()
     else:
       for variable in layer.weights:
         shape = variable.shape
@@ -45,7 +51,7 @@ def randomize(model: keras.Model, seed: int = 0, logit_scale: float = 4.0, image
           fan_in = int(np.prod(shape[:2] if depthwise else shape[:-1]))
           variable.assign(rng.standard_normal(shape, dtype=np.float32) * np.float32(np.sqrt(2.0 / fan_in)))
   if images is not None and "predictions" in [l.name for l in model.layers]:
-    top = model.get_layer("predictions")
+    top = [layer for layer in model.layers if layer.weights][-1]  # predictions, or a 1x1 conv classifier
     features = keras.Model(model.input, top.input)(images, training=False)
     features = np.asarray(features)
     rms = float(np.sqrt(np.mean(features**2))) or 1.0

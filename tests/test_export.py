@@ -18,6 +18,7 @@ from imgcls import evaluate, export, steps, train
 from imgcls.data import sources
 from imgcls.export import keras as keras_export
 from imgcls.export import litert, onnx, saved_model, stablehlo
+from imgcls.models import keras_graph
 
 FLOAT_FORMATS = ("onnx", "saved_model", "litert", "stablehlo", "keras")
 PARITY = 1e-4
@@ -311,3 +312,37 @@ def test_an_op_a_format_lacks_is_named_with_its_layer_and_line(runs, tmp_path, m
       match=r"cannot express an op of mobilenet_v2: .*cholesky in layer backbone/block_1_project at .*test_export.py:\d+",
     ):
       module.write(unusual, str(tmp_path / name))
+
+
+def test_keras_round_trip_of_efficientnet_with_keras_imagenet_rescaling(tree, tmp_path):
+  """EfficientNet from a file named as Keras's ImageNet one has Keras's extra Rescaling after its
+  Normalization; the Keras export (weights=None, no such layer) folds it into the variance."""
+  os.environ.setdefault("KERAS_BACKEND", "jax")
+  import keras
+  import keras_reference as kr
+
+  keras.backend.clear_session()
+  reference = keras.applications.EfficientNetB0(weights=None, include_top=False, input_shape=(32, 32, 3))
+  kr.randomize(reference, seed=5)
+  weights = tmp_path / "efficientnetb0_notop.h5"
+  kr.save_legacy_h5(reference, weights)
+  config = tiny_config(
+    tree, **{"model.name": "efficientnet_b0", "model.weights": str(weights), "model.pooling": "avg", "data.image_size": (32, 32)}
+  )
+  assert "rescaling_1" in [layer.name for layer in keras_graph(config).layers]  # Keras's ImageNet rescaling.
+  workdir = save_random_run(config, tmp_path / "run", ["class_0", "class_1", "class_2"], {})
+  info = export.export(config, str(workdir), "keras")
+  assert info["parity_with_predict"]["max_abs_difference"] < PARITY
+  assert info["baked_in"]["preprocess_input"].startswith("none: the network normalises")
+  csv = tmp_path / "predictions.csv"
+  evaluate.predict(config, inputs=str(tree), output=str(csv), workdir=str(workdir))
+  table = pd.read_csv(csv).set_index("path")
+  paths = list(table.index)
+  expected = table[[c for c in table.columns if c.startswith("prob_")]].to_numpy()
+  folder = workdir / "export" / "keras"
+  net = keras_export.load_code(str(folder / "model.py")).build_model()
+  net.load_weights(str(folder / "model.weights.h5"))
+  got = np.asarray(net.predict(evaluate.load_pixels(paths, config.data), verbose=0))
+  assert np.abs(got - expected).max() < PARITY
+  assert expected.max(axis=1).mean() > 0.5
+  assert "keras.applications.EfficientNetB0(" in (folder / "model.py").read_text()

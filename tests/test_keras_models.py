@@ -140,3 +140,28 @@ def test_models_listing_names_every_model():
   assert set(lines) == set(MODELS)
   assert "25,636,712" in lines["resnet50"] and "resnet50_weights_tf_dim_ordering_tf_kernels.h5" in lines["resnet50"]
   assert "299x299" in lines["inception_v3"]
+
+
+def test_stochastic_depth_drops_whole_images_in_training_only():
+  """EfficientNet's block Dropout(noise_shape=(None, 1, 1, 1)): each image's residual branch is
+  zeroed or scaled by 1 / (1 - rate) in training, and left alone in inference."""
+  from imgcls.models import efficientnet
+  from imgcls.models.keras_net import KerasNet
+
+  net = KerasNet(
+    efficientnet.graph((32, 32, 3), include_top=False), output="block6d_drop", preprocessing="pixels", rngs=nnx.Rngs(0)
+  )
+  rate = net.spec[-1].rate
+  assert rate == pytest.approx(0.2 * 14 / 16)  # Keras's drop_connect_rate * block / blocks
+  x = jax.random.uniform(jax.random.key(1), (24, 32, 32, 3), maxval=255.0)
+  net.train()
+  branch = net(x, rngs=nnx.Rngs(dropout=3), output="block6d_project_bn")  # Earlier blocks draw the same.
+  dropped = net(x, rngs=nnx.Rngs(dropout=3))
+  ratio = (dropped / branch).reshape(len(x), -1)
+  per_image = ratio[:, 0]
+  assert jnp.allclose(ratio, per_image[:, None], atol=1e-5)  # One draw per image.
+  kept = jnp.isclose(per_image, 1 / (1 - rate), atol=1e-5)
+  assert bool(jnp.all(kept | (per_image == 0)))
+  assert 0 < int(jnp.sum(~kept)) < len(x)
+  net.eval()
+  assert bool(jnp.all(net(x) == net(x, output="block6d_project_bn")))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import time
 from collections.abc import Callable
 
@@ -113,6 +114,40 @@ CASES = {
     keras.applications.densenet.preprocess_input,
     "relu",
   ),
+  # Xception's smallest input, odd: separable convolutions, 'same' strided poolings and projections.
+  "xception": Case(
+    "xception",
+    (71, 77),
+    lambda: keras.applications.Xception(weights=None, input_shape=(71, 77, 3)),
+    keras.applications.xception.preprocess_input,
+    "block14_sepconv2_act",
+  ),
+  # Odd and non-square: the (0, 1) paddings before each stride 2; the classifier is a 1x1 convolution.
+  "mobilenet_0.5": Case(
+    "mobilenet",
+    (35, 41),
+    lambda: keras.applications.MobileNet(weights=None, input_shape=(35, 41, 3), alpha=0.5),
+    keras.applications.mobilenet.preprocess_input,
+    "conv_pw_13_relu",
+    alpha=0.5,
+  ),
+  # Squeeze-excite with hard sigmoid, hard swish, the 1x1 convolution classifier after conv_2.
+  "mobilenet_v3_small_0.75": Case(
+    "mobilenet_v3_small",
+    (37, 35),
+    lambda: keras.applications.MobileNetV3Small(weights=None, input_shape=(37, 35, 3), alpha=0.75),
+    keras.applications.mobilenet_v3.preprocess_input,
+    "activation_17",
+    alpha=0.75,
+  ),
+  # Odd and non-square: every stride-2 depthwise block pads by correct_pad; normalises inside.
+  "efficientnet_b0": Case(
+    "efficientnet_b0",
+    (33, 37),
+    lambda: keras.applications.EfficientNetB0(weights=None, input_shape=(33, 37, 3)),
+    keras.applications.efficientnet.preprocess_input,
+    "top_activation",
+  ),
 }
 
 
@@ -206,18 +241,25 @@ VARIANTS = {  # Every variant not in CASES: config.model.name -> keras.applicati
   "resnet152_v2": "ResNet152V2",
   "densenet169": "DenseNet169",
   "densenet201": "DenseNet201",
+  **{f"efficientnet_b{i}": f"EfficientNetB{i}" for i in range(1, 8)},
+  "mobilenet": "MobileNet",
+  "mobilenet_v3_large": "MobileNetV3Large",
+  "mobilenet_v3_small_minimalistic": ("MobileNetV3Small", {"minimalistic": True}),
+  "mobilenet_v3_large_minimalistic": ("MobileNetV3Large", {"minimalistic": True}),
 }
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_every_variant_has_keras_layers_and_shapes(name):
-  """Every layer's name and output shape (so every weight's shape) as Keras, with the top."""
+  """Every layer's name and output shape (so every weight's shape) as Keras, with the top; the parameter count."""
   keras.backend.clear_session()
-  theirs = getattr(keras.applications, VARIANTS[name])(weights=None, input_shape=(32, 32, 3))
+  constructor, arguments = VARIANTS[name] if isinstance(VARIANTS[name], tuple) else (VARIANTS[name], {})
+  theirs = getattr(keras.applications, constructor)(weights=None, input_shape=(32, 32, 3), **arguments)
   c = default_config()
   c.model.name, c.model.include_top, c.data.image_size = name, True, (32, 32)
   ours = keras_graph(c)
   assert {l.name: l.shape for l in ours.layers[1:]} == {l.name: tuple(l.output.shape[1:]) for l in theirs.layers[1:]}
+  assert parameter_count(ours.layers) == theirs.count_params()
 
 
 @pytest.mark.parametrize("key", list(CASES))
@@ -257,6 +299,19 @@ FEATURE_CASES = [
   ("resnet50_v2", "conv4_block6_out", ""),  # After the V2 stride's 1x1 max pooling shortcut.
   ("densenet121", "", "max"),
   ("densenet121", "pool3_pool", ""),
+  ("mobilenet_0.5", "", "avg"),
+  ("mobilenet_0.5", "conv_pad_6", ""),
+  ("xception", "", "avg"),
+  ("xception", "block4_sepconv2_bn", ""),
+  ("xception", "add_7", ""),  # Counter-named: the middle flow's fourth block.
+  ("mobilenet_v3_small_0.75", "", "max"),
+  ("mobilenet_v3_small_0.75", "expanded_conv_squeeze_excite_mul", ""),
+  ("mobilenet_v3_small_0.75", "re_lu_1", ""),  # Inside the hard sigmoid: relu6(x + 3).
+  ("mobilenet_v3_small_0.75", "expanded_conv_5_add", ""),
+  ("efficientnet_b0", "", "avg"),
+  ("efficientnet_b0", "block4a_se_excite", ""),
+  ("efficientnet_b0", "block6c_add", ""),  # After a stochastic depth Dropout (identity in inference).
+  ("efficientnet_b0", "normalization", ""),  # The stem's normalisation of the pixels.
 ]
 
 
@@ -278,8 +333,31 @@ def test_features_match_keras(key, cut_at, pooling, reference_dir):
     assert model.backbone.layer_names[-1] == cut_at
 
 
-def test_keras3_weights_file_loads_the_same(reference_dir, tmp_path):
-  ref = get_reference("mobilenet_v2_0.35", reference_dir)
+def test_efficientnet_imagenet_file_adds_keras_imagenet_rescaling(reference_dir, tmp_path, monkeypatch):
+  """With Keras's ImageNet file, Keras's EfficientNet has one more Rescaling (1 / sqrt(std)) after its
+  Normalization; loaded by that file's name, imgcls's has it too."""
+  from keras.src.applications import efficientnet as keras_efficientnet
+
+  ref = get_reference("efficientnet_b0", reference_dir)
+  path = tmp_path / "efficientnetb0_notop.h5"
+  shutil.copy(ref.notop_file, path)
+  monkeypatch.setattr(keras_efficientnet.file_utils, "get_file", lambda *args, **kwargs: str(path))  # Offline.
+  keras.backend.clear_session()
+  theirs = keras.applications.EfficientNetB0(weights="imagenet", include_top=False, input_shape=(*ref.case.size, 3))
+  assert "rescaling_1" in [layer.name for layer in theirs.layers]
+  expected = kr.run(theirs, ref.keras_inputs)
+  assert max_rel(kr.run(kr.sub_model(ref.model, "top_activation"), ref.keras_inputs), expected) > 10 * FEATURE_TOL
+  model = build_model(config_for(ref.case, weights=str(path)), 2, rngs=nnx.Rngs(0))
+  model.eval()
+  assert "rescaling_1" in model.backbone.layer_names
+  rel = max_rel(np.asarray(model.features(ref.images)), expected)
+  print(f"efficientnet_b0 with Keras's ImageNet rescaling: max rel diff {rel:.2e}")
+  assert rel < FEATURE_TOL
+
+
+@pytest.mark.parametrize("key", ["mobilenet_v2_0.35", "xception", "efficientnet_b0"])  # Separable convs, Normalization.
+def test_keras3_weights_file_loads_the_same(key, reference_dir, tmp_path):
+  ref = get_reference(key, reference_dir)
   path = str(tmp_path / "mobilenet.weights.h5")
   ref.model.save_weights(path)
   flat = keras_weights.read(path)

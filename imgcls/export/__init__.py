@@ -212,6 +212,8 @@ def baked_in(run: restore.Run) -> dict:
     "preprocess_input": {
       "tf": "x / 127.5 - 1 (Keras's 'tf' mode)",
       "caffe": "RGB to BGR, minus ImageNet means (Keras's 'caffe' mode)",
+      "torch": "x / 255, minus ImageNet means, over their deviations (Keras's 'torch' mode)",
+      "pixels": "none: the network normalises 0-255 pixels itself (its Rescaling and Normalization layers)",
     }.get(preprocessing, "none"),
     "normalization": normalization_steps,
     "output": "softmax probabilities" if not run.binary else "[1 - p, p] with p the sigmoid of the one output unit",

@@ -59,7 +59,7 @@ def _source_lines(servable: Servable) -> tuple[list[str], dict]:
     lines += _keras_backbone_lines(config, backbone, servable.input_shape, model.head.output.out_features)
     modules.update({name: backbone.layers[name] for name in backbone.layer_names if name in backbone.layers})
     if model.keras_top:
-      modules["predictions"] = model.head.output
+      modules[model.keras_top] = model.head.output
   else:
     backbone_lines, backbone_modules = _cnn_lines(backbone)
     lines += backbone_lines
@@ -88,7 +88,9 @@ def _keras_backbone_lines(config, backbone: KerasNet, input_shape, outputs: int)
   if backbone.preprocessing != "none":
     if config.data.rescale != 1.0:  # Keras's preprocess_input takes 0-255 pixels.
       lines.append(f"x = layers.Rescaling({1.0 / float(config.data.rescale)!r}, name='undo_rescale')(x)")
-    if backbone.preprocessing == "tf":
+    if backbone.preprocessing == "pixels":
+      pass  # The network normalises 0-255 pixels itself (EfficientNet's Rescaling and Normalization).
+    elif backbone.preprocessing == "tf":
       lines.append("x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name='preprocess_input')(x)  # x / 127.5 - 1")
     elif backbone.preprocessing == "torch":
       mean, std = [float(v) for v in TORCH_MEAN], [float(v) for v in TORCH_STD]
@@ -223,6 +225,18 @@ def _keras_layers(net) -> list:
   return found
 
 
+def _fold_rescaling_into_normalization(backbone, arrays: dict) -> None:
+  """EfficientNet with Keras's ImageNet file rescales its Normalization's output by 1 / sqrt(std); the
+  Keras network `model.py` builds (weights=None) has no such layer: the factor goes into the variance."""
+  if not isinstance(backbone, KerasNet):
+    return
+  by_name = {layer.name: layer for layer in backbone.spec}
+  for layer in backbone.spec:
+    if layer.op == "rescaling" and layer.inputs and by_name[layer.inputs[0]].op == "normalization":
+      key = f"{layer.inputs[0]}/variance"
+      arrays[key] = (arrays[key] / np.square(np.asarray(layer.factor, np.float32))).astype(np.float32)
+
+
 def write(servable: Servable, output: str, *, quantize: str = "none") -> dict:
   """Writes `model.py` and the weights `output` (a `.weights.h5`, as Keras 3 requires)."""
   del quantize
@@ -232,8 +246,12 @@ def write(servable: Servable, output: str, *, quantize: str = "none") -> dict:
   code_path = os.path.join(os.path.dirname(os.path.abspath(output)), CODE_FILE)
   with open(code_path, "w") as f:
     f.write(text)
+  import keras
+
+  keras.backend.clear_session()  # Keras's counter names (conv2d, normalization, ...) as imgcls's.
   net = load_code(code_path).build_model()
   arrays = keras_weights.keras_arrays(modules)
+  _fold_rescaling_into_normalization(servable.run.model.backbone, arrays)
   used, missing = set(), []
   for layer in _keras_layers(net):
     for variable in layer.weights:
@@ -241,6 +259,8 @@ def write(servable: Servable, output: str, *, quantize: str = "none") -> dict:
       if key not in arrays:
         missing.append(key)
         continue
+      if tuple(variable.shape) == (1, 1, *arrays[key].shape):  # A Dense head as Keras's 1x1 convolution classifier.
+        arrays[key] = arrays[key].reshape(tuple(variable.shape))
       if tuple(variable.shape) != arrays[key].shape:
         raise ExportError(f"Keras's {key} has shape {tuple(variable.shape)}, imgcls's {arrays[key].shape}.")
       variable.assign(arrays[key])
@@ -252,8 +272,6 @@ def write(servable: Servable, output: str, *, quantize: str = "none") -> dict:
       f"imgcls weights with no Keras layer {unused}."
     )
   net.save_weights(output)
-  import keras
-
   return {
     "code": CODE_FILE,
     "loader": "import model; net = model.build_model(); net.load_weights('model.weights.h5'); net.predict(pixels)",

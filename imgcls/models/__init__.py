@@ -19,6 +19,7 @@ names, Keras's `preprocess_input`, optionally Keras's weights (`config.model.wei
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 
 import jax
@@ -26,7 +27,20 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from imgcls.models import cnn, densenet, inception_v3, keras_weights, mobilenet_v2, resnet, vgg
+from imgcls.config import default_config
+from imgcls.models import (
+  cnn,
+  densenet,
+  efficientnet,
+  inception_v3,
+  keras_weights,
+  mobilenet,
+  mobilenet_v2,
+  mobilenet_v3,
+  resnet,
+  vgg,
+  xception,
+)
 from imgcls.models.heads import Head
 from imgcls.models.keras_net import Graph, KerasNet
 
@@ -41,20 +55,59 @@ def _filters(config: ml_collections.ConfigDict, default: int) -> int:
 
 # Keras application families: name -> (model file, its options from the config).
 KERAS_MODELS = {
+  "mobilenet": (mobilenet, lambda c: dict(alpha=float(c.model.alpha))),
   "mobilenet_v2": (mobilenet_v2, lambda c: dict(alpha=float(c.model.alpha))),
+  **{
+    f"mobilenet_v3_{size}{suffix}": (
+      mobilenet_v3,
+      lambda c, size=size, minimal=bool(suffix): dict(size=size, alpha=float(c.model.alpha), minimalistic=minimal),
+    )
+    for size in ("small", "large")
+    for suffix in ("", "_minimalistic")
+  },
   "vgg16": (vgg, lambda c: dict(depth=16)),
   "vgg19": (vgg, lambda c: dict(depth=19)),
   "inception_v3": (inception_v3, lambda c: {}),
+  "xception": (xception, lambda c: {}),
   **{f"resnet{d}": (resnet, lambda c, d=d: dict(depth=d)) for d in resnet.DEPTHS},
   **{f"resnet{d}_v2": (resnet, lambda c, d=d: dict(depth=d, v2=True)) for d in resnet.DEPTHS},
   **{f"densenet{d}": (densenet, lambda c, d=d: dict(depth=d)) for d in densenet.BLOCKS},
+  **{
+    f"efficientnet_{v}": (
+      efficientnet,
+      lambda c, v=v: dict(variant=v, imagenet_rescaling=_keras_imagenet_file(c, efficientnet, v)),
+    )
+    for v in efficientnet.VARIANTS
+  },
 }
+
+
+def _keras_imagenet_file(config: ml_collections.ConfigDict, module, variant: str) -> bool:
+  """Whether `config.model.weights` is Keras's ImageNet file of the variant ("imagenet", or that file by name)."""
+  weights = config.model.weights
+  if weights == "imagenet":
+    return True
+  names = {module.imagenet_file((), include_top=top, variant=variant)[0] for top in (True, False)}
+  return bool(weights) and os.path.basename(str(weights)) in names
+
+
+def default_size(name: str) -> int:
+  """Keras's default input size of model `name` (the variant's where they differ)."""
+  module, options = KERAS_MODELS[name]
+  if hasattr(module, "default_size"):
+    return module.default_size(**options(default_config()))
+  return module.DEFAULT_SIZE
 
 
 def keras_preprocessing(name: str, options: dict) -> str:
   """The `preprocess_input` mode of Keras model `name` (its family's, or the variant's where they differ)."""
   module = KERAS_MODELS[name][0]
   return module.preprocessing(**options) if hasattr(module, "preprocessing") else module.PREPROCESSING
+
+
+def keras_classifier(name: str) -> str:
+  """The layer of Keras model `name` that holds its ImageNet classifier (`predictions`, or a 1x1 convolution)."""
+  return getattr(KERAS_MODELS[name][0], "CLASSIFIER", "predictions")
 
 
 def keras_graph(config: ml_collections.ConfigDict) -> Graph:
@@ -68,13 +121,14 @@ def keras_graph(config: ml_collections.ConfigDict) -> Graph:
 def keras_backbone(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> KerasNet:
   """The Keras network cut at `config.model.cut_at` ("": Keras's last layer).
 
-  With `include_top`, it stops just before `predictions`, which becomes the head's output layer.
+  With `include_top`, it stops just before Keras's classifier (`keras_classifier`), which becomes
+  the head's output layer.
   """
   m = config.model
   if m.include_top and (m.cut_at or m.pooling):
     raise ValueError("config.model.include_top keeps Keras's classifier: leave model.cut_at and model.pooling empty.")
   g = keras_graph(config)
-  output = g["predictions"].inputs[0] if m.include_top else m.cut_at
+  output = g[keras_classifier(m.name)].inputs[0] if m.include_top else m.cut_at
   preprocessing = keras_preprocessing(m.name, KERAS_MODELS[m.name][1](config)) if m.preprocess_input else "none"
   return KerasNet(
     g, output=output, preprocessing=preprocessing, bn_momentum=m.bn_momentum, bn_epsilon=m.bn_epsilon, convs=m.convs, rngs=rngs
@@ -115,12 +169,13 @@ def as_floating(images: jax.Array) -> jax.Array:
 class Classifier(nnx.Module):
   """A backbone followed by a head; the backbone's preprocessing is part of the model."""
 
-  def __init__(self, backbone: nnx.Module, head: Head, *, pixel_scale: float = 1.0, frozen=NOTHING, keras_top: bool = False):
+  def __init__(self, backbone: nnx.Module, head: Head, *, pixel_scale: float = 1.0, frozen=NOTHING, keras_top: str = ""):
     self.backbone = backbone
     self.head = head
     self.pixel_scale = float(pixel_scale)
     self.frozen = frozen
-    # The head's output layer is Keras's `predictions` (include_top): its weights load with the backbone's.
+    # With include_top, the Keras layer the head's output layer is (`predictions`, ...): its weights
+    # load with the backbone's. "" otherwise.
     self.keras_top = keras_top
 
   def train(self, **attributes):
@@ -194,7 +249,7 @@ def load_keras_weights(model: Classifier | KerasNet, path: str) -> None:
     raise ValueError(f"Keras weights load only into the Keras application models ({', '.join(KERAS_MODELS)}).")
   modules = {name: net.layers[name] for name in net.layer_names if name in net.layers}  # Keras's order.
   if isinstance(model, Classifier) and model.keras_top:
-    modules["predictions"] = model.head.output
+    modules[model.keras_top] = model.head.output
   keras_weights.assign(
     modules,
     keras_weights.read(path),
@@ -241,7 +296,11 @@ def build_model(config: ml_collections.ConfigDict, num_outputs: int, *, rngs: nn
   else:
     head = Head(feature_shape[1:], num_outputs, **head_options(config, backbone), rngs=rngs)
   model = Classifier(
-    backbone, head, pixel_scale=config.data.rescale, frozen=frozen_filter(config, backbone), keras_top=m.include_top
+    backbone,
+    head,
+    pixel_scale=config.data.rescale,
+    frozen=frozen_filter(config, backbone),
+    keras_top=keras_classifier(name) if m.include_top else "",
   )
   if m.weights and load_weights:
     load_keras_weights(model, keras_weights_path(config))

@@ -5,12 +5,12 @@ from __future__ import annotations
 import sys
 
 from imgcls.config import default_config
-from imgcls.models import KERAS_MODELS, MODELS, keras_graph
+from imgcls.models import KERAS_MODELS, MODELS, default_size, keras_graph
 from imgcls.models.keras_net import Layer
 
 
 def parameter_count(layers: list[Layer]) -> int:
-  """Keras's `count_params()` of a graph: kernels, biases and the four BatchNorm vectors."""
+  """Keras's `count_params()` of a graph: kernels, biases, the BatchNorm vectors and Normalization's statistics."""
   shapes = {layer.name: layer.shape for layer in layers}
   total = 0
   for layer in layers[1:]:
@@ -19,8 +19,12 @@ def parameter_count(layers: list[Layer]) -> int:
       total += layer.kernel[0] * layer.kernel[1] * channels * layer.units + (layer.units if layer.use_bias else 0)
     elif layer.op == "depthwise":
       total += layer.kernel[0] * layer.kernel[1] * channels + (channels if layer.use_bias else 0)
+    elif layer.op == "separable":
+      total += layer.kernel[0] * layer.kernel[1] * channels + channels * layer.units + (layer.units if layer.use_bias else 0)
     elif layer.op == "bn":
       total += (4 if layer.scale else 3) * channels
+    elif layer.op == "normalization":
+      total += 2 * channels + 1  # mean, variance, count
     elif layer.op == "dense":
       total += channels * layer.units + layer.units
   return total
@@ -36,10 +40,11 @@ def rows() -> list[tuple[str, str, str, str]]:
     module, options = KERAS_MODELS[name]
     c = default_config()
     c.model.name, c.model.include_top = name, True
-    c.data.image_size = (module.DEFAULT_SIZE, module.DEFAULT_SIZE)
+    size = default_size(name)
+    c.data.image_size = (size, size)
     count = parameter_count(keras_graph(c).layers)
-    file, _, _ = module.imagenet_file((module.DEFAULT_SIZE, module.DEFAULT_SIZE, 3), include_top=True, **options(c))
-    out.append((name, f"{count:,}", f"{module.DEFAULT_SIZE}x{module.DEFAULT_SIZE}", file))
+    file, _, _ = module.imagenet_file((size, size, 3), include_top=True, **options(c))
+    out.append((name, f"{count:,}", f"{size}x{size}", file))
   return out
 
 

@@ -30,14 +30,30 @@ CAFFE_MEAN = (103.939, 116.779, 123.68)
 # preprocess_input(mode="torch"): pixels / 255, then minus these RGB means, over these deviations.
 TORCH_MEAN, TORCH_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # Layer types with parameters.
-WEIGHTED = ("conv", "depthwise", "bn", "dense")
+WEIGHTED = ("conv", "depthwise", "separable", "bn", "dense", "normalization")
+# Keras's activations by name.
+ACTIVATIONS = {
+  "relu": jax.nn.relu,
+  "swish": jax.nn.silu,
+  "hard_swish": jax.nn.hard_swish,  # x * relu6(x + 3) / 6
+  "sigmoid": jax.nn.sigmoid,
+  "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+  "linear": lambda x: x,
+}
 # The prefix Keras 3 gives an unnamed layer of each type (then _1, _2, ... in a session).
 _AUTO_PREFIX = {
   "conv": "conv2d",
   "depthwise": "depthwise_conv2d",
+  "separable": "separable_conv2d",
   "bn": "batch_normalization",
   "dense": "dense",
   "relu": "activation",
+  "activation": "activation",
+  "rescaling": "rescaling",
+  "normalization": "normalization",
+  "reshape": "reshape",
+  "multiply": "multiply",
+  "dropout": "dropout",
   "pad": "zero_padding2d",
   "max_pool": "max_pooling2d",
   "avg_pool": "average_pooling2d",
@@ -63,12 +79,52 @@ class Layer:
   strides: tuple[int, int] = (1, 1)
   padding: str = "valid"  # valid | same (Keras's, i.e. TensorFlow's, padding).
   use_bias: bool = True
-  activation: str = ""  # "" or relu, for conv and dense.
+  activation: str = ""  # "" or one of ACTIVATIONS: conv, dense and activation layers.
   max_value: float = 0.0  # relu: 0 is none, 6 is ReLU6.
   scale: bool = True  # bn: has gamma.
   momentum: float = 0.99  # bn, with Keras's (= flax's) meaning.
   epsilon: float = 1e-3  # bn.
+  rate: float = 0.0  # dropout.
+  per_sample: bool = False  # dropout: noise_shape=(None, 1, 1, 1), one draw per image (stochastic depth).
+  factor: tuple[float, ...] = ()  # rescaling: the scale (one, or one per channel).
+  keepdims: bool = False  # global pooling: (1, 1, channels), not (channels,).
+  offset: float = 0.0  # relu: added before it (relu6(x + 3) in hard_sigmoid); rescaling: added after.
   auto_named: bool = False  # Named by Keras's counter, not by the application code.
+
+
+class SeparableConv(nnx.Module):
+  """Keras's SeparableConv2D: a depthwise convolution (strides, padding), then a 1x1 one (and the bias)."""
+
+  def __init__(self, channels: int, filters: int, kernel, *, strides, padding: str, use_bias: bool, convs: str, rngs: nnx.Rngs):
+    self.depthwise = DepthwiseConv(
+      channels,
+      kernel,
+      strides=strides,
+      padding=padding,
+      use_bias=False,
+      kernel_init=_KERNEL_INIT,
+      implementation=convs,
+      rngs=rngs,
+    )
+    self.pointwise = PointwiseConv(
+      channels, filters, use_bias=use_bias, kernel_init=_KERNEL_INIT, implementation=convs, rngs=rngs
+    )
+
+  def __call__(self, x: jax.Array, *, relu: bool = False) -> jax.Array:
+    return self.pointwise(self.depthwise(x), relu=relu)
+
+
+class Normalization(nnx.Module):
+  """Keras's Normalization layer (axis=-1) with its adapted statistics as (untrained) variables."""
+
+  def __init__(self, channels: int):
+    self.mean = nnx.BatchStat(jnp.zeros((channels,), jnp.float32))
+    self.variance = nnx.BatchStat(jnp.ones((channels,), jnp.float32))
+    self.count = nnx.BatchStat(jnp.zeros((), jnp.int32))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    std = jnp.maximum(jnp.sqrt(self.variance[...]), 1e-7)  # keras.backend.epsilon()
+    return ((x - self.mean[...]) / std).astype(x.dtype)
 
 
 def _out_size(size: int, kernel: int, stride: int, padding: str) -> int:
@@ -106,8 +162,8 @@ class Graph:
     return self[x].shape
 
   def _append(self, name: str | None, op: str, inputs: tuple[str, ...], shape: tuple[int, ...], **options) -> str:
+    prefix = options.pop("auto_prefix", "") or _AUTO_PREFIX[op]
     if not name:
-      prefix = _AUTO_PREFIX[op]
       count = self._counts[prefix]
       self._counts[prefix] += 1
       name = prefix if count == 0 else f"{prefix}_{count}"
@@ -142,11 +198,21 @@ class Graph:
     shape = (*self._spatial(x, kernel, strides, padding), self.shape(x)[-1])
     return self._append(name, "depthwise", (x,), shape, kernel=kernel, strides=strides, padding=padding, use_bias=use_bias)
 
+  def separable(self, name, x, filters, kernel, *, strides=1, padding="valid", use_bias=True):
+    """SeparableConv2D (depth multiplier 1)."""
+    kernel, strides = as_pair(kernel), as_pair(strides)
+    shape = (*self._spatial(x, kernel, strides, padding), filters)
+    return self._append(
+      name, "separable", (x,), shape, units=filters, kernel=kernel, strides=strides, padding=padding, use_bias=use_bias
+    )
+
   def bn(self, name, x, *, momentum=0.99, epsilon=1e-3, scale=True):
     return self._append(name, "bn", (x,), self.shape(x), momentum=momentum, epsilon=epsilon, scale=scale)
 
-  def relu(self, name, x, *, max_value=0.0):
-    return self._append(name, "relu", (x,), self.shape(x), max_value=max_value)
+  def relu(self, name, x, *, max_value=0.0, offset=0.0, keras_layer="Activation"):
+    """Activation("relu") or (keras_layer="ReLU") the ReLU layer, of x + offset, capped at max_value."""
+    prefix = {"Activation": "activation", "ReLU": "re_lu"}[keras_layer]
+    return self._append(name, "relu", (x,), self.shape(x), max_value=max_value, offset=offset, auto_prefix=prefix)
 
   def correct_pad(self, name, x, kernel=3):
     """ZeroPadding2D(correct_pad(x, kernel)); the padding is recomputed for each input size."""
@@ -160,6 +226,31 @@ class Graph:
     (top, bottom), (left, right) = pads
     h, w, c = self.shape(x)
     return self._append(name, "pad", (x,), (h + top + bottom, w + left + right, c), pads=pads)
+
+  def activation(self, name, x, kind):
+    if kind not in ACTIVATIONS:
+      raise ValueError(f"Unknown activation {kind!r}; known: {', '.join(ACTIVATIONS)}.")
+    return self._append(name, "activation", (x,), self.shape(x), activation=kind)
+
+  def rescaling(self, name, x, factor, offset=0.0):
+    """Rescaling(factor, offset): x times a scale (or one per channel), plus the offset."""
+    factor = tuple(float(f) for f in factor) if isinstance(factor, (list, tuple)) else (float(factor),)
+    return self._append(name, "rescaling", (x,), self.shape(x), factor=factor, offset=float(offset))
+
+  def normalization(self, name, x):
+    """Normalization(axis=-1): (x - mean) / sqrt(variance), both stored as weights (with `count`)."""
+    return self._append(name, "normalization", (x,), self.shape(x))
+
+  def reshape(self, name, x, shape):
+    return self._append(name, "reshape", (x,), tuple(shape))
+
+  def multiply(self, name, xs, *, factor=1.0):
+    """Multiply()(xs), of the inputs times `factor` (MobileNetV3's hard_sigmoid ends with x * (1 / 6))."""
+    return self._append(name, "multiply", tuple(xs), self.shape(xs[0]), factor=(float(factor),))
+
+  def dropout(self, name, x, rate, *, per_sample=False):
+    """Dropout(rate) (per_sample: noise_shape=(None, 1, 1, 1), as stochastic depth); training only."""
+    return self._append(name, "dropout", (x,), self.shape(x), rate=float(rate), per_sample=per_sample)
 
   def max_pool(self, name, x, pool, *, strides=None, padding="valid"):
     return self._pool("max_pool", name, x, pool, strides, padding)
@@ -186,8 +277,9 @@ class Graph:
       size *= d
     return self._append(name, "flatten", (x,), (size,))
 
-  def global_pool(self, name, x, kind):
-    return self._append(name, {"avg": "global_avg", "max": "global_max"}[kind], (x,), self.shape(x)[-1:])
+  def global_pool(self, name, x, kind, *, keepdims=False):
+    shape = (1, 1, *self.shape(x)[-1:]) if keepdims else self.shape(x)[-1:]
+    return self._append(name, {"avg": "global_avg", "max": "global_max"}[kind], (x,), shape, keepdims=keepdims)
 
   def dense(self, name, x, units, *, activation=""):
     return self._append(name, "dense", (x,), (units,), units=units, activation=activation)
@@ -222,6 +314,17 @@ def _module(layer: Layer, in_shape: tuple[int, ...], momentum: float, epsilon: f
       implementation=convs,
       rngs=rngs,
     )
+  if layer.op == "separable":
+    return SeparableConv(
+      in_shape[-1],
+      layer.units,
+      layer.kernel,
+      strides=layer.strides,
+      padding=padding,
+      use_bias=layer.use_bias,
+      convs=convs,
+      rngs=rngs,
+    )
   if layer.op == "bn":
     return BatchNorm(
       in_shape[-1],
@@ -231,6 +334,8 @@ def _module(layer: Layer, in_shape: tuple[int, ...], momentum: float, epsilon: f
       implementation=convs,
       rngs=rngs,
     )
+  if layer.op == "normalization":
+    return Normalization(in_shape[-1])
   if layer.op == "dense":
     return nnx.Linear(in_shape[-1], layer.units, kernel_init=_KERNEL_INIT, rngs=rngs)
   raise ValueError(f"Layer type {layer.op!r} has no parameters.")
@@ -239,12 +344,25 @@ def _module(layer: Layer, in_shape: tuple[int, ...], momentum: float, epsilon: f
 def _apply(layer: Layer, module: nnx.Module | None, xs: list[jax.Array]) -> jax.Array:
   x = xs[0]
   op = layer.op
-  if op in ("conv", "depthwise"):
-    return module(x, relu=layer.activation == "relu")  # fused into oneDNN's convolution
+  if op in ("conv", "depthwise", "separable"):
+    relu = layer.activation == "relu"
+    x = module(x, relu=relu)  # ReLU fused into oneDNN's convolution
+    return ACTIVATIONS[layer.activation](x) if layer.activation and not relu else x
   if op in WEIGHTED:
     x = module(x)
-    return nnx.relu(x) if layer.activation == "relu" else x
+    return ACTIVATIONS[layer.activation](x) if layer.activation else x
+  if op == "activation":
+    return ACTIVATIONS[layer.activation](x)
+  if op == "rescaling":
+    x = x * jnp.asarray(layer.factor, x.dtype)
+    return x + jnp.asarray(layer.offset, x.dtype) if layer.offset else x
+  if op == "reshape":
+    return x.reshape(x.shape[0], *layer.shape)
+  if op == "multiply":
+    product = xs[0] * xs[1]
+    return product * jnp.asarray(layer.factor[0], x.dtype) if layer.factor[0] != 1.0 else product
   if op == "relu":
+    x = x + jnp.asarray(layer.offset, x.dtype) if layer.offset else x
     return jnp.clip(x, 0.0, layer.max_value) if layer.max_value else nnx.relu(x)
   if op == "pad":
     (top, bottom), (left, right) = layer.pads or correct_pad(x.shape[1], x.shape[2], layer.kernel[0])
@@ -262,9 +380,9 @@ def _apply(layer: Layer, module: nnx.Module | None, xs: list[jax.Array]) -> jax.
   if op == "flatten":
     return x.reshape(x.shape[0], -1)
   if op == "global_avg":
-    return jnp.mean(x, axis=(1, 2))
+    return jnp.mean(x, axis=(1, 2), keepdims=layer.keepdims)
   if op == "global_max":
-    return jnp.max(x, axis=(1, 2))
+    return jnp.max(x, axis=(1, 2), keepdims=layer.keepdims)
   raise ValueError(f"Unknown layer type {op!r}.")
 
 
@@ -273,7 +391,8 @@ class KerasNet(nnx.Module):
 
   `preprocessing` is Keras's `preprocess_input` mode of the family: "tf" (x / 127.5 - 1),
   "caffe" (RGB to BGR, minus the ImageNet channel means), "torch" (x / 255, normalised by the
-  ImageNet channel means and deviations), or "none". `bn_momentum` / `bn_epsilon` override
+  ImageNet channel means and deviations), "pixels" (0-255 pixels: the network normalises them
+  itself, as EfficientNet), or "none". `bn_momentum` / `bn_epsilon` override
   every BatchNorm's (0: Keras's values for the model). `convs` picks how depthwise and 1x1
   convolutions are computed (see `imgcls.models.convs`).
   """
@@ -289,8 +408,8 @@ class KerasNet(nnx.Module):
     convs: str = "auto",
     rngs: nnx.Rngs,
   ):
-    if preprocessing not in ("tf", "caffe", "torch", "none"):
-      raise ValueError(f"Unknown preprocessing {preprocessing!r}: use tf, caffe, torch or none.")
+    if preprocessing not in ("tf", "caffe", "torch", "pixels", "none"):
+      raise ValueError(f"Unknown preprocessing {preprocessing!r}: use tf, caffe, torch, pixels or none.")
     by_name = {layer.name: layer for layer in graph.layers}
     output = output or graph.output
     if output not in by_name:
@@ -314,6 +433,14 @@ class KerasNet(nnx.Module):
         layer.name: _module(layer, by_name[layer.inputs[0]].shape, bn_momentum, bn_epsilon, convs, rngs)
         for layer in self.spec
         if layer.op in WEIGHTED
+      }
+    )
+    # Dropout and stochastic depth (training only; model.eval() turns them off).
+    self.dropouts = nnx.Dict(
+      {
+        layer.name: nnx.Dropout(layer.rate, broadcast_dims=(1, 2, 3) if layer.per_sample else ())
+        for layer in self.spec
+        if layer.op == "dropout"
       }
     )
     last_use = {}
@@ -342,6 +469,8 @@ class KerasNet(nnx.Module):
     if self.preprocessing == "none":
       return x
     x = x if pixel_scale == 1.0 else x / pixel_scale
+    if self.preprocessing == "pixels":
+      return x
     if self.preprocessing == "tf":
       return x / 127.5 - 1.0
     if self.preprocessing == "torch":
@@ -350,12 +479,14 @@ class KerasNet(nnx.Module):
 
   def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None, output: str = "") -> jax.Array:
     """The output layer's activations, or those of the layer named `output` (one of `layer_names`)."""
-    del rngs  # No dropout in these networks.
     values = {self.spec[0].name: x}
     for layer, frees in zip(self.spec[1:], self._frees[1:]):
       module = self.layers[layer.name] if layer.op in WEIGHTED else None
       with jax.named_scope(layer.name):  # Names the layer in traces, profiles and export errors.
-        values[layer.name] = _apply(layer, module, [values[name] for name in layer.inputs])
+        if layer.op == "dropout":
+          values[layer.name] = self.dropouts[layer.name](values[layer.inputs[0]], rngs=rngs)
+        else:
+          values[layer.name] = _apply(layer, module, [values[name] for name in layer.inputs])
       if layer.name == output:
         return values[output]
       for name in frees:  # Let go of activations no later layer reads.
@@ -373,7 +504,7 @@ class KerasNet(nnx.Module):
 
 def auto_name_order(name: str) -> tuple[str, int] | None:
   """('conv2d', 3) for 'conv2d_3', ('conv2d', 0) for 'conv2d': how Keras numbers unnamed layers."""
-  match = re.fullmatch(r"(conv2d|depthwise_conv2d|batch_normalization|dense)(?:_(\d+))?", name)
+  match = re.fullmatch(r"(conv2d|depthwise_conv2d|batch_normalization|dense|normalization)(?:_(\d+))?", name)
   if not match:
     return None
   return match.group(1), int(match.group(2) or 0)

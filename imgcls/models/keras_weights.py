@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from imgcls.models.keras_net import auto_name_order
+from imgcls.models.keras_net import Normalization, SeparableConv, auto_name_order
 
 # Old Keras weight names -> today's.
 _ALIASES = {
@@ -104,6 +104,10 @@ def _read_keras3(group: h5py.Group) -> dict[str, np.ndarray]:
     values = [np.asarray(node[str(i)]) for i in range(len(node))]
     if key.startswith("batch_normalization"):
       names = _BN_WEIGHTS if len(values) == 4 else _BN_WEIGHTS[1:]  # scale=False: no gamma.
+    elif key.startswith("normalization"):
+      names = ("mean", "variance", "count")
+    elif len(values) >= 2 and values[0].ndim == values[1].ndim == 4:  # SeparableConv2D
+      names = ("kernel", "pointwise_kernel", "bias")  # kernel: the depthwise one, as for DepthwiseConv2D
     else:
       names = ("kernel", "bias")
     for name, value in zip(names, values):
@@ -120,7 +124,17 @@ def _param_table(modules: Mapping[str, nnx.Module]) -> dict[str, tuple[nnx.Varia
   """`{"<layer>/<keras weight>": (variable, keras shape, is_depthwise)}` for NNX layers."""
   table = {}
   for layer, module in modules.items():
-    if isinstance(module, nnx.BatchNorm):
+    if isinstance(module, Normalization):
+      for name in ("mean", "variance", "count"):
+        variable = getattr(module, name)
+        table[f"{layer}/{name}"] = (variable, tuple(variable.shape), False)
+    elif isinstance(module, SeparableConv):  # Its depthwise_kernel is `kernel` here, as DepthwiseConv2D's.
+      kernel = module.depthwise.kernel
+      table[f"{layer}/kernel"] = (kernel, (*kernel.shape[:2], kernel.shape[3], 1), True)
+      table[f"{layer}/pointwise_kernel"] = (module.pointwise.kernel, tuple(module.pointwise.kernel.shape), False)
+      if module.pointwise.bias is not None:
+        table[f"{layer}/bias"] = (module.pointwise.bias, tuple(module.pointwise.bias.shape), False)
+    elif isinstance(module, nnx.BatchNorm):
       pairs = [("gamma", module.scale), ("beta", module.bias), ("moving_mean", module.mean), ("moving_variance", module.var)]
       for name, variable in pairs:
         if variable is not None:
@@ -206,6 +220,11 @@ def assign(
   """
   weights = match_auto_names(weights, auto_named)
   table = _param_table(modules)
+  # A 1x1 convolution classifier (MobileNet's conv_preds) loads into a Dense layer.
+  weights = {
+    key: value.reshape(table[key][1]) if key in table and tuple(value.shape) == (1, 1, *table[key][1]) else value
+    for key, value in weights.items()
+  }
   known = set(known_layers) | set(modules)
   missing = [(key, _shape(shape)) for key, (_, shape, _) in table.items() if key not in weights]
   unexpected = [
