@@ -35,6 +35,11 @@ def randomize(model: keras.Model, seed: int = 0, logit_scale: float = 4.0, image
           "moving_variance": rng.uniform(0.5, 2.0, n),
         }[name]
         variable.assign(value.astype("float32"))
+    elif isinstance(layer, keras.layers.LayerNormalization):
+      layer.gamma.assign(rng.uniform(0.6, 1.4, layer.gamma.shape).astype("float32"))
+      layer.beta.assign(rng.normal(0.0, 0.2, layer.beta.shape).astype("float32"))
+    elif isinstance(layer, keras.layers.Normalization) and not layer.weights:  # Given statistics: no weights.
+      continue
     elif isinstance(layer, keras.layers.Normalization):  # Adapted statistics of 0-1 pixels.
       n = layer.adapt_mean.shape
       layer.adapt_mean.assign(rng.normal(0.45, 0.1, n).astype("float32"))
@@ -50,7 +55,8 @@ def randomize(model: keras.Model, seed: int = 0, logit_scale: float = 4.0, image
           depthwise = isinstance(layer, keras.layers.DepthwiseConv2D)
           fan_in = int(np.prod(shape[:2] if depthwise else shape[:-1]))
           variable.assign(rng.standard_normal(shape, dtype=np.float32) * np.float32(np.sqrt(2.0 / fan_in)))
-  if images is not None and "predictions" in [l.name for l in model.layers]:
+  names = [layer.name for layer in model.layers]
+  if images is not None and ("predictions" in names or names[-1].endswith("_head_dense")):
     top = [layer for layer in model.layers if layer.weights][-1]  # predictions, or a 1x1 conv classifier
     features = keras.Model(model.input, top.input)(images, training=False)
     features = np.asarray(features)
@@ -68,12 +74,21 @@ def save_legacy_h5(model: keras.Model, path) -> None:
 
 def sub_model(model: keras.Model, layer: str, pooling: str = "") -> keras.Model:
   """The network up to `layer` (sharing weights), optionally globally pooled as include_top=False does."""
-  x = model.get_layer(layer).output
+  # "<layer>:input": what that layer reads (ConvNeXt's last sum is an op, not a layer).
+  x = model.get_layer(layer[: -len(":input")]).input if layer.endswith(":input") else model.get_layer(layer).output
   if pooling == "avg":
     x = keras.layers.GlobalAveragePooling2D()(x)
   elif pooling == "max":
     x = keras.layers.GlobalMaxPooling2D()(x)
   return keras.Model(model.input, x)
+
+
+def layer_names(model: keras.Model) -> set[str]:
+  """The names of the model's layers, nested models' layers included."""
+  names = set()
+  for layer in model.layers:
+    names |= {layer.name} | (layer_names(layer) if isinstance(layer, keras.Model) else set())
+  return names
 
 
 def run(model: keras.Model, x) -> np.ndarray:

@@ -314,6 +314,25 @@ def test_an_op_a_format_lacks_is_named_with_its_layer_and_line(runs, tmp_path, m
       module.write(unusual, str(tmp_path / name))
 
 
+def _keras_round_trip(config, workdir: Path, tree, tmp_path) -> tuple[str, dict]:
+  """Exports the run to Keras; Keras's load_weights of it reproduces --mode=predict's probabilities.
+  Returns model.py's text and export.json's content."""
+  info = export.export(config, str(workdir), "keras")
+  assert info["parity_with_predict"]["max_abs_difference"] < PARITY
+  csv = tmp_path / "predictions.csv"
+  evaluate.predict(config, inputs=str(tree), output=str(csv), workdir=str(workdir))
+  table = pd.read_csv(csv).set_index("path")
+  paths = list(table.index)
+  expected = table[[c for c in table.columns if c.startswith("prob_")]].to_numpy()
+  folder = workdir / "export" / "keras"
+  net = keras_export.load_code(str(folder / "model.py")).build_model()
+  net.load_weights(str(folder / "model.weights.h5"))
+  got = np.asarray(net.predict(evaluate.load_pixels(paths, config.data), verbose=0))
+  assert np.abs(got - expected).max() < PARITY
+  assert expected.max(axis=1).mean() > 0.5  # Far from uniform: the comparison means something.
+  return (folder / "model.py").read_text(), info
+
+
 def test_keras_round_trip_of_efficientnet_with_keras_imagenet_rescaling(tree, tmp_path):
   """EfficientNet from a file named as Keras's ImageNet one has Keras's extra Rescaling after its
   Normalization; the Keras export (weights=None, no such layer) folds it into the variance."""
@@ -331,18 +350,19 @@ def test_keras_round_trip_of_efficientnet_with_keras_imagenet_rescaling(tree, tm
   )
   assert "rescaling_1" in [layer.name for layer in keras_graph(config).layers]  # Keras's ImageNet rescaling.
   workdir = save_random_run(config, tmp_path / "run", ["class_0", "class_1", "class_2"], {})
-  info = export.export(config, str(workdir), "keras")
-  assert info["parity_with_predict"]["max_abs_difference"] < PARITY
+  text, info = _keras_round_trip(config, workdir, tree, tmp_path)
   assert info["baked_in"]["preprocess_input"].startswith("none: the network normalises")
-  csv = tmp_path / "predictions.csv"
-  evaluate.predict(config, inputs=str(tree), output=str(csv), workdir=str(workdir))
-  table = pd.read_csv(csv).set_index("path")
-  paths = list(table.index)
-  expected = table[[c for c in table.columns if c.startswith("prob_")]].to_numpy()
-  folder = workdir / "export" / "keras"
-  net = keras_export.load_code(str(folder / "model.py")).build_model()
-  net.load_weights(str(folder / "model.weights.h5"))
-  got = np.asarray(net.predict(evaluate.load_pixels(paths, config.data), verbose=0))
-  assert np.abs(got - expected).max() < PARITY
-  assert expected.max(axis=1).mean() > 0.5
-  assert "keras.applications.EfficientNetB0(" in (folder / "model.py").read_text()
+  assert "keras.applications.EfficientNetB0(" in text
+
+
+@pytest.mark.parametrize(
+  "name,model",
+  [
+    ("convnext_tiny", {"model.cut_at": "convnext_tiny_downsampling_block_1"}),  # Nested Sequentials, LayerScale.
+    ("mobilenet", {"model.include_top": True, "model.alpha": 0.25}),  # Its classifier is a 1x1 convolution.
+  ],
+)
+def test_keras_round_trip_of_newer_families(tree, tmp_path, name, model):
+  config = tiny_config(tree, **{"model.name": name, "data.image_size": (32, 32), **model})
+  workdir = save_random_run(config, tmp_path / "run", ["class_0", "class_1", "class_2"], {})
+  _keras_round_trip(config, workdir, tree, tmp_path)

@@ -45,7 +45,7 @@ class Case:
   size: tuple[int, int]
   keras_model: Callable[[], keras.Model]
   preprocess: Callable
-  notop_layer: str  # Keras's include_top=False output.
+  notop_layer: str  # Keras's include_top=False output ("<layer>:input": that layer's input).
   alpha: float = 1.0
 
 
@@ -121,6 +121,14 @@ CASES = {
     lambda: keras.applications.Xception(weights=None, input_shape=(71, 77, 3)),
     keras.applications.xception.preprocess_input,
     "block14_sepconv2_act",
+  ),
+  # Sizes not multiples of the 4x4/4 stem and 2x2/2 downsampling convolutions ('valid': cropped).
+  "convnext_tiny": Case(
+    "convnext_tiny",
+    (37, 43),
+    lambda: keras.applications.ConvNeXtTiny(weights=None, input_shape=(37, 43, 3)),
+    keras.applications.convnext.preprocess_input,
+    "convnext_tiny_head_gap:input",  # The last block's sum.
   ),
   # Odd and non-square: the (0, 1) paddings before each stride 2; the classifier is a 1x1 convolution.
   "mobilenet_0.5": Case(
@@ -215,7 +223,7 @@ def max_rel(ours, theirs) -> float:
 @pytest.mark.parametrize("key", list(CASES))
 def test_layer_names_and_shapes_match_keras(key, reference_dir):
   ref = get_reference(key, reference_dir)
-  ours = {layer.name: layer.shape for layer in keras_graph(config_for(ref.case, include_top=True)).layers[1:]}
+  ours = keras_graph(config_for(ref.case, include_top=True)).keras_layers()
   theirs = {layer.name: tuple(layer.output.shape[1:]) for layer in ref.model.layers[1:]}
   assert ours == theirs
 
@@ -243,6 +251,10 @@ VARIANTS = {  # Every variant not in CASES: config.model.name -> keras.applicati
   "densenet201": "DenseNet201",
   **{f"efficientnet_b{i}": f"EfficientNetB{i}" for i in range(1, 8)},
   "mobilenet": "MobileNet",
+  "convnext_small": "ConvNeXtSmall",
+  "convnext_base": "ConvNeXtBase",
+  "convnext_large": "ConvNeXtLarge",
+  "convnext_xlarge": "ConvNeXtXLarge",
   "mobilenet_v3_large": "MobileNetV3Large",
   "mobilenet_v3_small_minimalistic": ("MobileNetV3Small", {"minimalistic": True}),
   "mobilenet_v3_large_minimalistic": ("MobileNetV3Large", {"minimalistic": True}),
@@ -258,7 +270,7 @@ def test_every_variant_has_keras_layers_and_shapes(name):
   c = default_config()
   c.model.name, c.model.include_top, c.data.image_size = name, True, (32, 32)
   ours = keras_graph(c)
-  assert {l.name: l.shape for l in ours.layers[1:]} == {l.name: tuple(l.output.shape[1:]) for l in theirs.layers[1:]}
+  assert ours.keras_layers() == {l.name: tuple(l.output.shape[1:]) for l in theirs.layers[1:]}
   assert parameter_count(ours.layers) == theirs.count_params()
 
 
@@ -301,6 +313,10 @@ FEATURE_CASES = [
   ("densenet121", "pool3_pool", ""),
   ("mobilenet_0.5", "", "avg"),
   ("mobilenet_0.5", "conv_pad_6", ""),
+  ("convnext_tiny", "", "avg"),
+  ("convnext_tiny", "convnext_tiny_stem", ""),  # A nested Sequential, as Keras names it.
+  ("convnext_tiny", "convnext_tiny_downsampling_block_1", ""),
+  ("convnext_tiny", "convnext_tiny_stage_2_block_4_layer_scale", ""),
   ("xception", "", "avg"),
   ("xception", "block4_sepconv2_bn", ""),
   ("xception", "add_7", ""),  # Counter-named: the middle flow's fourth block.
@@ -328,9 +344,9 @@ def test_features_match_keras(key, cut_at, pooling, reference_dir):
   print(f"{key} {cut_at or ref.case.notop_layer} {pooling}: {features.shape} max rel diff {rel:.2e}")
   assert rel < FEATURE_TOL
   # The backbone holds only the layers up to the cut.
-  assert set(model.backbone.layers) <= {layer.name for layer in ref.model.layers}
-  if cut_at:
-    assert model.backbone.layer_names[-1] == cut_at
+  assert set(model.backbone.layers) <= kr.layer_names(ref.model)
+  if cut_at:  # A nested model's name stands for its last layer.
+    assert model.backbone.layer_names[-1] == model.backbone.nested.get(cut_at, cut_at)
 
 
 def test_efficientnet_imagenet_file_adds_keras_imagenet_rescaling(reference_dir, tmp_path, monkeypatch):
@@ -355,7 +371,8 @@ def test_efficientnet_imagenet_file_adds_keras_imagenet_rescaling(reference_dir,
   assert rel < FEATURE_TOL
 
 
-@pytest.mark.parametrize("key", ["mobilenet_v2_0.35", "xception", "efficientnet_b0"])  # Separable convs, Normalization.
+# Separable convolutions, Normalization, LayerNormalization and LayerScale, nested Sequentials.
+@pytest.mark.parametrize("key", ["mobilenet_v2_0.35", "xception", "efficientnet_b0", "convnext_tiny"])
 def test_keras3_weights_file_loads_the_same(key, reference_dir, tmp_path):
   ref = get_reference(key, reference_dir)
   path = str(tmp_path / "mobilenet.weights.h5")

@@ -30,6 +30,7 @@ from flax import nnx
 from imgcls.config import default_config
 from imgcls.models import (
   cnn,
+  convnext,
   densenet,
   efficientnet,
   inception_v3,
@@ -72,6 +73,7 @@ KERAS_MODELS = {
   **{f"resnet{d}": (resnet, lambda c, d=d: dict(depth=d)) for d in resnet.DEPTHS},
   **{f"resnet{d}_v2": (resnet, lambda c, d=d: dict(depth=d, v2=True)) for d in resnet.DEPTHS},
   **{f"densenet{d}": (densenet, lambda c, d=d: dict(depth=d)) for d in densenet.BLOCKS},
+  **{f"convnext_{v}": (convnext, lambda c, v=v: dict(variant=v)) for v in convnext.VARIANTS},
   **{
     f"efficientnet_{v}": (
       efficientnet,
@@ -105,9 +107,13 @@ def keras_preprocessing(name: str, options: dict) -> str:
   return module.preprocessing(**options) if hasattr(module, "preprocessing") else module.PREPROCESSING
 
 
-def keras_classifier(name: str) -> str:
-  """The layer of Keras model `name` that holds its ImageNet classifier (`predictions`, or a 1x1 convolution)."""
-  return getattr(KERAS_MODELS[name][0], "CLASSIFIER", "predictions")
+def keras_classifier(config: ml_collections.ConfigDict) -> str:
+  """The layer of the config's Keras model that holds its ImageNet classifier (`predictions`, a 1x1
+  convolution, ConvNeXt's head Dense)."""
+  module, options = KERAS_MODELS[config.model.name]
+  if hasattr(module, "classifier"):
+    return module.classifier(**options(config))
+  return getattr(module, "CLASSIFIER", "predictions")
 
 
 def keras_graph(config: ml_collections.ConfigDict) -> Graph:
@@ -128,7 +134,7 @@ def keras_backbone(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> KerasNe
   if m.include_top and (m.cut_at or m.pooling):
     raise ValueError("config.model.include_top keeps Keras's classifier: leave model.cut_at and model.pooling empty.")
   g = keras_graph(config)
-  output = g[keras_classifier(m.name)].inputs[0] if m.include_top else m.cut_at
+  output = g[keras_classifier(config)].inputs[0] if m.include_top else m.cut_at
   preprocessing = keras_preprocessing(m.name, KERAS_MODELS[m.name][1](config)) if m.preprocess_input else "none"
   return KerasNet(
     g, output=output, preprocessing=preprocessing, bn_momentum=m.bn_momentum, bn_epsilon=m.bn_epsilon, convs=m.convs, rngs=rngs
@@ -300,7 +306,7 @@ def build_model(config: ml_collections.ConfigDict, num_outputs: int, *, rngs: nn
     head,
     pixel_scale=config.data.rescale,
     frozen=frozen_filter(config, backbone),
-    keras_top=keras_classifier(name) if m.include_top else "",
+    keras_top=keras_classifier(config) if m.include_top else "",
   )
   if m.weights and load_weights:
     load_keras_weights(model, keras_weights_path(config))

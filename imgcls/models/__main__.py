@@ -16,13 +16,17 @@ def parameter_count(layers: list[Layer]) -> int:
   for layer in layers[1:]:
     channels = shapes[layer.inputs[0]][-1] if layer.inputs else 0
     if layer.op == "conv":
-      total += layer.kernel[0] * layer.kernel[1] * channels * layer.units + (layer.units if layer.use_bias else 0)
+      total += layer.kernel[0] * layer.kernel[1] * channels // layer.groups * layer.units + (layer.units if layer.use_bias else 0)
     elif layer.op == "depthwise":
       total += layer.kernel[0] * layer.kernel[1] * channels + (channels if layer.use_bias else 0)
     elif layer.op == "separable":
       total += layer.kernel[0] * layer.kernel[1] * channels + channels * layer.units + (layer.units if layer.use_bias else 0)
     elif layer.op == "bn":
       total += (4 if layer.scale else 3) * channels
+    elif layer.op == "layer_norm":
+      total += 2 * channels
+    elif layer.op == "layer_scale":
+      total += channels
     elif layer.op == "normalization":
       total += 2 * channels + 1  # mean, variance, count
     elif layer.op == "dense":

@@ -12,6 +12,7 @@ Parameters live at `layers/<keras layer name>/<kernel|bias|scale|mean|var>`.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import re
 
@@ -30,7 +31,7 @@ CAFFE_MEAN = (103.939, 116.779, 123.68)
 # preprocess_input(mode="torch"): pixels / 255, then minus these RGB means, over these deviations.
 TORCH_MEAN, TORCH_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # Layer types with parameters.
-WEIGHTED = ("conv", "depthwise", "separable", "bn", "dense", "normalization")
+WEIGHTED = ("conv", "depthwise", "separable", "bn", "layer_norm", "layer_scale", "dense", "normalization")
 # Keras's activations by name.
 ACTIVATIONS = {
   "relu": jax.nn.relu,
@@ -46,11 +47,13 @@ _AUTO_PREFIX = {
   "depthwise": "depthwise_conv2d",
   "separable": "separable_conv2d",
   "bn": "batch_normalization",
+  "layer_norm": "layer_normalization",
   "dense": "dense",
   "relu": "activation",
   "activation": "activation",
   "rescaling": "rescaling",
   "normalization": "normalization",
+  "fixed_normalization": "normalization",
   "reshape": "reshape",
   "multiply": "multiply",
   "dropout": "dropout",
@@ -89,6 +92,10 @@ class Layer:
   factor: tuple[float, ...] = ()  # rescaling: the scale (one, or one per channel).
   keepdims: bool = False  # global pooling: (1, 1, channels), not (channels,).
   offset: float = 0.0  # relu: added before it (relu6(x + 3) in hard_sigmoid); rescaling: added after.
+  groups: int = 1  # conv: feature groups (ConvNeXt's depthwise Conv2D(groups=channels)).
+  stats: tuple[tuple[float, ...], ...] = ()  # normalization with fixed (mean, variance): no weights.
+  group: str = ""  # The nested Keras model (Sequential) this layer is inside, if any.
+  hidden: bool = False  # An op between Keras layers (ConvNeXt's residual sum), not a Keras layer.
   auto_named: bool = False  # Named by Keras's counter, not by the application code.
 
 
@@ -112,6 +119,20 @@ class SeparableConv(nnx.Module):
 
   def __call__(self, x: jax.Array, *, relu: bool = False) -> jax.Array:
     return self.pointwise(self.depthwise(x), relu=relu)
+
+
+class LayerScale(nnx.Module):
+  """ConvNeXt's LayerScale: x times `gamma`, one per channel (Keras initialises it to 1e-6)."""
+
+  def __init__(self, channels: int, init_value: float = 1e-6):
+    self.gamma = nnx.Param(jnp.full((channels,), init_value, jnp.float32))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return x * self.gamma[...].astype(x.dtype)
+
+
+class GroupedConv(DepthwiseConv):
+  """Conv2D(groups=channels), Keras's other depthwise convolution: its kernel has Conv2D's layout."""
 
 
 class Normalization(nnx.Module):
@@ -150,6 +171,30 @@ class Graph:
     self.name = name
     self.layers: list[Layer] = [Layer("input_layer", "input", (), (height, width, channels))]
     self._counts: collections.Counter = collections.Counter()
+    self._group = ""
+
+  @contextlib.contextmanager
+  def nested(self, group: str):
+    """The layers added inside are those of a nested Keras model (a Sequential) named `group`."""
+    self._group = group
+    try:
+      yield
+    finally:
+      self._group = ""
+
+  def keras_layers(self) -> dict[str, tuple[int, ...]]:
+    """{name: output shape} of the Keras model's layers (`model.layers`, input excluded): a nested
+    model is one layer, the sums between layers are none."""
+    out = {}
+    for layer in self.layers[1:]:
+      if not layer.hidden:
+        out[layer.group or layer.name] = layer.shape
+    return out
+
+  def resolve(self, name: str) -> str:
+    """A layer's name; a nested model's is that of its last layer."""
+    inside = [layer.name for layer in self.layers if layer.group == name]
+    return inside[-1] if inside else name
 
   def __getitem__(self, name: str) -> Layer:
     return next(layer for layer in self.layers if layer.name == name)
@@ -162,7 +207,7 @@ class Graph:
     return self[x].shape
 
   def _append(self, name: str | None, op: str, inputs: tuple[str, ...], shape: tuple[int, ...], **options) -> str:
-    prefix = options.pop("auto_prefix", "") or _AUTO_PREFIX[op]
+    prefix = options.pop("auto_prefix", "") or _AUTO_PREFIX.get(op, op)
     if not name:
       count = self._counts[prefix]
       self._counts[prefix] += 1
@@ -170,6 +215,8 @@ class Graph:
       options["auto_named"] = True
     if any(layer.name == name for layer in self.layers):
       raise ValueError(f"{self.name}: two layers named {name!r}.")
+    if self._group:
+      options["group"] = self._group
     self.layers.append(Layer(name, op, tuple(inputs), tuple(int(d) for d in shape), **options))
     return name
 
@@ -177,7 +224,7 @@ class Graph:
     h, w = self.shape(x)[:2]
     return _out_size(h, kernel[0], strides[0], padding), _out_size(w, kernel[1], strides[1], padding)
 
-  def conv(self, name, x, filters, kernel, *, strides=1, padding="valid", use_bias=True, activation=""):
+  def conv(self, name, x, filters, kernel, *, strides=1, padding="valid", use_bias=True, activation="", groups=1):
     kernel, strides = as_pair(kernel), as_pair(strides)
     shape = (*self._spatial(x, kernel, strides, padding), filters)
     return self._append(
@@ -191,6 +238,7 @@ class Graph:
       padding=padding,
       use_bias=use_bias,
       activation=activation,
+      groups=groups,
     )
 
   def depthwise(self, name, x, kernel, *, strides=1, padding="valid", use_bias=True):
@@ -237,9 +285,13 @@ class Graph:
     factor = tuple(float(f) for f in factor) if isinstance(factor, (list, tuple)) else (float(factor),)
     return self._append(name, "rescaling", (x,), self.shape(x), factor=factor, offset=float(offset))
 
-  def normalization(self, name, x):
-    """Normalization(axis=-1): (x - mean) / sqrt(variance), both stored as weights (with `count`)."""
-    return self._append(name, "normalization", (x,), self.shape(x))
+  def normalization(self, name, x, *, mean=None, variance=None):
+    """Normalization(axis=-1): (x - mean) / sqrt(variance), both stored as weights (with `count`),
+    or both given (then no weights)."""
+    if mean is None:
+      return self._append(name, "normalization", (x,), self.shape(x))
+    stats = (tuple(float(m) for m in mean), tuple(float(v) for v in variance))
+    return self._append(name, "fixed_normalization", (x,), self.shape(x), stats=stats)
 
   def reshape(self, name, x, shape):
     return self._append(name, "reshape", (x,), tuple(shape))
@@ -282,19 +334,45 @@ class Graph:
     return self._append(name, {"avg": "global_avg", "max": "global_max"}[kind], (x,), shape, keepdims=keepdims)
 
   def dense(self, name, x, units, *, activation=""):
-    return self._append(name, "dense", (x,), (units,), units=units, activation=activation)
+    """Dense on the last axis (of a vector or, as ConvNeXt's, of a feature map)."""
+    return self._append(name, "dense", (x,), (*self.shape(x)[:-1], units), units=units, activation=activation)
+
+  def layer_norm(self, name, x, *, epsilon=1e-3):
+    """LayerNormalization over the channels."""
+    return self._append(name, "layer_norm", (x,), self.shape(x), epsilon=epsilon)
+
+  def layer_scale(self, name, x):
+    """ConvNeXt's LayerScale: x times a learned per-channel `gamma`."""
+    return self._append(name, "layer_scale", (x,), self.shape(x))
+
+  def residual_add(self, name, xs):
+    """A sum written as `a + b` between Keras layers: no Keras layer of its own."""
+    return self._append(name, "add", tuple(xs), self.shape(xs[0]), hidden=True)
 
 
 def _module(layer: Layer, in_shape: tuple[int, ...], momentum: float, epsilon: float, convs: str, rngs: nnx.Rngs) -> nnx.Module:
   padding = layer.padding.upper()
-  if layer.op == "conv" and as_pair(layer.kernel) == (1, 1) and as_pair(layer.strides) == (1, 1):
+  if layer.op == "conv" and as_pair(layer.kernel) == (1, 1) and as_pair(layer.strides) == (1, 1) and layer.groups == 1:
     return PointwiseConv(
       in_shape[-1], layer.units, use_bias=layer.use_bias, kernel_init=_KERNEL_INIT, implementation=convs, rngs=rngs
     )
-  if layer.op == "conv":
+  if layer.op == "conv" and layer.groups == 1:
     return Conv(
       in_shape[-1],
       layer.units,
+      layer.kernel,
+      strides=layer.strides,
+      padding=padding,
+      use_bias=layer.use_bias,
+      kernel_init=_KERNEL_INIT,
+      implementation=convs,
+      rngs=rngs,
+    )
+  if layer.op == "conv" and layer.groups > 1:
+    if layer.groups != in_shape[-1] or layer.units != in_shape[-1]:
+      raise ValueError(f"{layer.name}: only depthwise grouped convolutions (groups = channels) are supported.")
+    return GroupedConv(
+      in_shape[-1],
       layer.kernel,
       strides=layer.strides,
       padding=padding,
@@ -336,6 +414,10 @@ def _module(layer: Layer, in_shape: tuple[int, ...], momentum: float, epsilon: f
     )
   if layer.op == "normalization":
     return Normalization(in_shape[-1])
+  if layer.op == "layer_norm":
+    return nnx.LayerNorm(in_shape[-1], epsilon=layer.epsilon, rngs=rngs)
+  if layer.op == "layer_scale":
+    return LayerScale(in_shape[-1])
   if layer.op == "dense":
     return nnx.Linear(in_shape[-1], layer.units, kernel_init=_KERNEL_INIT, rngs=rngs)
   raise ValueError(f"Layer type {layer.op!r} has no parameters.")
@@ -353,6 +435,9 @@ def _apply(layer: Layer, module: nnx.Module | None, xs: list[jax.Array]) -> jax.
     return ACTIVATIONS[layer.activation](x) if layer.activation else x
   if op == "activation":
     return ACTIVATIONS[layer.activation](x)
+  if op == "fixed_normalization":
+    mean, variance = (jnp.asarray(v, x.dtype) for v in layer.stats)
+    return (x - mean) / jnp.maximum(jnp.sqrt(variance), 1e-7)
   if op == "rescaling":
     x = x * jnp.asarray(layer.factor, x.dtype)
     return x + jnp.asarray(layer.offset, x.dtype) if layer.offset else x
@@ -411,7 +496,9 @@ class KerasNet(nnx.Module):
     if preprocessing not in ("tf", "caffe", "torch", "pixels", "none"):
       raise ValueError(f"Unknown preprocessing {preprocessing!r}: use tf, caffe, torch, pixels or none.")
     by_name = {layer.name: layer for layer in graph.layers}
-    output = output or graph.output
+    output = graph.resolve(output or graph.output)
+    # A nested Keras model (ConvNeXt's stem, ...) stands for its last layer.
+    self.nested = {layer.group: graph.resolve(layer.group) for layer in graph.layers if layer.group}
     if output not in by_name:
       close = [n for n in by_name if output.lower() in n.lower()][:10]
       hint = f" Similar names: {', '.join(close)}." if close else ""
@@ -496,6 +583,7 @@ class KerasNet(nnx.Module):
   def frozen_paths(self, upto: str) -> tuple[tuple[str, ...], ...]:
     """Paths (under this module) of the layers up to and including `upto`, in Keras's order."""
     names = self.layer_names
+    upto = self.nested.get(upto, upto)
     if upto not in names:
       raise ValueError(f"Cannot freeze up to {upto!r}: {self.name} here has no such layer; layers: {', '.join(names)}.")
     upto_index = names.index(upto)
@@ -504,7 +592,7 @@ class KerasNet(nnx.Module):
 
 def auto_name_order(name: str) -> tuple[str, int] | None:
   """('conv2d', 3) for 'conv2d_3', ('conv2d', 0) for 'conv2d': how Keras numbers unnamed layers."""
-  match = re.fullmatch(r"(conv2d|depthwise_conv2d|batch_normalization|dense|normalization)(?:_(\d+))?", name)
+  match = re.fullmatch(r"(conv2d|depthwise_conv2d|batch_normalization|layer_normalization|dense|normalization)(?:_(\d+))?", name)
   if not match:
     return None
   return match.group(1), int(match.group(2) or 0)

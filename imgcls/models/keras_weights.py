@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from imgcls.models.keras_net import Normalization, SeparableConv, auto_name_order
+from imgcls.models.keras_net import GroupedConv, LayerScale, Normalization, SeparableConv, auto_name_order
 
 # Old Keras weight names -> today's.
 _ALIASES = {
@@ -75,6 +75,8 @@ def canonical_weight_name(layer: str, name: str) -> str:
   name = re.sub(r":\d+$", "", name).rsplit("/", 1)[-1]
   if name.startswith(layer + "_"):  # Keras 1 names: <layer>_W_1.
     name = re.sub(r"_\d+$", "", name[len(layer) + 1 :])
+  if re.fullmatch(r"[vV]ariable(_\d+)?", name):  # LayerScale's unnamed weight.
+    return "gamma"
   return _ALIASES.get(name, name)
 
 
@@ -106,6 +108,10 @@ def _read_keras3(group: h5py.Group) -> dict[str, np.ndarray]:
       names = _BN_WEIGHTS if len(values) == 4 else _BN_WEIGHTS[1:]  # scale=False: no gamma.
     elif key.startswith("normalization"):
       names = ("mean", "variance", "count")
+    elif key.startswith("layer_normalization"):
+      names = ("gamma", "beta")
+    elif key.startswith("layer_scale"):
+      names = ("gamma",)
     elif len(values) >= 2 and values[0].ndim == values[1].ndim == 4:  # SeparableConv2D
       names = ("kernel", "pointwise_kernel", "bias")  # kernel: the depthwise one, as for DepthwiseConv2D
     else:
@@ -134,13 +140,19 @@ def _param_table(modules: Mapping[str, nnx.Module]) -> dict[str, tuple[nnx.Varia
       table[f"{layer}/pointwise_kernel"] = (module.pointwise.kernel, tuple(module.pointwise.kernel.shape), False)
       if module.pointwise.bias is not None:
         table[f"{layer}/bias"] = (module.pointwise.bias, tuple(module.pointwise.bias.shape), False)
+    elif isinstance(module, nnx.LayerNorm):
+      table[f"{layer}/gamma"] = (module.scale, tuple(module.scale.shape), False)
+      table[f"{layer}/beta"] = (module.bias, tuple(module.bias.shape), False)
+    elif isinstance(module, LayerScale):
+      table[f"{layer}/gamma"] = (module.gamma, tuple(module.gamma.shape), False)
     elif isinstance(module, nnx.BatchNorm):
       pairs = [("gamma", module.scale), ("beta", module.bias), ("moving_mean", module.mean), ("moving_variance", module.var)]
       for name, variable in pairs:
         if variable is not None:
           table[f"{layer}/{name}"] = (variable, tuple(variable.shape), False)
     elif isinstance(module, (nnx.Conv, nnx.Linear)):
-      depthwise = isinstance(module, nnx.Conv) and module.feature_group_count > 1
+      # DepthwiseConv2D's kernel is (h, w, channels, 1); Conv2D(groups=channels)'s as flax's.
+      depthwise = isinstance(module, nnx.Conv) and module.feature_group_count > 1 and not isinstance(module, GroupedConv)
       kernel_shape = tuple(module.kernel.shape)
       if depthwise:  # Keras: (h, w, channels, 1); flax: (h, w, 1, channels).
         kernel_shape = (*kernel_shape[:2], kernel_shape[3], 1)
