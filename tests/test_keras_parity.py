@@ -122,6 +122,14 @@ CASES = {
     keras.applications.xception.preprocess_input,
     "block14_sepconv2_act",
   ),
+  # Fused-MBConv and MBConv blocks, 'same' strided convolutions at odd sizes, a fixed Normalization.
+  "efficientnet_v2_b0": Case(
+    "efficientnet_v2_b0",
+    (35, 39),
+    lambda: keras.applications.EfficientNetV2B0(weights=None, input_shape=(35, 39, 3)),
+    keras.applications.efficientnet_v2.preprocess_input,
+    "top_activation",
+  ),
   # Sizes not multiples of the 4x4/4 stem and 2x2/2 downsampling convolutions ('valid': cropped).
   "convnext_tiny": Case(
     "convnext_tiny",
@@ -251,6 +259,7 @@ VARIANTS = {  # Every variant not in CASES: config.model.name -> keras.applicati
   "densenet201": "DenseNet201",
   **{f"efficientnet_b{i}": f"EfficientNetB{i}" for i in range(1, 8)},
   "mobilenet": "MobileNet",
+  **{f"efficientnet_v2_{v}": f"EfficientNetV2{v.upper()}" for v in ("b1", "b2", "b3", "s", "m", "l")},
   "convnext_small": "ConvNeXtSmall",
   "convnext_base": "ConvNeXtBase",
   "convnext_large": "ConvNeXtLarge",
@@ -313,6 +322,9 @@ FEATURE_CASES = [
   ("densenet121", "pool3_pool", ""),
   ("mobilenet_0.5", "", "avg"),
   ("mobilenet_0.5", "conv_pad_6", ""),
+  ("efficientnet_v2_b0", "", "max"),
+  ("efficientnet_v2_b0", "block2b_add", ""),  # Fused-MBConv, after its stochastic depth.
+  ("efficientnet_v2_b0", "block5c_se_excite", ""),
   ("convnext_tiny", "", "avg"),
   ("convnext_tiny", "convnext_tiny_stem", ""),  # A nested Sequential, as Keras names it.
   ("convnext_tiny", "convnext_tiny_downsampling_block_1", ""),

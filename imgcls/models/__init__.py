@@ -33,6 +33,7 @@ from imgcls.models import (
   convnext,
   densenet,
   efficientnet,
+  efficientnet_v2,
   inception_v3,
   keras_weights,
   mobilenet,
@@ -73,6 +74,7 @@ KERAS_MODELS = {
   **{f"resnet{d}": (resnet, lambda c, d=d: dict(depth=d)) for d in resnet.DEPTHS},
   **{f"resnet{d}_v2": (resnet, lambda c, d=d: dict(depth=d, v2=True)) for d in resnet.DEPTHS},
   **{f"densenet{d}": (densenet, lambda c, d=d: dict(depth=d)) for d in densenet.BLOCKS},
+  **{f"efficientnet_v2_{v}": (efficientnet_v2, lambda c, v=v: dict(variant=v)) for v in efficientnet_v2.VARIANTS},
   **{f"convnext_{v}": (convnext, lambda c, v=v: dict(variant=v)) for v in convnext.VARIANTS},
   **{
     f"efficientnet_{v}": (
