@@ -114,6 +114,14 @@ CASES = {
     keras.applications.densenet.preprocess_input,
     "relu",
   ),
+  # Its smallest input, odd: three block types, the scaled residual sums (CustomScaleLayer).
+  "inception_resnet_v2": Case(
+    "inception_resnet_v2",
+    (75, 79),
+    lambda: keras.applications.InceptionResNetV2(weights=None, input_shape=(75, 79, 3)),
+    keras.applications.inception_resnet_v2.preprocess_input,
+    "conv_7b_ac",
+  ),
   # Xception's smallest input, odd: separable convolutions, 'same' strided poolings and projections.
   "xception": Case(
     "xception",
@@ -329,6 +337,9 @@ FEATURE_CASES = [
   ("convnext_tiny", "convnext_tiny_stem", ""),  # A nested Sequential, as Keras names it.
   ("convnext_tiny", "convnext_tiny_downsampling_block_1", ""),
   ("convnext_tiny", "convnext_tiny_stage_2_block_4_layer_scale", ""),
+  ("inception_resnet_v2", "", "avg"),
+  ("inception_resnet_v2", "block17_12_ac", ""),
+  ("inception_resnet_v2", "custom_scale_layer_39", ""),  # Counter-named: block8_10's sum, no ReLU.
   ("xception", "", "avg"),
   ("xception", "block4_sepconv2_bn", ""),
   ("xception", "add_7", ""),  # Counter-named: the middle flow's fourth block.

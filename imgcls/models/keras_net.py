@@ -62,6 +62,7 @@ _AUTO_PREFIX = {
   "avg_pool": "average_pooling2d",
   "concat": "concatenate",
   "add": "add",
+  "scale_add": "custom_scale_layer",
   "flatten": "flatten",
   "global_avg": "global_average_pooling2d",
   "global_max": "global_max_pooling2d",
@@ -345,6 +346,10 @@ class Graph:
     """ConvNeXt's LayerScale: x times a learned per-channel `gamma`."""
     return self._append(name, "layer_scale", (x,), self.shape(x))
 
+  def scale_add(self, name, xs, scale):
+    """InceptionResNetV2's CustomScaleLayer: xs[0] + xs[1] * scale."""
+    return self._append(name, "scale_add", tuple(xs), self.shape(xs[0]), factor=(float(scale),))
+
   def residual_add(self, name, xs):
     """A sum written as `a + b` between Keras layers: no Keras layer of its own."""
     return self._append(name, "add", tuple(xs), self.shape(xs[0]), hidden=True)
@@ -462,6 +467,8 @@ def _apply(layer: Layer, module: nnx.Module | None, xs: list[jax.Array]) -> jax.
     return jnp.concatenate(xs, axis=-1)
   if op == "add":
     return sum(xs[1:], xs[0])
+  if op == "scale_add":
+    return xs[0] + xs[1] * jnp.asarray(layer.factor[0], xs[1].dtype)
   if op == "flatten":
     return x.reshape(x.shape[0], -1)
   if op == "global_avg":
