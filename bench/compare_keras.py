@@ -2,6 +2,7 @@
 
   python bench/compare_keras.py [--cases=pollen,pollen_eval,insects,bn_cnn,dropout_cnn,flowers_vgg19,inception_v3]
       [--sides=imgcls,keras_tf,torch_eager,torch_compile] [--steps=10] [--repeats=3]
+  python bench/compare_keras.py --cases=resnet50_finetune,efficientnet_b0_finetune --sides=imgcls,keras_tf
 
 Sides `imgcls_onednn`, `imgcls_cpu` and `imgcls_xla` force one convolution implementation
 (`model.convs`; `imgcls` is the default, `auto`).
@@ -89,6 +90,26 @@ CASES = {
     {},
     dict(pooling="avg", hidden=(1024,), dropout=0.0),
   ),
+  # Fine-tuning a Keras backbone on new classes at 224: pooled features, one Dense (Keras's
+  # transfer-learning guide). Keras-TF is their peer (no PyTorch build of these here).
+  "resnet50_finetune": (
+    "resnet50",
+    (224, 224),
+    16,
+    "flowers17/train",
+    "int",
+    dict(pooling="avg"),
+    dict(pooling="none", hidden=(), dropout=0.0),
+  ),
+  "efficientnet_b0_finetune": (
+    "efficientnet_b0",
+    (224, 224),
+    16,
+    "flowers17/train",
+    "int",
+    dict(pooling="avg"),
+    dict(pooling="none", hidden=(), dropout=0.0),
+  ),
 }
 
 
@@ -172,6 +193,10 @@ def keras_model(case: str, num_classes: int, image_size: tuple[int, int]):
   elif case == "inception_v3":
     base = keras.applications.InceptionV3(include_top=False, weights=None, input_shape=shape, pooling="avg")
     model = keras.Sequential([base, layers.Dense(1024, activation="relu"), layers.Dense(num_classes)])
+  elif case.endswith("_finetune"):
+    constructor = {"resnet50_finetune": "ResNet50", "efficientnet_b0_finetune": "EfficientNetB0"}[case]
+    base = getattr(keras.applications, constructor)(include_top=False, weights=None, input_shape=shape, pooling="avg")
+    model = keras.Sequential([base, layers.Dense(num_classes)])
   else:
     raise ValueError(f"No Keras model for case {case!r}.")
   model.compile(optimizer="adam", loss=loss)

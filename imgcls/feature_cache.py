@@ -53,7 +53,8 @@ def config_reasons_not_to_cache(config: ml_collections.ConfigDict) -> list[str]:
 def reasons_not_to_cache(config: ml_collections.ConfigDict, model: models.Classifier, processes: int) -> list[str]:
   """Why this run cannot train on cached features (empty: it can)."""
   reasons = config_reasons_not_to_cache(config)
-  if any(isinstance(m, nnx.Dropout) for _, m in nnx.iter_modules(model.backbone)):
+  # A wholly frozen backbone runs in inference mode, its dropout too (Classifier.train).
+  if not model.backbone_frozen() and any(isinstance(m, nnx.Dropout) for _, m in nnx.iter_modules(model.backbone)):
     reasons.append(f"{config.model.name} has dropout inside the backbone")
   if processes > 1:
     reasons.append("runs over several processes read separate shards")

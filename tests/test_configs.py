@@ -11,15 +11,26 @@ from imgcls.config import check_config
 from imgcls.models import build_model
 
 RECIPES = sorted(p.stem for p in CONFIGS.glob("*.py"))
-IMAGENET_MODELS = ["mobilenet_v2", "vgg16", "vgg19", "inception_v3"]
+IMAGENET_MODELS = ["mobilenet_v2", "vgg16", "vgg19", "inception_v3", "resnet50", "efficientnet_b3", "mobilenet_v3_small"]
+TRANSFER_MODELS = ["efficientnet_b0", "resnet50", "convnext_tiny"]
 # Outputs of each recipe's task (the data decides them in a run).
-OUTPUTS = {"pollen": 1, "pollen_tuned": 1, "flowers": 17, "flowers_mobilenet": 17, "covid": 2, "imagenet": 1000}
+OUTPUTS = {
+  "pollen": 1,
+  "pollen_tuned": 1,
+  "flowers": 17,
+  "flowers_mobilenet": 17,
+  "flowers_transfer": 17,
+  "covid": 2,
+  "imagenet": 1000,
+}
 
 
 def recipes():
   for name in RECIPES:
     if name == "imagenet":
       yield from ((name, arg) for arg in IMAGENET_MODELS)
+    elif name == "flowers_transfer":
+      yield from ((name, arg) for arg in TRANSFER_MODELS)
     else:
       yield name, None
 
@@ -67,3 +78,4 @@ def test_recipes_use_what_the_seeds_use():
   flowers = load_recipe("flowers")
   assert (flowers.model.name, flowers.model.pooling, flowers.model.freeze) == ("vgg19", "max", "all")
   assert tuple(load_recipe("imagenet", "inception_v3").data.image_size) == (299, 299)
+  assert tuple(load_recipe("imagenet", "efficientnet_b3").data.image_size) == (300, 300)  # The variant's size.

@@ -165,3 +165,24 @@ def test_stochastic_depth_drops_whole_images_in_training_only():
   assert 0 < int(jnp.sum(~kept)) < len(x)
   net.eval()
   assert bool(jnp.all(net(x) == net(x, output="block6d_project_bn")))
+
+
+def test_a_wholly_frozen_backbone_runs_in_inference_mode():
+  """freeze="all": EfficientNet's stochastic depth is off in training too (Keras's transfer recipe
+  calls the base with training=False), so its features can be cached; unfrozen, it is on."""
+  from imgcls import feature_cache
+
+  x = jax.random.uniform(jax.random.key(0), (8, 32, 32, 3))
+  for freeze in ("all", ""):
+    c = config("efficientnet_b0", (32, 32), freeze=freeze, pooling="avg")
+    c.data.augment = "flip_lr"
+    model = build_model(c, 3, rngs=nnx.Rngs(0))
+    model.eval()
+    inference = model.features(x)
+    model.train()
+    training = model.features(x, rngs=nnx.Rngs(dropout=1))
+    cache, why_not = feature_cache.decide(c, model, 1)
+    if freeze == "all":
+      assert bool(jnp.all(training == inference)) and cache and not why_not
+    else:
+      assert not bool(jnp.allclose(training, inference)) and not cache and "trained" in why_not

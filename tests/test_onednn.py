@@ -30,6 +30,21 @@ MODELS = {
   "inception_v3": (299, 299),
 }
 
+# The other Keras families, smallest variant, at small sizes (their own convolution kinds:
+# 5x5 and strided depthwise, separable, grouped 7x7, 4x4/4 and 2x2/2 patchify, factorised 1x7).
+FAMILIES = {
+  "resnet50": (64, 64),
+  "resnet50_v2": (64, 64),
+  "densenet121": (64, 64),
+  "mobilenet": (64, 64),
+  "mobilenet_v3_small": (64, 64),
+  "efficientnet_b0": (64, 64),
+  "efficientnet_v2_b0": (64, 64),
+  "convnext_tiny": (64, 64),
+  "xception": (71, 71),
+  "inception_resnet_v2": (75, 75),
+}
+
 
 def _small(size: int) -> int:
   """A spatial size that keeps the test quick and what matters of `size`: itself up to 17, else
@@ -158,6 +173,23 @@ def test_no_convolution_is_left_to_xla(name):
   primitives = [eqn.primitive.name for eqn in model_equations(name, MODELS[name], "onednn")]
   assert "conv_general_dilated" not in primitives
   assert "ffi_call" in primitives
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_no_convolution_of_the_other_families_is_left_to_xla(name):
+  primitives = [eqn.primitive.name for eqn in model_equations(name, FAMILIES[name], "onednn")]
+  assert "conv_general_dilated" not in primitives
+  assert "ffi_call" in primitives
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0", "convnext_tiny"])
+def test_the_other_families_convolutions_match_xla(name):
+  """Their kinds of convolution: 5x5 and strided depthwise, squeeze-excite 1x1s on 1x1 maps,
+  ConvNeXt's grouped 7x7 and 4x4/4, 2x2/2 patchify convolutions."""
+  cases = model_convolutions(name, FAMILIES[name])
+  assert any(c["groups"] > 1 and c["kernel"][0] in (5, 7) for c in cases)
+  for case in cases:
+    _assert_parity(case)
 
 
 def test_the_models_convolutions_cover_odd_sizes_strides_and_valid_padding():

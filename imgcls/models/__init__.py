@@ -190,12 +190,24 @@ class Classifier(nnx.Module):
 
   def train(self, **attributes):
     """Training mode, except for frozen BatchNorm layers: like Keras's trainable=False, they normalise
-    with their moving statistics and leave them unchanged."""
+    with their moving statistics and leave them unchanged. A wholly frozen backbone runs in
+    inference mode (its dropout and stochastic depth off too), as Keras's transfer-learning
+    recipe calls it: `base_model(inputs, training=False)`."""
     super().train(**attributes)
     frozen = {tuple(path) for path, _ in nnx.to_flat_state(nnx.state(self, nnx.All(nnx.Param, self.frozen)))}
     for path, module in nnx.iter_modules(self):
       if isinstance(module, nnx.BatchNorm) and any(p[: len(path)] == tuple(path) for p in frozen):
         module.use_running_average = True
+    if self.backbone_frozen():
+      for _, module in nnx.iter_modules(self.backbone):
+        if isinstance(module, nnx.Dropout):
+          module.deterministic = True
+
+  def backbone_frozen(self) -> bool:
+    """Whether every backbone parameter is frozen."""
+    frozen = {tuple(path) for path, _ in nnx.to_flat_state(nnx.state(self, nnx.All(nnx.Param, self.frozen)))}
+    backbone = {("backbone", *path) for path, _ in nnx.to_flat_state(nnx.state(self.backbone, nnx.Param))}
+    return bool(backbone) and backbone <= frozen
 
   def features(self, images: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
     """The backbone's output (the cut layer) for pipeline images."""
