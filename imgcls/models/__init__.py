@@ -27,7 +27,6 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from imgcls.config import default_config
 from imgcls.models import (
   cnn,
   convnext,
@@ -101,7 +100,8 @@ def default_size(name: str) -> int:
   """Keras's default input size of model `name` (the variant's where they differ)."""
   module, options = KERAS_MODELS[name]
   if hasattr(module, "default_size"):
-    return module.default_size(**options(default_config()))
+    plain = ml_collections.ConfigDict({"model": {"alpha": 1.0, "weights": ""}})  # The sizes depend on the variant only.
+    return module.default_size(**options(plain))
   return module.DEFAULT_SIZE
 
 
