@@ -39,6 +39,10 @@ from imgcls.models import KERAS_MODELS, build_model  # noqa: E402
 
 PHOTOS = ("bird.png", "hot_dog.jpg", "parrot.jpg", "owl.jpg")
 SMALLEST = {"inception_v3": 75, "inception_resnet_v2": 75, "xception": 71}
+# At full random BatchNorm scales these three amplify float rounding until Keras on JAX and Keras on
+# TensorFlow differ by 0.19 in probability (V2-S, same weights file): their residual branches'
+# BatchNorm scales are halved, which brings Keras's two backends within 1.4e-6 of each other.
+RESIDUAL_SCALE = {"efficientnet_v2_s": 0.5, "efficientnet_v2_m": 0.5, "efficientnet_v2_l": 0.5}
 
 
 def photos(size: int) -> np.ndarray:
@@ -62,7 +66,7 @@ def compare(name: str, size: int, folder: str) -> dict:
   preprocess = importlib.import_module(getattr(keras.applications, constructor).__module__).preprocess_input
   pixels = photos(size)
   keras_inputs = preprocess(pixels.copy())
-  kr.randomize(reference, images=keras_inputs)
+  kr.randomize(reference, images=keras_inputs, residual_scale=RESIDUAL_SCALE.get(name, 1.0))
   path = os.path.join(folder, f"{name}.h5")
   kr.save_legacy_h5(reference, path)
   expected = kr.run(reference, keras_inputs)
@@ -79,6 +83,7 @@ def compare(name: str, size: int, folder: str) -> dict:
     "max_abs_prob_diff": float(np.abs(probs - expected).max()),
     "top1_agreement": float(np.mean(probs.argmax(-1) == expected.argmax(-1))),
     "max_keras_prob": float(expected.max()),
+    "residual_bn_scale": RESIDUAL_SCALE.get(name, 1.0),
     "seconds": round(time.perf_counter() - start, 1),
   }
 
