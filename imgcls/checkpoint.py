@@ -209,8 +209,11 @@ def read_meta(checkpoint_dir: str) -> RunMeta:
 
 def load_weights(state, path: str):
   """`state` (a `steps.TrainState`) with the model variables of another run's checkpoint, matched
-  by name and shape; fails listing every missing, unexpected or mis-shaped one."""
+  by name and shape; fails listing every missing, unexpected or mis-shaped one. A checkpoint of a
+  run with EMA (`train.ema_decay`) gives its moving averages, the weights its validation judged."""
   source = read_state(resolve(path))
+  if source.get("ema"):
+    source = {**source, "params": source["ema"]["params"], "stats": source["ema"]["stats"]}
   theirs: dict[str, np.ndarray] = {}
   for group in ("params", "frozen", "stats"):
     for keys, value in flax.traverse_util.flatten_dict(source.get(group, {}), sep="/").items():

@@ -109,7 +109,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adam"  # adam | adamw | sgd.
   c.optimizer.learning_rate = 1e-3
-  c.optimizer.schedule = "constant"  # constant | cosine | warmup_cosine | warmup_constant.
+  # constant | cosine | warmup_cosine | warmup_constant | one_cycle (fastai's fit_one_cycle: cosine
+  # up from learning_rate/25 over warmup_epochs, 0: the first 25% of training, then cosine down).
+  c.optimizer.schedule = "constant"
   c.optimizer.warmup_epochs = 0.0
   c.optimizer.min_learning_rate = 0.0  # Floor of the cosine schedules.
   c.optimizer.momentum = 0.9  # sgd only.
@@ -133,6 +135,20 @@ def default_config() -> ml_collections.ConfigDict:
   # auto | on | off: with a frozen backbone (model.freeze="all") and no augmentation but flips,
   # compute its features once and train only the head (imgcls/feature_cache.py).
   c.train.cache_features = "auto"
+  # Mixup and CutMix of each training batch (timm's Mixup, batch mode): Beta(alpha, alpha)
+  # coefficients (0: off), the probability a batch is mixed, and with both on the probability of
+  # CutMix. Losses use the mixed soft targets; accuracy counts the unmixed labels.
+  c.train.mixup_alpha = 0.0
+  c.train.cutmix_alpha = 0.0
+  c.train.mix_prob = 1.0
+  c.train.mix_switch_prob = 0.5
+  # Split every batch into this many micro-batches, one update from their summed gradients: the
+  # update of the whole batch with a micro-batch's activation memory (BatchNorm sees micro-batches).
+  c.train.accumulate_steps = 1
+  # Exponential moving average of the weights and BatchNorm statistics (0: off; e.g. 0.999): when
+  # on, validation, the best checkpoint, evaluation, prediction and export use the averages.
+  c.train.ema_decay = 0.0
+  c.train.ema_warmup = True  # decay min(ema_decay, (1 + step) / (10 + step)) early on.
 
   c.reduce_on_plateau = ml_collections.ConfigDict()
   c.reduce_on_plateau.enabled = False
@@ -237,7 +253,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     "train.cache_features": ("auto", "on", "off"),
     "dtype": ("float32", "bfloat16"),
     "optimizer.name": ("adam", "adamw", "sgd"),
-    "optimizer.schedule": ("constant", "cosine", "warmup_cosine", "warmup_constant"),
+    "optimizer.schedule": ("constant", "cosine", "warmup_cosine", "warmup_constant", "one_cycle"),
     "checkpoint.mode": ("max", "min"),
     "reduce_on_plateau.mode": ("max", "min"),
     "early_stopping.mode": ("max", "min"),
@@ -263,6 +279,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     "checkpoint.max_to_keep": 1,
     "checkpoint.every_steps": 0,
     "model.filters": 0,
+    "train.accumulate_steps": 1,
+    "train.mixup_alpha": 0.0,
+    "train.cutmix_alpha": 0.0,
   }
   for key, low in at_least.items():
     section, name = key.split(".")
@@ -270,6 +289,16 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.{key}={config[section][name]} must be at least {low}.")
   if not config.optimizer.learning_rate > 0:
     raise ValueError(f"config.optimizer.learning_rate={config.optimizer.learning_rate} must be positive.")
+  for key in ("mix_prob", "mix_switch_prob"):
+    if not 0.0 <= config.train[key] <= 1.0:
+      raise ValueError(f"config.train.{key}={config.train[key]} must be in [0, 1].")
+  if not 0.0 <= config.train.ema_decay < 1.0:
+    raise ValueError(f"config.train.ema_decay={config.train.ema_decay} must be in [0, 1) (0: off; 0.999 is usual).")
+  if config.data.batch_size % config.train.accumulate_steps:
+    raise ValueError(
+      f"config.data.batch_size={config.data.batch_size} does not split into "
+      f"config.train.accumulate_steps={config.train.accumulate_steps} equal micro-batches."
+    )
   if not 0.0 <= config.loss.label_smoothing < 1.0:
     raise ValueError(f"config.loss.label_smoothing={config.loss.label_smoothing} must be in [0, 1).")
   metrics = [f"{split}_{name}" for split in ("val", "train") for name in ("loss", "accuracy", "precision", "recall", "f1")]

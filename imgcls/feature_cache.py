@@ -47,6 +47,8 @@ def config_reasons_not_to_cache(config: ml_collections.ConfigDict) -> list[str]:
     reasons.append(f"data.augment={config.data.augment!r} changes images beyond flips")
   elif aug.enabled and config.data.augment_on != "device":
     reasons.append("flips are drawn on the host (data.augment_on='host')")
+  if config.train.mixup_alpha > 0 or config.train.cutmix_alpha > 0:
+    reasons.append("mixup and CutMix mix the images themselves")
   return reasons
 
 

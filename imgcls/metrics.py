@@ -44,25 +44,33 @@ def predicted_labels(probs, threshold: float | None = None, xp=np):
   return xp.argmax(probs, axis=-1).astype(xp.int32)
 
 
-def example_losses(logits, labels, label_smoothing: float = 0.0, xp=np):
-  """Cross-entropy of every example from its logits: sigmoid for one unit, else softmax; with
-  label smoothing as Keras's and optax's (towards 0.5, or towards 1/classes). float64 with numpy."""
+def targets(labels, outputs: int, label_smoothing: float = 0.0, xp=np):
+  """Training targets of integer labels: (N,) probabilities of class 1 for one sigmoid unit, else
+  (N, outputs) one-hot rows; label smoothing as Keras's and optax's (towards 0.5, or 1/classes)."""
+  labels, dtype = xp.asarray(labels), np.float64 if xp is np else np.float32
+  if outputs == 1:
+    t = labels.astype(dtype)
+    return t * (1 - label_smoothing) + 0.5 * label_smoothing if label_smoothing else t
+  t = (labels[:, None] == xp.arange(outputs)[None, :]).astype(dtype)
+  return t * (1 - label_smoothing) + label_smoothing / outputs if label_smoothing else t
+
+
+def cross_entropy(logits, soft_targets, xp=np):
+  """Cross-entropy of every example against (possibly soft, e.g. mixed) `targets`: sigmoid for one
+  unit, else softmax. float64 with numpy."""
   if xp is np:
-    logits = np.asarray(logits, np.float64)
-  labels = xp.asarray(labels)
+    logits, soft_targets = np.asarray(logits, np.float64), np.asarray(soft_targets, np.float64)
   if logits.shape[-1] == 1:
     z = logits[:, 0]
-    targets = labels.astype(z.dtype)
-    if label_smoothing:
-      targets = targets * (1 - label_smoothing) + 0.5 * label_smoothing
-    return xp.logaddexp(0.0, z) - targets * z  # -t log(sigmoid(z)) - (1 - t) log(1 - sigmoid(z))
+    return xp.logaddexp(0.0, z) - soft_targets * z  # -t log(sigmoid(z)) - (1 - t) log(1 - sigmoid(z))
   top = logits.max(axis=-1, keepdims=True)
   log_sum = xp.log(xp.exp(logits - top).sum(axis=-1)) + top[:, 0]
-  classes = logits.shape[-1]
-  targets = (labels[:, None] == xp.arange(classes)[None, :]).astype(logits.dtype)
-  if label_smoothing:
-    targets = targets * (1 - label_smoothing) + label_smoothing / classes
-  return log_sum - (targets * logits).sum(axis=-1)
+  return log_sum - (soft_targets * logits).sum(axis=-1)
+
+
+def example_losses(logits, labels, label_smoothing: float = 0.0, xp=np):
+  """Cross-entropy of every example from its logits and integer labels (see `targets`)."""
+  return cross_entropy(logits, targets(labels, logits.shape[-1], label_smoothing, xp=xp), xp=xp)
 
 
 def from_confusion(confusion: np.ndarray, loss_sum: float, count: float) -> dict[str, float]:

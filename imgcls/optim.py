@@ -23,6 +23,9 @@ def learning_rate_schedule(opt_config: ml_collections.ConfigDict, steps_per_epoc
     return optax.cosine_decay_schedule(lr, total, alpha=opt_config.min_learning_rate / lr if lr else 0.0)
   if name == "warmup_cosine":
     return optax.warmup_cosine_decay_schedule(0.0, lr, max(warmup, 1), total, end_value=opt_config.min_learning_rate)
+  if name == "one_cycle":
+    pct_start = min(warmup / total, 0.99) if warmup else 0.25
+    return optax.cosine_onecycle_schedule(total, lr, pct_start=pct_start, div_factor=25.0, final_div_factor=1e5)
   raise ValueError(f"Unknown schedule {name!r}.")
 
 

@@ -17,6 +17,7 @@ import optax
 from flax import nnx
 
 from imgcls import metrics, models
+from imgcls import mix as mix_lib
 from imgcls.data import augment
 
 
@@ -31,12 +32,18 @@ class TrainState:
   opt_state: optax.OptState
   epoch_sums: dict  # Running loss sum, example count and confusion matrix of the epoch.
   window_sums: dict  # The same since the last per-batch log line.
+  ema: dict = dataclasses.field(default_factory=dict)  # {"params", "stats"} averaged over steps (train.ema_decay); {}: off.
 
 
 def initial_state(
-  params: nnx.State, frozen: nnx.State, stats: nnx.State, tx: optax.GradientTransformation, num_classes: int
+  params: nnx.State,
+  frozen: nnx.State,
+  stats: nnx.State,
+  tx: optax.GradientTransformation,
+  num_classes: int,
+  ema: bool = False,
 ) -> TrainState:
-  """The state at step 0: fresh optimizer state and metric sums."""
+  """The state at step 0: fresh optimizer state and metric sums (`ema`: averages start at the weights)."""
   return TrainState(
     step=jnp.zeros((), jnp.int32),
     params=params,
@@ -45,7 +52,38 @@ def initial_state(
     opt_state=tx.init(params),
     epoch_sums=zero_sums(num_classes),
     window_sums=zero_sums(num_classes),
+    ema=start_ema(params, stats) if ema else {},
   )
+
+
+def start_ema(params: nnx.State, stats: nnx.State) -> dict:
+  """Moving averages equal to the weights now (copies: the step donates the state's buffers)."""
+  return {"params": jax.tree.map(jnp.copy, params), "stats": jax.tree.map(jnp.copy, stats)}
+
+
+def ema_decay(decay: float, warmup: bool, step: jax.Array) -> jax.Array:
+  """The EMA's decay at `step`; with `warmup`, min(decay, (1 + step) / (10 + step)), as
+  tf.train.ExponentialMovingAverage with num_updates: early averages forget the random start."""
+  if not warmup:
+    return jnp.float32(decay)
+  step = step.astype(jnp.float32)
+  return jnp.minimum(jnp.float32(decay), (1.0 + step) / (10.0 + step))
+
+
+def update_ema(ema: dict, params: nnx.State, stats: nnx.State, decay: jax.Array) -> dict:
+  """ema <- decay * ema + (1 - decay) * weights, for the parameters and the floating statistics."""
+
+  def average(e, x):
+    return decay * e + (1.0 - decay) * x if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+  return {"params": jax.tree.map(average, ema["params"], params), "stats": jax.tree.map(average, ema["stats"], stats)}
+
+
+def ema_view(state: TrainState) -> TrainState:
+  """The state with its EMA weights in place of the trained ones (itself when EMA is off)."""
+  if not state.ema:
+    return state
+  return state.replace(params=state.ema["params"], stats=state.ema["stats"])
 
 
 def zero_sums(num_classes: int) -> dict:
@@ -103,6 +141,10 @@ class StepConfig:
   class_weights: tuple[float, ...]
   dtype: str = "float32"  # Compute dtype; parameters and optimizer state stay float32.
   on_features: bool = False  # Inputs are cached backbone features: only the head runs.
+  mix: mix_lib.Mix = mix_lib.Mix()  # Mixup / CutMix of the batch (soft targets).
+  accumulate_steps: int = 1  # Micro-batches per update: gradients summed, one update per batch.
+  ema_decay: float = 0.0  # Moving average of the weights (0: off).
+  ema_warmup: bool = True
 
 
 def compute_cast(tree, dtype: str):
@@ -148,29 +190,63 @@ def make_train_step(
     labels, mask = batch["label"], batch["mask"]
     dropout_key, augment_key = jax.random.split(key)
     images = prepare(batch["image"], augment_key)
+    lam, partner = jnp.float32(1.0), jnp.arange(labels.shape[0])
+    if cfg.mix.enabled:
+      images, lam, partner = mix_lib.mix_batch(cfg.mix, images, mask, jax.random.fold_in(key, 1))
+    count = jnp.maximum(jnp.sum(mask), 1.0)
 
-    def loss_fn(params, frozen, stats):
+    def loss_fn(params, frozen, stats, images, labels, partner_labels, mask, dropout_key):
       # Mixed precision: bfloat16 weights and activations; BatchNorm statistics, the loss and the
       # gradients (through the cast) stay float32.
       model = nnx.merge(graphdef, compute_cast(params, cfg.dtype), compute_cast(frozen, cfg.dtype), stats, copy=True)
       forward = model.head if cfg.on_features else model
       logits = forward(compute_cast(images, cfg.dtype), rngs=nnx.Rngs(dropout=dropout_key)).astype(jnp.float32)
-      losses = metrics.example_losses(logits, labels, cfg.label_smoothing, xp=jnp)
-      loss = jnp.sum(losses * weights[labels] * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+      targets = metrics.targets(labels, logits.shape[-1], cfg.label_smoothing, xp=jnp)
+      example_weights = weights[labels]
+      if cfg.mix.enabled:  # Soft targets and weights mixed as the images were.
+        targets = lam * targets + (1.0 - lam) * metrics.targets(partner_labels, logits.shape[-1], cfg.label_smoothing, xp=jnp)
+        example_weights = lam * example_weights + (1.0 - lam) * weights[partner_labels]
+      losses = metrics.cross_entropy(logits, targets, xp=jnp)
+      loss = jnp.sum(losses * example_weights * mask) / count  # A micro-batch's share of the batch's mean.
       return loss, (logits, losses, nnx.state(model, nnx.Not(nnx.Param)))
 
-    (_, (logits, losses, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, state.frozen, state.stats)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    inputs = (images, labels, labels[partner], mask)
+    if cfg.accumulate_steps == 1:
+      (_, (logits, losses, stats)), grads = grad_fn(state.params, state.frozen, state.stats, *inputs, dropout_key)
+    else:  # Micro-batches in turn: the gradient of the whole batch's loss, a micro-batch's activations in memory.
+      k = cfg.accumulate_steps
+
+      def micro_step(carry, xs):
+        grads, stats = carry
+        *micro, micro_key = xs
+        (_, (logits, losses, stats)), g = grad_fn(state.params, state.frozen, stats, *micro, micro_key)
+        return (jax.tree.map(jnp.add, grads, g), stats), (logits, losses)
+
+      n = labels.shape[0]
+      pad = -n % k  # A last partial batch: padding rows (mask 0) up to k equal micro-batches.
+      split = [jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(k, (n + pad) // k, *x.shape[1:]) for x in inputs]
+      zeros = jax.tree.map(jnp.zeros_like, state.params)
+      (grads, stats), (logits, losses) = jax.lax.scan(
+        micro_step, (zeros, state.stats), (*split, jax.random.split(dropout_key, k))
+      )
+      logits, losses = logits.reshape(-1, logits.shape[-1])[:n], losses.reshape(-1)[:n]
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     updates = jax.tree.map(lambda u, s: u * s * lr_scale, updates, scales)
+    params = optax.apply_updates(state.params, updates)
+    ema = state.ema
+    if cfg.ema_decay > 0:
+      ema = update_ema(ema, params, stats, ema_decay(cfg.ema_decay, cfg.ema_warmup, state.step))
     threshold = cfg.threshold if logits.shape[-1] == 1 else None  # One sigmoid unit: binary.
     predictions = metrics.predicted_labels(metrics.probabilities(logits, xp=jnp), threshold, xp=jnp)
     return state.replace(
       step=state.step + 1,
-      params=optax.apply_updates(state.params, updates),
+      params=params,
       stats=stats,
       opt_state=opt_state,
       epoch_sums=add_to_sums(state.epoch_sums, losses, labels, predictions, mask),
       window_sums=add_to_sums(state.window_sums, losses, labels, predictions, mask),
+      ema=ema,
     )
 
   return train_step

@@ -23,6 +23,7 @@ import numpy as np
 from imgcls import checkpoint as ckpt_lib
 from imgcls import feature_cache, optim, parallel, steps
 from imgcls import metrics as metrics_lib
+from imgcls import mix as mix_lib
 from imgcls.data import augment, pipeline, sources
 from imgcls.logs import RunLog
 from imgcls.predict import predict_split
@@ -197,14 +198,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   batch_size, shard, steps_per_epoch = process_batches(config, len(train_split), dp)
   epochs = config.train.epochs
   step_cfg = StepConfig(
-    num_classes, config.train.threshold, config.loss.label_smoothing, class_weights(config, train_split), config.dtype
+    num_classes,
+    config.train.threshold,
+    config.loss.label_smoothing,
+    class_weights(config, train_split),
+    config.dtype,
+    mix=mix_lib.from_config(config.train),
+    accumulate_steps=config.train.accumulate_steps,
+    ema_decay=config.train.ema_decay,
+    ema_warmup=config.train.ema_warmup,
   )
 
   model = steps.create_model(config, num_classes)
   graphdef, eval_graphdef, params, frozen, stats = steps.split_model(model)
   schedule = optim.learning_rate_schedule(config.optimizer, steps_per_epoch, epochs)
   tx = optim.make_optimizer(config.optimizer, schedule)
-  state = steps.initial_state(params, frozen, stats, tx, num_classes)
+  use_ema = config.train.ema_decay > 0
+  state = steps.initial_state(params, frozen, stats, tx, num_classes, ema=use_ema)
   state = dp.replicate(state)
   checkpoints = ckpt_lib.Checkpoints(workdir, config.checkpoint.max_to_keep, config.checkpoint.async_save)
   meta = ckpt_lib.RunMeta(class_names=list(class_names))
@@ -217,6 +227,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       )
   elif config.init_from:
     state = ckpt_lib.load_weights(state, config.init_from)
+    if use_ema:
+      state = state.replace(ema=steps.start_ema(state.params, state.stats))
   callbacks = Callbacks.from_meta(config, meta)
 
   aug = augment.from_config(config.data)
@@ -311,7 +323,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       {f"train_{k}": v for k, v in metrics_lib.from_confusion(sums["confusion"], sums["loss"], sums["count"]).items()}
     )
     if val_split is not None:
-      val_logits = predict_split(functools.partial(eval_step, state), val_split, data, dp, features=val_features)
+      # With EMA on, validation (and so the best checkpoint) judges the moving averages, as timm's.
+      val_logits = predict_split(functools.partial(eval_step, steps.ema_view(state)), val_split, data, dp, features=val_features)
       val_metrics = metrics_lib.from_logits(val_logits, val_split.labels, num_classes, step_cfg.threshold)
       record.update({f"val_{k}": v for k, v in val_metrics.items()})
     history.append(record)

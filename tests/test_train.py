@@ -199,6 +199,7 @@ def test_plateau_lowers_learning_rate_and_early_stopping_ends_run(tree, tmp_path
     ("cosine", [1.0, 0.5, 0.0]),
     ("warmup_constant", [0.0, 1.0, 1.0]),
     ("warmup_cosine", [0.0, 1.0, 0.0]),
+    ("one_cycle", [1.0 / 25, 1.0, 1.0 / 25 / 1e5]),  # fastai's div=25, div_final=1e5
   ],
 )
 def test_schedules(schedule, expected):

@@ -1,0 +1,189 @@
+"""The fine-tuning toolbox: mixup/CutMix, gradient accumulation, EMA of the weights, one-cycle."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from imgcls import checkpoint as ckpt_lib
+from imgcls import metrics, mix, optim, restore, steps, train
+
+
+def batch_of(n: int, rows: int | None = None, size: int = 16, seed: int = 0) -> dict:
+  """n images (the last n - rows padding when `rows` is given), labels of 3 classes."""
+  rng = np.random.default_rng(seed)
+  rows = n if rows is None else rows
+  return {
+    "image": jnp.asarray(rng.uniform(0, 1, (n, size, size, 3)), jnp.float32),
+    "label": jnp.asarray(rng.integers(0, 3, n), jnp.int32),
+    "mask": jnp.asarray(np.arange(n) < rows, jnp.float32),
+  }
+
+
+def test_partners_reverse_the_real_rows_and_leave_padding_alone():
+  assert np.asarray(mix.partners(jnp.asarray([1, 1, 1, 1, 1, 0, 0], jnp.float32))).tolist() == [4, 3, 2, 1, 0, 5, 6]
+
+
+def test_mixup_blends_each_image_with_its_partner_by_one_lambda():
+  b = batch_of(6, rows=5)
+  mixed, lam, partner = mix.mix_batch(mix.Mix(mixup_alpha=0.4), b["image"], b["mask"], jax.random.key(3))
+  lam, partner, x = float(lam), np.asarray(partner), np.asarray(b["image"])
+  assert 0.0 < lam < 1.0 and partner.tolist() == [4, 3, 2, 1, 0, 5]
+  np.testing.assert_allclose(np.asarray(mixed), lam * x + (1 - lam) * x[partner], atol=1e-6)
+  # Beta(0.4, 0.4) over many batches: mean 0.5, mostly near 0 or 1.
+  lams = [float(mix.mix_batch(mix.Mix(mixup_alpha=0.4), b["image"], b["mask"], jax.random.key(s))[1]) for s in range(200)]
+  assert abs(np.mean(lams) - 0.5) < 0.06 and np.mean((np.array(lams) < 0.2) | (np.array(lams) > 0.8)) > 0.5
+
+
+def test_cutmix_pastes_one_box_and_lambda_is_its_area():
+  b = batch_of(4)
+  x = np.asarray(b["image"])
+  for seed in range(20):
+    mixed, lam, partner = mix.mix_batch(mix.Mix(cutmix_alpha=1.0), b["image"], b["mask"], jax.random.key(seed))
+    mixed, partner = np.asarray(mixed), np.asarray(partner)
+    pasted = np.all(np.isclose(mixed, x[partner]), axis=(0, 3)) & ~np.all(np.isclose(mixed, x), axis=(0, 3))
+    kept = np.all(np.isclose(mixed, x), axis=(0, 3))
+    assert np.all(pasted | kept)  # Every pixel is either the image's or its partner's.
+    ys, xs = np.nonzero(pasted)
+    if len(ys):  # The pasted pixels form one rectangle.
+      assert pasted[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].all()
+    np.testing.assert_allclose(float(lam), 1 - pasted.mean(), atol=1e-6)
+
+
+def test_mix_prob_zero_batches_are_left_alone_and_switch_picks_cutmix():
+  b = batch_of(4)
+  mixed, lam, _ = mix.mix_batch(mix.Mix(mixup_alpha=1.0, prob=0.0), b["image"], b["mask"], jax.random.key(0))
+  assert float(lam) == 1.0 and np.array_equal(np.asarray(mixed), np.asarray(b["image"]))
+  # switch_prob=1 with both on: always CutMix, so every pixel is one image's or the other's.
+  mixed, _, partner = mix.mix_batch(mix.Mix(1.0, 1.0, switch_prob=1.0), b["image"], b["mask"], jax.random.key(1))
+  x, mixed = np.asarray(b["image"]), np.asarray(mixed)
+  assert np.all(np.isclose(mixed, x) | np.isclose(mixed, x[np.asarray(partner)]))
+
+
+@pytest.mark.parametrize("outputs", [1, 3])
+def test_soft_target_loss_is_the_mix_of_the_two_losses(outputs):
+  rng = np.random.default_rng(0)
+  logits, a, b = rng.normal(size=(5, outputs)), rng.integers(0, max(outputs, 2), 5), rng.integers(0, max(outputs, 2), 5)
+  lam, smoothing = 0.3, 0.1
+  soft = lam * metrics.targets(a, outputs, smoothing) + (1 - lam) * metrics.targets(b, outputs, smoothing)
+  np.testing.assert_allclose(
+    metrics.cross_entropy(logits, soft),
+    lam * metrics.example_losses(logits, a, smoothing) + (1 - lam) * metrics.example_losses(logits, b, smoothing),
+    rtol=1e-12,
+  )
+
+
+def one_step(config, batch: dict, cfg: steps.StepConfig, steps_taken: int = 1):
+  """The state after `steps_taken` train steps on `batch` (the tiny insects CNN, no dropout)."""
+  model = steps.create_model(config, cfg.num_classes)
+  graphdef, _, params, frozen, stats = steps.split_model(model)
+  tx = optim.make_optimizer(config.optimizer, optim.learning_rate_schedule(config.optimizer, 1, 1))
+  state = steps.initial_state(params, frozen, stats, tx, cfg.num_classes, ema=cfg.ema_decay > 0)
+  step = steps.make_train_step(graphdef, tx, optim.update_scales(params, config), cfg)
+  history = []
+  for i in range(steps_taken):
+    state = step(state, batch, jax.random.key(i), jnp.float32(1.0))
+    history.append(jax.tree.map(np.asarray, (state.params, state.stats)))
+  return state, history
+
+
+@pytest.mark.parametrize("rows", [8, 7])
+def test_accumulated_micro_batches_give_the_large_batch_update(tmp_path, rows):
+  config = tiny_config(tmp_path, **{"model.head.dropout": 0.0, "optimizer.name": "sgd", "optimizer.learning_rate": 0.5})
+  batch = batch_of(rows)
+  cfg = steps.StepConfig(3, 0.5, 0.1, (), mix=mix.Mix(mixup_alpha=0.5))  # Mixing happens before the split.
+  whole, _ = one_step(config, batch, cfg)
+  for k in (2, 4):
+    accumulated, _ = one_step(config, batch, steps.StepConfig(3, 0.5, 0.1, (), mix=mix.Mix(mixup_alpha=0.5), accumulate_steps=k))
+    moved = jax.tree.map(lambda a, b: np.abs(np.asarray(a) - np.asarray(b)).max(), whole.params, accumulated.params)
+    assert max(jax.tree.leaves(moved)) < 2e-6, k
+    np.testing.assert_allclose(accumulated.epoch_sums["loss"], whole.epoch_sums["loss"], rtol=1e-5)
+    np.testing.assert_array_equal(accumulated.epoch_sums["confusion"], whole.epoch_sums["confusion"])
+
+
+def test_binary_model_trains_on_mixed_soft_targets(tmp_path):
+  config = tiny_config(tmp_path, **{"data.label_mode": "binary", "model.head.dropout": 0.0})
+  batch = {**batch_of(8), "label": jnp.asarray([0, 1] * 4, jnp.int32)}
+  cfg = steps.StepConfig(2, 0.5, 0.1, (), mix=mix.Mix(mixup_alpha=0.4, cutmix_alpha=1.0))
+  state, _ = one_step(config, batch, cfg, steps_taken=2)
+  start = steps.split_model(steps.create_model(config, 2))[2]
+  assert np.isfinite(float(state.epoch_sums["loss"])) and state.epoch_sums["confusion"].shape == (2, 2)
+  assert max(jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(np.asarray(a) - np.asarray(b)).max(), state.params, start))) > 0
+
+
+def test_ema_follows_the_weights_with_warmup(tmp_path):
+  config = tiny_config(tmp_path, **{"model.head.dropout": 0.0})
+  assert [round(float(steps.ema_decay(0.999, True, jnp.asarray(s))), 6) for s in (0, 10, 10_000)] == [0.1, 0.55, 0.999]
+  assert float(steps.ema_decay(0.9, False, jnp.asarray(0))) == pytest.approx(0.9)
+  cfg = steps.StepConfig(3, 0.5, 0.0, (), ema_decay=0.9)
+  state, history = one_step(config, batch_of(8), cfg, steps_taken=3)
+  expected = jax.tree.map(np.asarray, steps.split_model(steps.create_model(config, 3))[2])  # The weights at step 0.
+  for s, (params, _) in enumerate(history):
+    d = min(0.9, (1 + s) / (10 + s))
+    expected = jax.tree.map(lambda e, p, d=d: d * e + (1 - d) * p, expected, params)
+  gap = jax.tree.map(lambda a, b: np.abs(np.asarray(a) - b).max(), state.ema["params"], expected)
+  assert max(jax.tree.leaves(gap)) < 1e-6
+  assert (
+    max(
+      jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(np.asarray(a) - np.asarray(b)).max(), state.ema["params"], state.params))
+    )
+    > 1e-4
+  )
+
+
+@pytest.fixture(scope="module")
+def toolbox_run(tree, tmp_path_factory):
+  """A 2-epoch run with mixup, CutMix, EMA and accumulation all on."""
+  workdir = tmp_path_factory.mktemp("toolbox")
+  config = tiny_config(
+    tree,
+    **{
+      "data.validation_split": 0.25,
+      "train.mixup_alpha": 0.4,
+      "train.cutmix_alpha": 1.0,
+      "train.ema_decay": 0.9,
+      "train.accumulate_steps": 2,
+      "optimizer.learning_rate": 3e-3,
+    },
+  )
+  return config, workdir, train.train_and_evaluate(config, str(workdir))
+
+
+def test_ema_run_validates_saves_and_restores_the_averages(toolbox_run):
+  config, workdir, summary = toolbox_run
+  saved = ckpt_lib.read_state(ckpt_lib.resolve(str(workdir)))
+  assert saved["ema"]["params"] and saved["ema"]["stats"] is not None
+  run = restore.load(config, str(workdir))
+  ema = jax.tree.leaves(saved["ema"]["params"])
+  raw = jax.tree.leaves(saved["params"])
+  loaded = jax.tree.leaves(jax.tree.map(np.asarray, run.state.params))
+  assert all(np.array_equal(a, b) for a, b in zip(loaded, ema)) and not all(np.array_equal(a, b) for a, b in zip(ema, raw))
+  assert summary["final"]["train_loss"] > 0 and 0 <= summary["final"]["val_accuracy"] <= 1
+
+
+def test_resume_with_mixing_ema_and_accumulation_is_exact(toolbox_run, tmp_path):
+  config, _, summary = toolbox_run
+  first = config.copy_and_resolve_references()
+  first.train.epochs = 1
+  train.train_and_evaluate(first, str(tmp_path))
+  resumed = train.train_and_evaluate(config, str(tmp_path))
+  assert resumed["final"] == pytest.approx(summary["final"], rel=1e-6)
+  assert json.loads((tmp_path / "summary.json").read_text())["epochs"] == 2
+
+
+def test_bad_toolbox_settings_are_named(tmp_path):
+  from imgcls.config import check_config
+
+  for key, value, words in (
+    ("train.accumulate_steps", 3, "equal micro-batches"),
+    ("train.ema_decay", 1.0, "ema_decay"),
+    ("train.mix_prob", 1.5, "mix_prob"),
+    ("train.mixup_alpha", -1.0, "mixup_alpha"),
+  ):
+    with pytest.raises(ValueError, match=words):
+      check_config(tiny_config(tmp_path, **{key: value}))
