@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from imgcls import metrics, restore, steps
+from imgcls import metrics, restore, steps, tta
 from imgcls.data import images, sources
 from imgcls.data.images import is_image_file
 from imgcls.models import Classifier, build_model, imagenet
@@ -135,10 +135,14 @@ def input_paths(inputs: str, config: ml_collections.ConfigDict) -> list[str]:
 # Running the model.
 
 
-def run_logits(run: restore.Run, split: sources.Split) -> tuple[np.ndarray, dict]:
-  """Logits of every image of `split` (in order), float64, and the timing of `predict.timed_predict`."""
+def run_logits(run: restore.Run, split: sources.Split, tta_views: tuple[str, ...] = ()) -> tuple[np.ndarray, dict]:
+  """Logits of every image of `split` (in order), float64, and the timing of `predict.timed_predict`;
+  with `tta_views` (`tta.parse`), logits of the probabilities averaged over those views."""
   eval_step = steps.make_eval_step(run.eval_graphdef, run.prepare)
-  logits, timing = timed_predict(lambda images: eval_step(run.state, images), split, run.config.data)
+  fn = functools.partial(eval_step, run.state)
+  if tta_views:
+    fn = tta.averaged_logits(fn, tta_views)
+  logits, timing = timed_predict(fn, split, run.config.data)
   return logits.astype(np.float64), timing
 
 
@@ -176,15 +180,19 @@ def evaluate(
   checkpoint: str | None = None,
   step: int | None = None,
   threshold: float | None = None,
+  tta_spec: str = "",
 ) -> dict:
   """Evaluates a trained run on its `split` subset or on `inputs` (a class-per-folder tree or a
   CSV/Excel index) and writes `workdir/eval_<name>/` (`eval_<name>_step<N>/` for the weights of a
   given `step` or `checkpoint`): metrics.json, classification_report.txt,
-  predictions.csv and the plots; then rewrites report.html. Returns metrics.json's content."""
+  predictions.csv and the plots; then rewrites report.html. Returns metrics.json's content.
+  `tta_spec` (`--tta`, e.g. "flip"): metrics of the test-time-augmented probabilities too, under
+  "tta" in metrics.json, and their columns in predictions.csv."""
   import pandas as pd
 
   from imgcls.report import html, plots
 
+  views = tta.parse(tta_spec)
   run = restore.load(config, workdir, checkpoint, step)
   data, source, name = labelled_data(run, split, inputs)
   threshold = decision_threshold(run, threshold)
@@ -205,6 +213,17 @@ def evaluate(
       **timing,
     }
   )
+  tta_probs = None
+  if views:
+    tta_logits, tta_timing = run_logits(run, data, views)
+    tta_probs = metrics.probabilities(tta_logits)
+    tta_report = metrics.evaluation_report(data.labels, tta_probs, run.class_names, threshold)
+    report["tta"] = {
+      "views": list(views),
+      **{k: v for k, v in tta_report.items() if isinstance(v, float)},
+      "mean_loss": float(metrics.example_losses(tta_logits, data.labels).mean()),
+      "images_per_s": tta_timing["images_per_s"],
+    }
 
   chosen = step is not None or checkpoint is not None  # Not the default (best) weights: keep both.
   out = os.path.join(workdir, f"eval_{name}" + (f"_step{run.step}" if chosen else ""))
@@ -214,6 +233,10 @@ def evaluate(
     table[column] = values
   table["predicted"] = names[predicted]
   table["loss"] = losses
+  if tta_probs is not None:
+    for column, values in zip(probability_columns(run.class_names), tta_probs.T):
+      table[column.replace("prob_", "tta_prob_", 1)] = values
+    table["tta_predicted"] = names[metrics.predicted_labels(tta_probs, threshold)]
   table.to_csv(os.path.join(out, "predictions.csv"), index=False)
   with open(os.path.join(out, "classification_report.txt"), "w") as f:
     f.write(report["classification_report_text"])
@@ -250,6 +273,8 @@ def evaluate(
     )
   html.write_report(workdir)
   shown_metrics = " ".join(f"{k}={report[k]:.4f}" for k in ("accuracy", "macro_f1", "f1", "roc_auc", "log_loss") if k in report)
+  if views:
+    shown_metrics += f"; with TTA ({', '.join(views)}): accuracy={report['tta']['accuracy']:.4f}"
   print(
     f"Evaluated {len(data)} images ({source}) with {run.checkpoint}: {shown_metrics}; "
     f"{timing['images_per_s']:.1f} images/s. Results in {os.path.abspath(out)}"
@@ -261,7 +286,7 @@ def evaluate(
 # Predict.
 
 
-def _predict_run(config, inputs, output, workdir, checkpoint, step, threshold) -> list[dict]:
+def _predict_run(config, inputs, output, workdir, checkpoint, step, threshold, views) -> list[dict]:
   import pandas as pd
 
   run = restore.load(config, workdir, checkpoint, step)
@@ -270,7 +295,7 @@ def _predict_run(config, inputs, output, workdir, checkpoint, step, threshold) -
   found = without_bad_images(sources.Split(paths, np.zeros(len(paths), np.int32), run.class_names, "predict"), run.config.data)
   if not len(found):
     raise sources.DataError(f"No readable images in {inputs!r}.")
-  logits, _ = run_logits(run, found)
+  logits, _ = run_logits(run, found, views)
   probs = metrics.probabilities(logits)
   predicted = metrics.predicted_labels(probs, threshold)
   table = pd.DataFrame({"path": found.paths})
@@ -315,9 +340,11 @@ def predict(
   checkpoint: str | None = None,
   step: int | None = None,
   threshold: float | None = None,
+  tta_spec: str = "",
 ) -> list[dict]:
   """Class probabilities of every image in `inputs` (a file, a folder searched recursively, or a
-  CSV/Excel index), written as a CSV to `output`; returns its rows.
+  CSV/Excel index), written as a CSV to `output`; returns its rows. `tta_spec` (`--tta`, e.g.
+  "flip"): the probabilities averaged over those views of each image.
 
   With `workdir` (a trained run): path, prob_<class> for every class, predicted; for a single
   image the probabilities are also printed, one line per class. Without `workdir` the model is
@@ -325,8 +352,9 @@ def predict(
   """
   if os.path.isdir(output) or not output.lower().endswith(".csv"):
     raise sources.DataError(f"--output={output} must name a .csv file: predict writes a CSV table.")
+  views = tta.parse(tta_spec)
   if workdir is not None:
-    return _predict_run(config, inputs, output, workdir, checkpoint, step, threshold)
+    return _predict_run(config, inputs, output, workdir, checkpoint, step, threshold, views)
   paths = image_files(inputs)
   model, class_names = _imagenet_model(config)
   model.eval()
@@ -335,7 +363,8 @@ def predict(
   graphdef, variables = nnx.split(model)
   # The weights are an argument, not constants folded into the compiled function.
   forward = jax.jit(lambda variables, images: nnx.merge(graphdef, variables)(images))
-  probs = metrics.probabilities(predict_split(functools.partial(forward, variables), found, config.data))
+  fn = functools.partial(forward, variables)
+  probs = metrics.probabilities(predict_split(tta.averaged_logits(fn, views) if views else fn, found, config.data))
   rows = []
   for path, row in zip(found.paths, probs):
     best = np.argsort(-row, kind="stable")[:top_k]

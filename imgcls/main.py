@@ -58,6 +58,11 @@ _FORMAT = flags.DEFINE_enum(
 _BATCH_SIZE = flags.DEFINE_integer(
   "batch_size", None, "export --format=litert: the model's fixed batch size (default 1).", lower_bound=1
 )
+_TTA = flags.DEFINE_string(
+  "tta",
+  "",
+  "eval, predict: test-time augmentation, probabilities averaged over views: flip, or a list (flip_lr,flip_ud,flip_lr_ud).",
+)
 _QUANTIZE = flags.DEFINE_enum("quantize", "none", ["none", "float16", "int8"], "export --format=litert: weight quantization.")
 
 MODES_NEEDING_WORKDIR = ("train", "eval", "features", "inspect", "export")
@@ -150,6 +155,7 @@ def _run_mode(mode: str, workdir: str | None) -> None:
       checkpoint=_CHECKPOINT.value,
       step=_STEP.value,
       threshold=_THRESHOLD.value,
+      tta_spec=_TTA.value,
     )
   elif mode == "predict":
     from imgcls import evaluate
@@ -164,6 +170,7 @@ def _run_mode(mode: str, workdir: str | None) -> None:
       checkpoint=_CHECKPOINT.value,
       step=_STEP.value,
       threshold=_THRESHOLD.value,
+      tta_spec=_TTA.value,
     )
   elif mode == "features":
     from imgcls import features

@@ -187,3 +187,44 @@ def test_bad_toolbox_settings_are_named(tmp_path):
   ):
     with pytest.raises(ValueError, match=words):
       check_config(tiny_config(tmp_path, **{key: value}))
+
+
+def test_tta_views_parse_and_average_probabilities():
+  from imgcls import tta
+
+  assert tta.parse("flip") == ("original", "flip_lr") and tta.parse("") == () and tta.parse("none") == ()
+  assert tta.parse("flip_ud, flip,flip_lr") == ("original", "flip_ud", "flip_lr")
+  with pytest.raises(ValueError, match="unknown view.*rotate"):
+    tta.parse("flip,rotate")
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 6, 5, 3)), jnp.float32)
+  w = jnp.asarray(np.random.default_rng(1).normal(size=(6 * 5 * 3, 3)), jnp.float32)
+  logits_fn = lambda images: images.reshape(len(images), -1) @ w  # noqa: E731  An orientation-sensitive model.
+  views = tta.parse("flip_lr,flip_ud,flip_lr_ud")
+  expected = np.mean([jax.nn.softmax(logits_fn(v)) for v in (x, x[:, :, ::-1], x[:, ::-1], x[:, ::-1, ::-1])], axis=0)
+  np.testing.assert_allclose(jax.nn.softmax(tta.averaged_logits(logits_fn, views)(x)), expected, rtol=1e-5)
+  binary = lambda images: images.reshape(len(images), -1) @ w[:, :1]  # noqa: E731
+  expected = np.mean([jax.nn.sigmoid(binary(v)) for v in (x, x[:, :, ::-1])], axis=0)
+  np.testing.assert_allclose(jax.nn.sigmoid(tta.averaged_logits(binary, tta.parse("flip"))(x)), expected, rtol=1e-5)
+
+
+def test_eval_and_predict_with_tta(toolbox_run, tmp_path, tree):
+  import pandas as pd
+
+  from imgcls import evaluate
+
+  config, workdir, _ = toolbox_run
+  report = evaluate.evaluate(config, str(workdir), tta_spec="flip")
+  assert report["tta"]["views"] == ["original", "flip_lr"] and 0 <= report["tta"]["accuracy"] <= 1
+  out = workdir / "eval_val"
+  table = pd.read_csv(out / "predictions.csv")
+  tta_columns = [c for c in table.columns if c.startswith("tta_prob_")]
+  assert len(tta_columns) == 3
+  np.testing.assert_allclose(table[tta_columns].sum(axis=1), 1.0, atol=1e-6)
+  assert (table["tta_predicted"] == table["label"]).mean() == pytest.approx(report["tta"]["accuracy"])
+  assert not np.allclose(table[tta_columns].to_numpy(), table[[c[4:] for c in tta_columns]].to_numpy())
+  assert "with TTA (original, flip_lr)" in (workdir / "report.html").read_text()
+  rows = evaluate.predict(config, inputs=str(tree), output=str(tmp_path / "p.csv"), workdir=str(workdir), tta_spec="flip")
+  probs = np.asarray([[r[f"prob_{c}"] for c in report["class_names"]] for r in rows])
+  by_path = table.set_index("path")
+  shared = [i for i, r in enumerate(rows) if r["path"] in by_path.index]
+  np.testing.assert_allclose(probs[shared], by_path.loc[[rows[i]["path"] for i in shared], tta_columns].to_numpy(), atol=1e-5)

@@ -68,6 +68,10 @@ def _eval_section(folder: str) -> str:
     "ece",
   )
   rows = [[k, metrics[k]] for k in keys if metrics.get(k) is not None]
+  header = ["metric", "value"]
+  if metrics.get("tta"):  # Test-time augmentation's figures beside the plain ones.
+    header.append(f"with TTA ({', '.join(metrics['tta']['views'])})")
+    rows = [[k, v, metrics["tta"].get(k, "")] for k, v in rows]
   report = metrics["classification_report"]
   per_class = [
     [c, v["precision"], v["recall"], v["f1-score"], int(v["support"])] for c, v in report.items() if isinstance(v, dict)
@@ -76,7 +80,7 @@ def _eval_section(folder: str) -> str:
     f"<h2>Evaluation: {html.escape(name)}</h2>",
     f'<p class="muted">{html.escape(metrics.get("source", ""))} &middot; checkpoint {html.escape(str(metrics.get("checkpoint", "")))}'
     f" &middot; {metrics.get('images_per_s', 0):.1f} images/s</p>",
-    _table(rows, ["metric", "value"]),
+    _table(rows, header),
     _table(per_class, ["class", "precision", "recall", "f1", "support"]),
   ]
   for png in (
