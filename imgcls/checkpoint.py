@@ -41,6 +41,8 @@ class RunMeta:
   early_stopping: dict = dataclasses.field(default_factory=dict)  # Early stopping's counters.
   class_names: list[str] = dataclasses.field(default_factory=list)
   normalization: dict | None = None  # Feature-wise mean and std of the training images.
+  stage: int = 0  # The training stage (train.frozen_epochs: 0 the head alone, 1 the network).
+  stage_start_step: int = 0  # The step this stage began at (its schedule counts from it).
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
@@ -207,12 +209,13 @@ def read_meta(checkpoint_dir: str) -> RunMeta:
     ) from e
 
 
-def load_weights(state, path: str):
+def load_weights(state, path: str, prefer_ema: bool = True):
   """`state` (a `steps.TrainState`) with the model variables of another run's checkpoint, matched
   by name and shape; fails listing every missing, unexpected or mis-shaped one. A checkpoint of a
-  run with EMA (`train.ema_decay`) gives its moving averages, the weights its validation judged."""
+  run with EMA (`train.ema_decay`) gives its moving averages, the weights its validation judged
+  (`prefer_ema=False`: its trained weights)."""
   source = read_state(resolve(path))
-  if source.get("ema"):
+  if prefer_ema and source.get("ema"):
     source = {**source, "params": source["ema"]["params"], "stats": source["ema"]["stats"]}
   theirs: dict[str, np.ndarray] = {}
   for group in ("params", "frozen", "stats"):

@@ -149,6 +149,12 @@ def default_config() -> ml_collections.ConfigDict:
   # on, validation, the best checkpoint, evaluation, prediction and export use the averages.
   c.train.ema_decay = 0.0
   c.train.ema_warmup = True  # decay min(ema_decay, (1 + step) / (10 + step)) early on.
+  # Staged fine-tuning in one run and workdir: the first frozen_epochs of train.epochs train the
+  # head alone on the frozen backbone (features cached when they can be) at frozen_learning_rate
+  # (0: optimizer.learning_rate); the rest train the network as model.freeze and
+  # model.backbone_learning_rate say, with a fresh optimizer and schedule.
+  c.train.frozen_epochs = 0
+  c.train.frozen_learning_rate = 0.0
 
   c.reduce_on_plateau = ml_collections.ConfigDict()
   c.reduce_on_plateau.enabled = False
@@ -294,6 +300,15 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.train.{key}={config.train[key]} must be in [0, 1].")
   if not 0.0 <= config.train.ema_decay < 1.0:
     raise ValueError(f"config.train.ema_decay={config.train.ema_decay} must be in [0, 1) (0: off; 0.999 is usual).")
+  if not 0 <= config.train.frozen_epochs < config.train.epochs:
+    raise ValueError(
+      f"config.train.frozen_epochs={config.train.frozen_epochs} must be less than train.epochs={config.train.epochs} "
+      "(the epochs that follow train the network)."
+    )
+  if config.train.frozen_epochs and config.model.freeze == "all":
+    raise ValueError(
+      "config.train.frozen_epochs unfreezes the backbone after the frozen epochs: leave model.freeze empty or name a layer."
+    )
   if config.data.batch_size % config.train.accumulate_steps:
     raise ValueError(
       f"config.data.batch_size={config.data.batch_size} does not split into "

@@ -178,25 +178,67 @@ def check_workdir_outside_data(workdir: str, data_config: ml_collections.ConfigD
     )
 
 
+def stage_configs(config: ml_collections.ConfigDict) -> list[ml_collections.ConfigDict]:
+  """The configs of the run's stages: itself, or with `train.frozen_epochs` two, as Keras's
+  transfer-learning guide and fastai's `fine_tune`: the head alone on the frozen backbone (in
+  inference mode; its features cached when they can be) for frozen_epochs epochs at
+  `train.frozen_learning_rate`, then the network as configured (`model.freeze`,
+  `model.backbone_learning_rate`) for the remaining epochs, each stage with a fresh optimizer and
+  schedule."""
+  if not config.train.frozen_epochs:
+    return [config]
+  frozen = config.copy_and_resolve_references()
+  frozen.model.freeze, frozen.model.backbone_learning_rate = "all", 0.0
+  frozen.train.epochs = config.train.frozen_epochs
+  frozen.optimizer.learning_rate = config.train.frozen_learning_rate or config.optimizer.learning_rate
+  return [frozen, config]
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains `config` in `workdir` (resuming what is there) and returns the run summary.
+  """Trains `config` in `workdir` (resuming what is there, in whichever stage) and returns the run summary."""
+  stages = stage_configs(config)
+  summary = {}
+  for stage, stage_config in enumerate(stages):
+    summary = train_stage(stage_config, workdir, stage=stage, stages=len(stages), run_config=config) or summary
+  return summary
+
+
+def train_stage(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  stage: int = 0,
+  stages: int = 1,
+  run_config: ml_collections.ConfigDict | None = None,
+) -> dict | None:
+  """Trains `config` (one stage of `run_config`) in `workdir`, resuming what is there; returns the
+  run summary after the last stage (None for a stage that the workdir has already finished).
 
   One function on purpose, as the flax examples' `train_and_evaluate`: the loop reads top to bottom,
   set-up, epochs of steps, validation, callbacks, checkpoints; its parts are the functions above."""
   start_time = time.time()
+  run_config = run_config or config
   check_workdir_outside_data(workdir, config.data)
   os.makedirs(workdir, exist_ok=True)
   enable_compile_cache(config.compile_cache)
+  checkpoints = ckpt_lib.Checkpoints(workdir, config.checkpoint.max_to_keep, config.checkpoint.async_save)
+  latest = checkpoints.latest_step()
+  saved = ckpt_lib.read_meta(os.path.join(checkpoints.latest_dir, str(latest))) if latest is not None else None
+  if saved is not None and saved.stage > stage:
+    checkpoints.close()
+    return None  # A later stage has begun: this one is done.
   splits = sources.find_splits(config.data, config.seed)
   train_split, val_split = splits["train"], splits.get("val")
   monitor_notes = []
   if val_split is None:
     config, monitor_notes = monitor_training_metrics(config)
+    run_config = monitor_training_metrics(run_config)[0]
   class_names = train_split.class_names
   num_classes = len(class_names)
   dp = parallel.DataParallel()
   batch_size, shard, steps_per_epoch = process_batches(config, len(train_split), dp)
   epochs = config.train.epochs
+  first_epoch = run_config.train.frozen_epochs if stage else 0  # Where this stage's schedule starts.
   step_cfg = StepConfig(
     num_classes,
     config.train.threshold,
@@ -211,14 +253,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   model = steps.create_model(config, num_classes)
   graphdef, eval_graphdef, params, frozen, stats = steps.split_model(model)
-  schedule = optim.learning_rate_schedule(config.optimizer, steps_per_epoch, epochs)
+  schedule = optim.learning_rate_schedule(config.optimizer, steps_per_epoch, epochs - first_epoch)
   tx = optim.make_optimizer(config.optimizer, schedule)
   use_ema = config.train.ema_decay > 0
   state = steps.initial_state(params, frozen, stats, tx, num_classes, ema=use_ema)
   state = dp.replicate(state)
-  checkpoints = ckpt_lib.Checkpoints(workdir, config.checkpoint.max_to_keep, config.checkpoint.async_save)
   meta = ckpt_lib.RunMeta(class_names=list(class_names))
-  if checkpoints.latest_step() is not None:
+  if saved is not None and saved.stage < stage:
+    # The previous stage ended at the latest checkpoint: its weights (not their averages), a fresh
+    # optimizer and schedule, the run's history and best so far.
+    state = ckpt_lib.load_weights(state, os.path.join(checkpoints.latest_dir, str(latest)), prefer_ema=False)
+    state = state.replace(step=jnp.asarray(latest, jnp.int32))
+    if use_ema:
+      state = state.replace(ema=steps.start_ema(state.params, state.stats))
+    meta = dataclasses.replace(saved, stage=stage, stage_start_step=latest, data_state=None, plateau={}, early_stopping={})
+  elif saved is not None:
     state, meta = checkpoints.restore(state)
     if meta.class_names and list(meta.class_names) != list(class_names):
       raise ckpt_lib.CheckpointError(
@@ -237,11 +286,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   prepare_images = steps.make_prepare(aug, normalize, 255.0 * config.data.rescale, config.data.augment_on == "device")
   state = dp.replicate(state)  # Restored or loaded values, onto every device.
 
-  log = RunLog(workdir, config, enabled=jax.process_index() == 0)
+  log = RunLog(workdir, run_config, enabled=jax.process_index() == 0)
   resumed_step = int(state.step)
   log.start(resumed_step, splits, class_names, model)
   for note in monitor_notes:
     log.message(note)
+  if stages > 1:
+    what = "the head on the frozen backbone" if stage == 0 else "the network as configured, a fresh optimizer"
+    log.message(f"Stage {stage + 1} of {stages}: epochs {first_epoch + 1}-{epochs}, {what}.")
   train_features = val_features = None  # Cached backbone features of the train and val images.
   if config.model.freeze == "all" or config.train.cache_features == "on":
     train_features, val_features = cache_backbone_features(
@@ -267,7 +319,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   def save(epoch: int, data_state: dict | None, *, is_best: bool = False) -> None:
     check_finite(state, int(state.step))
-    meta.epoch, meta.data_state = epoch, data_state
+    meta.epoch, meta.data_state, meta.stage = epoch, data_state, stage
     meta.plateau, meta.early_stopping = callbacks.plateau.to_json(), callbacks.early.to_json()
     checkpoints.save(int(state.step), state, meta, best=is_best)
 
@@ -307,7 +359,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         state = state.replace(window_sums=dp.replicate(steps.zero_sums(num_classes)))
         check_finite(state, step + 1)
         batch_metrics = metrics_lib.from_confusion(window["confusion"], window["loss"], window["count"])
-        log.batch(step + 1, epoch, batch_metrics, float(schedule(step)) * callbacks.plateau.scale)
+        log.batch(step + 1, epoch, batch_metrics, float(schedule(step - meta.stage_start_step)) * callbacks.plateau.scale)
         bar.set_postfix(loss=f"{batch_metrics['loss']:.4f}", acc=f"{batch_metrics['accuracy']:.4f}")
       every = config.checkpoint.every_steps
       if every and (step + 1) % every == 0 and (step + 1) % steps_per_epoch:
@@ -317,7 +369,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     sums = jax.device_get(state.epoch_sums)
     check_finite(state, int(state.step))
-    learning_rate = float(schedule(int(state.step) - 1)) * callbacks.plateau.scale
+    learning_rate = float(schedule(int(state.step) - 1 - meta.stage_start_step)) * callbacks.plateau.scale
     record = {"epoch": epoch + 1, "step": int(state.step), "learning_rate": learning_rate}
     record.update(
       {f"train_{k}": v for k, v in metrics_lib.from_confusion(sums["confusion"], sums["loss"], sums["count"]).items()}
@@ -351,7 +403,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     "wall_seconds": time.time() - start_time,
     "first_step_seconds": first_step_seconds,
   }
-  log.finish(summary)
+  if stage + 1 == stages:
+    log.finish(summary)
   return summary
 
 

@@ -228,3 +228,52 @@ def test_eval_and_predict_with_tta(toolbox_run, tmp_path, tree):
   by_path = table.set_index("path")
   shared = [i for i, r in enumerate(rows) if r["path"] in by_path.index]
   np.testing.assert_allclose(probs[shared], by_path.loc[[rows[i]["path"] for i in shared], tta_columns].to_numpy(), atol=1e-5)
+
+
+def backbone_leaves(params) -> list[np.ndarray]:
+  return [np.asarray(v) for v in jax.tree.leaves(params["backbone"])]
+
+
+@pytest.fixture(scope="module")
+def staged_run(tree, tmp_path_factory):
+  """3 epochs: 1 with the backbone frozen (at its own learning rate), then 2 of the whole network."""
+  workdir = tmp_path_factory.mktemp("staged")
+  config = tiny_config(
+    tree,
+    **{
+      "train.epochs": 3,
+      "train.frozen_epochs": 1,
+      "train.frozen_learning_rate": 1e-2,
+      "optimizer.learning_rate": 1e-3,
+      "data.validation_split": 0.25,
+      "checkpoint.max_to_keep": 3,  # Stage 1's checkpoint stays, to look at.
+    },
+  )
+  return config, workdir, train.train_and_evaluate(config, str(workdir))
+
+
+def test_stages_train_the_head_then_the_network(staged_run):
+  config, workdir, summary = staged_run
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  epochs = [r for r in records if r["type"] == "epoch"]
+  assert [r["epoch"] for r in epochs] == [1, 2, 3] and summary["epochs"] == 3
+  assert [r["learning_rate"] for r in epochs] == pytest.approx([1e-2, 1e-3, 1e-3])
+  start = backbone_leaves(steps.split_model(steps.create_model(config, 3))[2])
+  first = ckpt_lib.read_state(str(workdir / "checkpoints" / "latest" / str(epochs[0]["step"])))
+  assert all(np.array_equal(a, b) for a, b in zip(backbone_leaves(first["frozen"]), start))  # Stage 1: frozen.
+  last = str(workdir / "checkpoints" / "latest" / str(epochs[-1]["step"]))
+  assert not all(np.array_equal(a, b) for a, b in zip(backbone_leaves(ckpt_lib.read_state(last)["params"]), start))
+  assert ckpt_lib.read_meta(last).stage == 1  # Stage 2 trained the backbone.
+  again = train.train_and_evaluate(config, str(workdir))  # A finished staged run: nothing more.
+  assert again["final"] == summary["final"]
+
+
+def test_staged_run_resumes_at_the_boundary_and_inside_a_stage(staged_run, tmp_path):
+  config, _, summary = staged_run
+  stage_one = train.stage_configs(config)[0]
+  assert train.train_stage(stage_one, str(tmp_path), stage=0, stages=2, run_config=config)["epochs"] == 1
+  shorter = config.copy_and_resolve_references()
+  shorter.train.epochs = 2  # Stops inside stage 2 (the schedule is constant, so epochs do not change it).
+  train.train_and_evaluate(shorter, str(tmp_path))
+  resumed = train.train_and_evaluate(config, str(tmp_path))
+  assert resumed["final"] == pytest.approx(summary["final"], rel=1e-6)
