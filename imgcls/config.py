@@ -156,6 +156,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.frozen_epochs = 0
   c.train.frozen_learning_rate = 0.0
 
+  # --mode=lr_find: the learning rate grows exponentially from start to end over steps batches.
+  c.lr_find = ml_collections.ConfigDict()
+  c.lr_find.start = 1e-7
+  c.lr_find.end = 10.0
+  c.lr_find.steps = 100
+
   c.reduce_on_plateau = ml_collections.ConfigDict()
   c.reduce_on_plateau.enabled = False
   c.reduce_on_plateau.monitor = "val_loss"
@@ -293,6 +299,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     section, name = key.split(".")
     if config[section][name] < low:
       raise ValueError(f"config.{key}={config[section][name]} must be at least {low}.")
+  if not 0 < config.lr_find.start < config.lr_find.end or config.lr_find.steps < 2:
+    raise ValueError(
+      f"config.lr_find needs 0 < start < end and steps >= 2; it has start={config.lr_find.start}, "
+      f"end={config.lr_find.end}, steps={config.lr_find.steps}."
+    )
   if not config.optimizer.learning_rate > 0:
     raise ValueError(f"config.optimizer.learning_rate={config.optimizer.learning_rate} must be positive.")
   for key in ("mix_prob", "mix_switch_prob"):

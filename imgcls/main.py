@@ -19,7 +19,9 @@ from imgcls import config as config_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file with get_config(), e.g. configs/digits.py.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, logs, summary.json.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "predict", "features", "inspect", "export"], "What to do.")
+_MODE = flags.DEFINE_enum(
+  "mode", "train", ["train", "eval", "predict", "features", "inspect", "export", "lr_find"], "What to do."
+)
 _INPUT = flags.DEFINE_string(
   "input", None, "eval, features: a class-per-folder tree or a CSV/Excel index; predict: an image file, a folder or an index."
 )
@@ -65,7 +67,7 @@ _TTA = flags.DEFINE_string(
 )
 _QUANTIZE = flags.DEFINE_enum("quantize", "none", ["none", "float16", "int8"], "export --format=litert: weight quantization.")
 
-MODES_NEEDING_WORKDIR = ("train", "eval", "features", "inspect", "export")
+MODES_NEEDING_WORKDIR = ("train", "eval", "features", "inspect", "export", "lr_find")
 SAVED_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "saved_config.py")
 
 
@@ -199,6 +201,10 @@ def _run_mode(mode: str, workdir: str | None) -> None:
       quantize=_QUANTIZE.value,
       batch=_BATCH_SIZE.value or 0,
     )
+  elif mode == "lr_find":
+    from imgcls import lr_find
+
+    lr_find.lr_find(config, workdir)
   elif mode == "inspect":
     from imgcls import inspection
 

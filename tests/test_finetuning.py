@@ -277,3 +277,42 @@ def test_staged_run_resumes_at_the_boundary_and_inside_a_stage(staged_run, tmp_p
   train.train_and_evaluate(shorter, str(tmp_path))
   resumed = train.train_and_evaluate(config, str(tmp_path))
   assert resumed["final"] == pytest.approx(summary["final"], rel=1e-6)
+
+
+def test_valley_is_fastais():
+  from imgcls import lr_find
+
+  # Flat, a descent over indices 10..69, then a climb. The longest decreasing run is 9..69 (61
+  # points, so fastai's start is 69 - 61 = 8): the valley is 8 + int(61 / 3) + int(61 / 6).
+  losses = np.concatenate([np.full(10, 3.0), np.linspace(3.0, 1.0, 61)[1:], np.linspace(1.0, 5.0, 30)])
+  assert lr_find.valley(losses) == 8 + 20 + 10
+  lrs = np.geomspace(1e-7, 10, len(losses))
+  found = lr_find.suggestions(lrs, losses)
+  assert found["valley"] == lrs[38] and found["minimum_over_10"] == pytest.approx(lrs[69] / 10)
+  assert 9 <= list(lrs).index(found["steepest"]) <= 69  # In the descent.
+
+
+def test_lr_find_mode_writes_curve_and_suggestion(tree, tmp_path):
+  from conftest import run_cli
+
+  workdir = tmp_path / "finder"
+  result = run_cli(
+    "--config=configs/digits.py",
+    f"--workdir={workdir}",
+    "--mode=lr_find",
+    f"--config.data.dir={tree}",
+    "--config.data.image_size=(16, 16)",
+    "--config.model.filters=4",
+    "--config.data.batch_size=4",
+    "--config.lr_find.steps=15",
+    "--config.lr_find.end=1.0",
+  )
+  assert result.returncode == 0, result.stderr
+  found = json.loads((workdir / "lr_find.json").read_text())
+  lrs = found["learning_rates"]
+  assert lrs[0] == pytest.approx(1e-7) and np.all(np.diff(lrs) > 0) and len(lrs) <= 15
+  if len(lrs) == 15:
+    assert lrs[-1] == pytest.approx(1.0, rel=1e-4)
+  assert lrs[0] <= found["suggestions"]["valley"] <= lrs[-1] and "suggested learning rate" in result.stdout
+  assert (workdir / "lr_find.png").stat().st_size > 10_000 and not (workdir / "checkpoints").exists()
+  assert "Learning-rate finder" in (workdir / "report.html").read_text()

@@ -138,6 +138,11 @@ def write_report(workdir: str) -> str:
   parts.append(_img(batch, "per-batch curves"))
   for png in sorted(glob.glob(os.path.join(workdir, "inspect", "*.png"))):
     parts.append("<h2>Input samples</h2>" + _img(png, "input samples"))
+  found = _read_json(os.path.join(workdir, "lr_find.json"))
+  if found and found.get("suggestions"):
+    shown = ", ".join(f"{k.replace('_', ' ')} {v:.3g}" for k, v in found["suggestions"].items())
+    parts.append(f"<h2>Learning-rate finder</h2><p>Suggested: {html.escape(shown)}.</p>")
+    parts.append(_img(os.path.join(workdir, "lr_find.png"), "learning-rate finder"))
   for folder in sorted(glob.glob(os.path.join(workdir, "eval_*"))):
     parts.append(_eval_section(folder))
   links = []

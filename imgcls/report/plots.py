@@ -67,6 +67,21 @@ def batch_curves(batches: list[dict], path: str) -> str | None:
   return _save(fig, path)
 
 
+def lr_find_curve(result: dict, path: str) -> str:
+  """The learning-rate finder's smoothed loss against the rate (log scale), its suggestions marked."""
+  fig, ax = plt.subplots(figsize=(6, 3.8))
+  ax.plot(result["learning_rates"], result["smoothed_losses"], label="smoothed loss")
+  ax.plot(result["learning_rates"], result["losses"], alpha=0.3, label="batch loss")
+  for (name, lr), color in zip(result["suggestions"].items(), ("tab:red", "tab:green", "tab:purple")):
+    ax.axvline(lr, color=color, linestyle="--", label=f"{name.replace('_', ' ')}: {lr:.2g}")
+  smooth = [v for v in result["smoothed_losses"] if np.isfinite(v)]
+  if smooth:  # The smoothed curve decides the scale; single batches may spike far above it.
+    ax.set_ylim(min(smooth) * 0.9, min(max(smooth), 4 * min(smooth)) * 1.1)
+  ax.set(xscale="log", xlabel="learning rate", ylabel="loss", title="learning-rate finder")
+  ax.legend(fontsize=8)
+  return _save(fig, path)
+
+
 def confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: str, normalized: str = "") -> str:
   """Counts, or fractions `normalized` by "true" class (rows) or of "all" examples."""
   size = max(4.0, 0.45 * len(class_names) + 2)
