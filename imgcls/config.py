@@ -98,6 +98,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.preprocess_input = True
   c.model.freeze = ""  # "": train all; "all": freeze the backbone; a Keras layer: freeze up to and with it.
   c.model.backbone_learning_rate = 0.0  # Learning rate of the backbone's parameters (0: optimizer's).
+  # Layer-wise learning-rate decay of a Keras backbone (0: off; e.g. 0.75): the top block learns at
+  # layer_decay times the head's rate, each block below it layer_decay times slower again.
+  c.model.layer_decay = 0.0
   c.model.bn_momentum = 0.0  # Backbone BatchNorm momentum, Keras's meaning (0: the model's, e.g. 0.999).
   c.model.bn_epsilon = 0.0  # Backbone BatchNorm epsilon (0: the model's own, 1e-3).
   # How convolutions and BatchNorms are computed: "auto" (on the CPU backend "onednn" where its
@@ -347,6 +350,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.data.batch_size={config.data.batch_size} must be at least 1.")
   if config.model.include_top and (config.model.cut_at or config.model.pooling):
     raise ValueError("config.model.include_top keeps Keras's classifier: leave model.cut_at and model.pooling empty.")
+  if not 0.0 <= config.model.layer_decay <= 1.0:
+    raise ValueError(f"config.model.layer_decay={config.model.layer_decay} must be in [0, 1] (0: off).")
   if config.model.backbone_learning_rate < 0:
     raise ValueError(f"config.model.backbone_learning_rate={config.model.backbone_learning_rate} must be >= 0.")
   if config.data.backend == "tf" and importlib.util.find_spec("tensorflow") is None:

@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 from imgcls import mix as mix_lib
-from imgcls import optim, parallel, steps, train
+from imgcls import models, optim, parallel, steps, train
 from imgcls.data import augment, pipeline, sources
 
 
@@ -79,7 +79,9 @@ def lr_find(config: ml_collections.ConfigDict, workdir: str) -> dict:
   aug = augment.from_config(config.data)
   normalize = augment.make_normalize(config.data, lambda: pipeline.eval_batches(train_split, config.data))
   prepare = steps.make_prepare(aug, normalize, 255.0 * config.data.rescale, config.data.augment_on == "device")
-  train_step = steps.make_train_step(graphdef, tx, optim.update_scales(params, config), step_cfg, prepare, dp.replicated)
+  train_step = steps.make_train_step(
+    graphdef, tx, optim.update_scales(params, config, models.backbone_blocks(model)), step_cfg, prepare, dp.replicated
+  )
   key = jax.random.key(config.seed)
   lrs, losses, smoothed = [], [], []
   average, best, epoch, done = 0.0, math.inf, 0, False

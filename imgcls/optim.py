@@ -44,14 +44,26 @@ def make_optimizer(opt_config: ml_collections.ConfigDict, schedule: optax.Schedu
   return tx
 
 
-def update_scales(params: nnx.State, config: ml_collections.ConfigDict) -> nnx.State:
-  """Per-parameter multipliers of the update: backbone_learning_rate / learning_rate on the backbone."""
+def update_scales(params: nnx.State, config: ml_collections.ConfigDict, blocks: dict[str, int] | None = None) -> nnx.State:
+  """Per-parameter multipliers of the update: backbone_learning_rate / learning_rate on the
+  backbone; with `model.layer_decay` (and the backbone's `blocks`, `KerasNet.blocks`), further
+  layer_decay ** (blocks after this one + 1), as BEiT's and timm's layer-wise decay: the top
+  block learns at layer_decay times the head's rate, the stem slowest."""
   ratio = 1.0
   backbone_lr = config.model.get("backbone_learning_rate", 0.0)
   if backbone_lr:
     ratio = backbone_lr / config.optimizer.learning_rate
+  decay = config.model.get("layer_decay", 0.0)
+  if decay and not blocks:
+    raise ValueError(f"config.model.layer_decay applies to the Keras application backbones, not {config.model.name}.")
+  depth = max(blocks.values()) + 1 if decay else 0
 
   def scale(path, _):
-    return jnp.float32(ratio if getattr(path[0], "key", None) == "backbone" else 1.0)
+    keys = [getattr(p, "key", None) for p in path]
+    if keys[0] != "backbone":
+      return jnp.float32(1.0)
+    if decay and len(keys) > 2 and keys[1] == "layers" and keys[2] in blocks:
+      return jnp.float32(ratio * decay ** (depth - blocks[keys[2]]))
+    return jnp.float32(ratio)
 
   return jax.tree_util.tree_map_with_path(scale, params)

@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 
 from imgcls import checkpoint as ckpt_lib
-from imgcls import feature_cache, optim, parallel, steps
+from imgcls import feature_cache, models, optim, parallel, steps
 from imgcls import metrics as metrics_lib
 from imgcls import mix as mix_lib
 from imgcls.data import augment, pipeline, sources
@@ -305,7 +305,7 @@ def train_stage(
   train_step = steps.make_train_step(
     graphdef,
     tx,
-    optim.update_scales(params, config),
+    optim.update_scales(params, config, models.backbone_blocks(model)),
     dataclasses.replace(step_cfg, on_features=on_features),
     prepare,
     dp.replicated,

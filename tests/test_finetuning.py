@@ -316,3 +316,35 @@ def test_lr_find_mode_writes_curve_and_suggestion(tree, tmp_path):
   assert lrs[0] <= found["suggestions"]["valley"] <= lrs[-1] and "suggested learning rate" in result.stdout
   assert (workdir / "lr_find.png").stat().st_size > 10_000 and not (workdir / "checkpoints").exists()
   assert "Learning-rate finder" in (workdir / "report.html").read_text()
+
+
+def test_layer_decay_slows_each_block_below_the_top(tmp_path):
+  from imgcls import models
+
+  config = tiny_config(
+    tmp_path,
+    **{
+      "model.name": "mobilenet_v2",
+      "model.alpha": 0.35,
+      "data.image_size": (32, 32),
+      "model.pooling": "avg",
+      "model.layer_decay": 0.5,
+      "model.backbone_learning_rate": 1e-4,
+      "optimizer.learning_rate": 1e-3,
+    },
+  )
+  model = steps.create_model(config, 3)
+  params = steps.split_model(model)[2]
+  blocks = models.backbone_blocks(model)
+  scales = optim.update_scales(params, config, blocks)
+  layer = {
+    name: float(scales["backbone"]["layers"][name]["kernel"][...])
+    for name in ("Conv1", "block_1_expand", "block_16_project", "Conv_1")
+  }
+  # Blocks as Keras numbers them: the stem joins block_1, Conv_1 is the top after block_16.
+  assert blocks["Conv1"] == blocks["block_1_expand"] == 0 and blocks["block_16_project"] == 15 and blocks["Conv_1"] == 16
+  assert layer["Conv_1"] == pytest.approx(0.1 * 0.5) and layer["block_16_project"] == pytest.approx(0.1 * 0.5**2)
+  assert layer["Conv1"] == pytest.approx(0.1 * 0.5**17) == layer["block_1_expand"]
+  assert float(scales["head"]["output"]["kernel"][...]) == 1.0
+  with pytest.raises(ValueError, match="layer_decay applies to the Keras"):
+    optim.update_scales(params, tiny_config(tmp_path, **{"model.layer_decay": 0.5}), None)

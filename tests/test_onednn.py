@@ -175,7 +175,8 @@ def test_no_convolution_is_left_to_xla(name):
   assert "ffi_call" in primitives
 
 
-@pytest.mark.parametrize("name", list(FAMILIES))
+# DenseNet, MobileNetV3 and InceptionResNetV2 have no kind of convolution these lack.
+@pytest.mark.parametrize("name", [n for n in FAMILIES if n not in ("densenet121", "mobilenet_v3_small", "inception_resnet_v2")])
 def test_no_convolution_of_the_other_families_is_left_to_xla(name):
   primitives = [eqn.primitive.name for eqn in model_equations(name, FAMILIES[name], "onednn")]
   assert "conv_general_dilated" not in primitives

@@ -254,6 +254,11 @@ def frozen_filter(config: ml_collections.ConfigDict, backbone: nnx.Module):
   return PathPrefixes(tuple(("backbone", *path) for path in backbone.frozen_paths(freeze)))
 
 
+def backbone_blocks(model: Classifier) -> dict[str, int] | None:
+  """The Keras backbone's layer -> block depth (`KerasNet.blocks`), None for the other models."""
+  return model.backbone.blocks() if isinstance(getattr(model, "backbone", None), KerasNet) else None
+
+
 def keras_weights_path(config: ml_collections.ConfigDict) -> str:
   """`config.model.weights` as a file: "imagenet" is Keras's file, from the Keras cache or downloaded."""
   if config.model.weights != "imagenet":

@@ -587,6 +587,27 @@ class KerasNet(nnx.Module):
         del values[name]
     return values[self.output_name]
 
+  def blocks(self) -> dict[str, int]:
+    """Weighted layer name -> its block's depth (0 the stem, ... the last block, then the top):
+    consecutive blocks as Keras's names number them; an unnumbered layer belongs to the next
+    numbered block (a stem, Inception's branches before their `mixed` concatenation), or after
+    the last to the top (e.g. MobileNetV2's Conv_1, EfficientNet's top_conv)."""
+    depth, seen, pending, found = -1, set(), [], {}
+    for name in self.layer_names:
+      key = block_key(name)
+      if key is not None and key not in seen:
+        seen.add(key)
+        depth += 1
+      if key is None:
+        pending.append(name)
+        continue
+      for waiting in pending:
+        found[waiting] = depth
+      pending, found[name] = [], depth
+    for name in pending:
+      found[name] = depth + 1
+    return {name: d for name, d in found.items() if name in self.layers}
+
   def frozen_paths(self, upto: str) -> tuple[tuple[str, ...], ...]:
     """Paths (under this module) of the layers up to and including `upto`, in Keras's order."""
     names = self.layer_names
@@ -595,6 +616,22 @@ class KerasNet(nnx.Module):
       raise ValueError(f"Cannot freeze up to {upto!r}: {self.name} here has no such layer; layers: {', '.join(names)}.")
     upto_index = names.index(upto)
     return tuple(("layers", name) for name in names[: upto_index + 1] if name in self.layers)
+
+
+# The block a Keras layer name belongs to, as the applications number them: ConvNeXt's
+# stage_1_block_0, ResNet's and DenseNet's conv3_block2 (and pool3 transitions), Inception-ResNet's
+# block35_1, EfficientNet's block2a, VGG's and Xception's block3, MobileNetV2's block_6,
+# MobileNetV3's expanded_conv_3, MobileNet's conv_dw_3 / conv_pw_3, Inception's mixed5.
+_BLOCK = re.compile(
+  r"stage_\d+_block_\d+|conv\d+_block\d+|block\d+_\d+|block_?\d+[a-z]?|expanded_conv_\d+|conv_(?:dw|pw|pad)_\d+"
+  r"|mixed_?\d+[a-z]?|pool\d+"
+)
+
+
+def block_key(name: str) -> str | None:
+  """The block of a Keras layer name (`_BLOCK`), or None for a name outside the numbered blocks."""
+  match = _BLOCK.search(name)
+  return re.sub(r"conv_(?:dw|pw|pad)_", "conv_", match.group(0)) if match else None
 
 
 def auto_name_order(name: str) -> tuple[str, int] | None:
