@@ -182,6 +182,8 @@ def read_state(checkpoint_dir: str) -> dict:
   first device, whatever devices and processes saved it."""
   state_dir = os.path.join(checkpoint_dir, "state")
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)  # Orbax warns that the state folder has no metadata file of its own.
   try:
     with ocp.StandardCheckpointer() as checkpointer:
       metadata = checkpointer.metadata(state_dir)
@@ -196,6 +198,8 @@ def read_state(checkpoint_dir: str) -> dict:
       f"Cannot read the checkpoint {checkpoint_dir}; its files may be damaged ({_first_line(e)}). "
       "Pick another one with --step or --checkpoint."
     ) from e
+  finally:
+    logging.set_verbosity(verbosity)
 
 
 def read_meta(checkpoint_dir: str) -> RunMeta:

@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterable, Sequence
 
 import jax.numpy as jnp
 import ml_collections
-from absl import logging
 from flax import nnx
 
 from imgcls import checkpoint as ckpt_lib
@@ -170,12 +169,7 @@ def load(config: ml_collections.ConfigDict, workdir: str, checkpoint: str | None
   state = steps.TrainState(
     step=jnp.zeros((), jnp.int32), params=params, frozen=frozen, stats=stats, opt_state=None, epoch_sums={}, window_sums={}
   )
-  verbosity = logging.get_verbosity()
-  logging.set_verbosity(logging.ERROR)  # Orbax warns that the state folder has no metadata file of its own.
-  try:
-    state = ckpt_lib.load_weights(state, folder)
-  finally:
-    logging.set_verbosity(verbosity)
+  state = ckpt_lib.load_weights(state, folder)
   model = nnx.merge(eval_graphdef, state.params, state.frozen, state.stats)
 
   def missing_stats():

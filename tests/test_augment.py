@@ -160,3 +160,56 @@ def test_host_augmentation_differs_per_epoch_and_repeats_per_seed(tree):
   first = lambda epoch: grain_pipeline.train_dataset(split, spec, 4, 7, epoch, shuffle=False, host_augment=aug)[0]["image"]
   np.testing.assert_array_equal(first(0), first(0))
   assert not np.allclose(first(0), first(1))
+
+
+def test_random_resized_crop_is_pil_resize_of_the_box():
+  """A crop smaller than the output is upsampled as PIL's bilinear `resize(box=...)` does it."""
+  from PIL import Image
+
+  aug = augment.parse("random_resized_crop(0.2, 0.5)")
+  x = image(4, (20, 24, 3))
+  rng = np.random.default_rng(0)
+  for _ in range(5):
+    p = {k: np.asarray(v) for k, v in augment.sample(aug, lambda low, high: rng.uniform(low, high), 20, 24).items()}
+    top, left, h, w = (float(p[k]) * s for k, s in zip(("crop_top", "crop_left", "crop_height", "crop_width"), (20, 24, 20, 24)))
+    assert 0.2 * 480 - 30 <= h * w <= 0.5 * 480 + 30 and 3 / 4 - 0.2 <= w / h <= 4 / 3 + 0.2  # Rounded to pixels.
+    ours = augment.transform_host(aug, x, p, 1.0)
+    box = (left, top, left + w, top + h)
+    theirs = np.stack(
+      [np.asarray(Image.fromarray(x[:, :, c], mode="F").resize((24, 20), Image.BILINEAR, box=box)) for c in range(3)], -1
+    )
+    inner = (slice(1, -1), slice(1, -1))  # PIL's border pixels clamp their taps differently.
+    np.testing.assert_allclose(ours[inner], theirs[inner], atol=1e-4)
+
+
+def test_random_resized_crop_samples_as_torchvision():
+  """torchvision's get_params: area fraction and log-ratio uniform, first of 10 tries that fits."""
+  aug = augment.parse("random_resized_crop")
+  assert aug.resized_crop == pytest.approx((0.08, 1.0, 3 / 4, 4 / 3))
+  p = augment.sample_device(aug, jax.random.key(0), 4000, 64, 64)
+  area = np.asarray(p["crop_height"] * p["crop_width"])
+  ratio = np.asarray(p["crop_width"] / p["crop_height"])
+  top, left = np.asarray(p["crop_top"]), np.asarray(p["crop_left"])
+  assert np.all(area <= 1.0) and np.all(top >= 0) and np.all(top + np.asarray(p["crop_height"]) <= 1 + 1e-6)
+  assert np.all(left + np.asarray(p["crop_width"]) <= 1 + 1e-6)
+  assert 0.45 < np.median(area) < 0.6 and np.all((ratio > 0.7) & (ratio < 1.45))
+  assert len(np.unique(np.round(area * 4096))) > 100
+
+
+@pytest.mark.parametrize("where", ["device", "host"])
+def test_random_erasing_sets_one_rectangle_to_the_mean_colour(where):
+  aug = augment.parse("random_erasing(1.0)")
+  assert aug.erasing == pytest.approx((1.0, 0.02, 1 / 3, 0.3, 3.3))
+  x = image(5, (32, 32, 3))
+  if where == "device":
+    out = np.asarray(augment.apply_device(aug, jnp.asarray(x[None].repeat(8, 0)), jax.random.key(2), 1.0))
+  else:
+    out = np.stack([augment.apply_host(aug, x, np.random.default_rng(s), 1.0) for s in range(8)])
+  for y in out:
+    changed = np.any(y != x, axis=-1)
+    rows, cols = np.nonzero(changed)
+    assert changed.any() and changed[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].all()
+    assert 0.02 * 1024 - 70 <= changed.sum() <= 1024 / 3 + 70
+    np.testing.assert_allclose(y[changed], np.broadcast_to(x.mean(axis=(0, 1)), y[changed].shape), atol=1e-6)
+  kept = augment.apply_device(augment.parse("random_erasing(0.0)"), jnp.asarray(x[None]), jax.random.key(2), 1.0)
+  np.testing.assert_array_equal(np.asarray(kept)[0], x)

@@ -10,6 +10,14 @@
   zoom(r) / zoom(lo, hi)   independent x/y scale in [1-r, 1+r] (or [lo, hi]); > 1 zooms out
   brightness(lo, hi)       multiply by a factor in [lo, hi], clip to the pixel range
   channel_shift(i)         add a value in [-i, i] (pixel units, 0-255) to every channel
+  random_resized_crop(s0, s1, r0, r1)
+                           torchvision's RandomResizedCrop: a crop of area fraction in [s0, s1]
+                           (default 0.08, 1) and aspect ratio in [r0, r1] (3/4, 4/3), resized
+                           back to the image size (of the pipeline's resized image)
+  random_erasing(p, s0, s1, r0, r1)
+                           torchvision's RandomErasing: with probability p a rectangle of area
+                           fraction [s0, s1] (0.02, 1/3) and ratio [r0, r1] (0.3, 3.3) is set to
+                           the image's mean colour (0 after normalisation, as torchvision's value=0)
   one_of(op, op, ...)      one of the ops per image, uniformly (`none`: unchanged; flips always
                            flip), e.g. the cats-vs-dogs tutorial's "one_of(flip_lr, flip_ud, rotate(30), none, none)";
                            the only op of its spec
@@ -31,7 +39,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-OPS = ("flip_lr", "flip_ud", "rotate", "shift", "shear", "zoom", "brightness", "channel_shift", "one_of")
+OPS = (
+  "flip_lr",
+  "flip_ud",
+  "rotate",
+  "shift",
+  "shear",
+  "zoom",
+  "brightness",
+  "channel_shift",
+  "random_resized_crop",
+  "random_erasing",
+  "one_of",
+)
+_ATTEMPTS = 10  # torchvision's tries at a crop or erased box that fits, before its fallback.
 _SCIPY_MODES = {"nearest": "nearest", "constant": "grid-constant", "reflect": "reflect", "wrap": "grid-wrap"}
 
 
@@ -47,6 +68,8 @@ class Augment:
   zoom: tuple[float, float] = (1.0, 1.0)
   brightness: tuple[float, float] | None = None
   channel_shift: float = 0.0
+  resized_crop: tuple[float, float, float, float] | None = None  # Area fraction and aspect ratio ranges.
+  erasing: tuple[float, float, float, float, float] | None = None  # Probability, area and ratio ranges.
   fill_mode: str = "nearest"
   fill_value: float = 0.0
   flip_probability: float = 0.5
@@ -58,7 +81,7 @@ class Augment:
 
   @property
   def geometric(self) -> bool:
-    own = bool(self.rotate or any(self.shift) or self.shear or self.zoom != (1.0, 1.0))
+    own = bool(self.rotate or any(self.shift) or self.shear or self.zoom != (1.0, 1.0) or self.resized_crop)
     return own or any(a.geometric for a in self.one_of)
 
 
@@ -112,6 +135,10 @@ def parse(spec: str, fill_mode: str = "nearest", fill_value: float = 0.0) -> Aug
       fields[name] = (1 - args[0], 1 + args[0]) if len(args) == 1 else args
     elif name == "brightness" and len(args) == 2:
       fields[name] = args
+    elif name == "random_resized_crop" and len(args) in (0, 2, 4) and all(a > 0 for a in args):
+      fields["resized_crop"] = (*(args[:2] or (0.08, 1.0)), *(args[2:] or (3 / 4, 4 / 3)))
+    elif name == "random_erasing" and len(args) in (1, 3, 5) and 0 <= args[0] <= 1:
+      fields["erasing"] = (args[0], *(args[1:3] or (0.02, 1 / 3)), *(args[3:] or (0.3, 3.3)))
     else:
       raise ValueError(f"Wrong arguments for {part!r} in data.augment; see imgcls/data/augment.py.")
   return Augment(**fields)
@@ -125,16 +152,17 @@ def from_config(data_config) -> Augment:
 # Random parameters and the affine map (numpy or jax: `xp`).
 
 
-def sample(aug: Augment, uniform, height: int, width: int, xp=np) -> dict:
-  """Transform parameters from `uniform(low, high)` (np or jax, `xp`), one value per image."""
+def sample(aug: Augment, uniform, height: int, width: int, xp=np, boxes=None) -> dict:
+  """Transform parameters from `uniform(low, high)` (np or jax, `xp`), one value per image; the
+  random crop and erased rectangle from `boxes` (another such function; default `uniform`)."""
   if aug.one_of:
     choice = xp.floor(uniform(0.0, float(len(aug.one_of))))
-    drawn = [sample(a, uniform, height, width, xp) for a in aug.one_of]
+    drawn = [sample(a, uniform, height, width, xp, boxes) for a in aug.one_of]
     params = drawn[-1]
     for i in reversed(range(len(drawn) - 1)):
       params = {key: xp.where(choice == i, drawn[i][key], value) for key, value in params.items()}
     return params
-  return {
+  params = {
     "theta": uniform(-aug.rotate, aug.rotate),
     # In Keras's matrix (rows and columns swapped at the end) tx moves columns, ty rows.
     "tx": uniform(-aug.shift[0], aug.shift[0]) * (width if aug.shift[0] < 1 else 1),
@@ -147,6 +175,56 @@ def sample(aug: Augment, uniform, height: int, width: int, xp=np) -> dict:
     "brightness": uniform(*aug.brightness) if aug.brightness else uniform(1.0, 1.0),
     "channel_shift": uniform(-aug.channel_shift, aug.channel_shift),
   }
+  boxes = boxes or uniform
+  one = xp.ones_like(params["theta"])
+  crop = {"top": 0 * one, "left": 0 * one, "height": one, "width": one}  # Fractions of the image: all of it.
+  if aug.resized_crop:
+    box = _box(boxes, height, width, *aug.resized_crop, xp, fits=_crop_fits)
+    crop = {k: v / (height if k in ("top", "height") else width) for k, v in box.items()}
+  erase = {"top": 0 * one, "left": 0 * one, "height": 0 * one, "width": 0 * one}  # Empty: nothing erased.
+  if aug.erasing:
+    erase_on = boxes(0.0, 1.0) < aug.erasing[0]
+    erase = {k: xp.where(erase_on, v, 0.0) for k, v in _box(boxes, height, width, *aug.erasing[1:], xp, fits=_erase_fits).items()}
+  params.update({f"crop_{k}": v for k, v in crop.items()})
+  params.update({f"erase_{k}": v for k, v in erase.items()})
+  return params
+
+
+def _crop_fits(h, w, height, width):
+  return (h > 0) & (w > 0) & (h <= height) & (w <= width)
+
+
+def _erase_fits(h, w, height, width):
+  return (h > 0) & (w > 0) & (h < height) & (w < width)
+
+
+def _box(uniform, height: int, width: int, s0: float, s1: float, r0: float, r1: float, xp, fits) -> dict:
+  """torchvision's RandomResizedCrop.get_params / RandomErasing.get_params, batched: up to
+  `_ATTEMPTS` boxes of area fraction [s0, s1] and aspect (width / height) ratio [r0, r1] at a random
+  place; the first that fits, else the whole image for a crop (clamped to the ratio range, centred)
+  and nothing for erasing. {"top", "left", "height", "width"} in pixels."""
+  area = height * width
+  found = None
+  for _ in range(_ATTEMPTS):
+    target = area * uniform(s0, s1)
+    aspect = xp.exp(uniform(float(np.log(r0)), float(np.log(r1))))
+    h, w = xp.round(xp.sqrt(target / aspect)), xp.round(xp.sqrt(target * aspect))
+    top = xp.floor(uniform(0.0, 1.0) * (height - h + 1))
+    left = xp.floor(uniform(0.0, 1.0) * (width - w + 1))
+    ok = fits(h, w, height, width)
+    box = {"top": top, "left": left, "height": h, "width": w}
+    if found is None:
+      found, any_ok = {k: xp.where(ok, v, np.nan) for k, v in box.items()}, ok
+    else:
+      found = {k: xp.where(~any_ok & ok, box[k], found[k]) for k in found}
+      any_ok = any_ok | ok
+  if fits is _erase_fits:
+    return {k: xp.where(any_ok, v, 0.0) for k, v in found.items()}
+  in_ratio = width / height  # torchvision's fallback: a central crop within the ratio range.
+  w = float(width) if r0 <= in_ratio <= r1 else (float(width) if in_ratio < r0 else float(round(height * r1)))
+  h = float(height) if r0 <= in_ratio <= r1 else (float(round(width / r0)) if in_ratio < r0 else float(height))
+  fallback = {"top": (height - h) // 2, "left": (width - w) // 2, "height": h, "width": w}
+  return {k: xp.where(any_ok, v, fallback[k]) for k, v in found.items()}
 
 
 def affine_matrix(p: dict, height: int, width: int, xp=np):
@@ -167,7 +245,13 @@ def affine_matrix(p: dict, height: int, width: int, xp=np):
   from_center = mat([[one, zero, -ox * one], [zero, one, -oy * one], [zero, zero, one]])
   matrix = to_center @ rotation @ shift @ shearing @ zoom @ from_center
   swap = xp.asarray([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], dtype=matrix.dtype)
-  return swap @ matrix @ swap
+  matrix = swap @ matrix @ swap
+  if "crop_height" not in p:
+    return matrix
+  # The random resized crop last: output pixel centres spread over the crop box of the input.
+  sy, sx = p["crop_height"], p["crop_width"]  # Fractions of the image's height and width.
+  ty, tx = p["crop_top"] * height + 0.5 * sy - 0.5, p["crop_left"] * width + 0.5 * sx - 0.5
+  return mat([[sy * one, zero, ty * one], [zero, sx * one, tx * one], [zero, zero, one]]) @ matrix
 
 
 def _photometric(x, p, pixel_max, xp):
@@ -176,7 +260,14 @@ def _photometric(x, p, pixel_max, xp):
   x = xp.clip(x + p["channel_shift"] * (pixel_max / 255.0), low, high)
   x = xp.where(p["flip_lr"], x[:, ::-1], x)
   x = xp.where(p["flip_ud"], x[::-1], x)
-  return xp.clip(x * p["brightness"], 0.0, pixel_max)
+  x = xp.clip(x * p["brightness"], 0.0, pixel_max)
+  if "erase_height" not in p:
+    return x
+  rows = xp.arange(x.shape[0])[:, None, None]
+  cols = xp.arange(x.shape[1])[None, :, None]
+  top, left = p["erase_top"], p["erase_left"]
+  box = (rows >= top) & (rows < top + p["erase_height"]) & (cols >= left) & (cols < left + p["erase_width"])
+  return xp.where(box, x.mean(axis=(0, 1), keepdims=True), x)  # An empty box (no erasing) changes nothing.
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,11 +286,16 @@ def apply_device(aug: Augment, images: jax.Array, key: jax.Array, pixel_max: flo
 def sample_device(aug: Augment, key: jax.Array, n: int, height: int, width: int) -> dict:
   """The random parameters `apply_device` draws from `key` for a batch of `n` images."""
   keys = iter(jax.random.split(key, 10 * max(len(aug.one_of), 1) + bool(aug.one_of)))
+  # The crops and erased boxes draw from their own keys: the other ops' draws stay as they were.
+  box_keys = iter(jax.random.split(jax.random.fold_in(key, 7), (8 * _ATTEMPTS + 1) * max(len(aug.one_of), 1)))
 
   def uniform(low, high):
     return jax.random.uniform(next(keys), (n,), minval=low, maxval=high)
 
-  return sample(aug, uniform, height, width, jnp)
+  def boxes(low, high):
+    return jax.random.uniform(next(box_keys), (n,), minval=low, maxval=high)
+
+  return sample(aug, uniform, height, width, jnp, boxes)
 
 
 def transform_device(aug: Augment, x: jax.Array, p: dict, pixel_max: float) -> jax.Array:
