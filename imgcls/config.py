@@ -101,6 +101,10 @@ def default_config() -> ml_collections.ConfigDict:
   # Layer-wise learning-rate decay of a Keras backbone (0: off; e.g. 0.75): the top block learns at
   # layer_decay times the head's rate, each block below it layer_decay times slower again.
   c.model.layer_decay = 0.0
+  # Backbone BatchNorms in inference mode while the backbone trains (ImageNet's moving statistics
+  # used and kept, scale and offset trained), as Keras's fine-tuning guide calls
+  # base_model(inputs, training=False) after unfreezing: small batches keep ImageNet's statistics.
+  c.model.bn_inference = False
   c.model.bn_momentum = 0.0  # Backbone BatchNorm momentum, Keras's meaning (0: the model's, e.g. 0.999).
   c.model.bn_epsilon = 0.0  # Backbone BatchNorm epsilon (0: the model's own, 1e-3).
   # How convolutions and BatchNorms are computed: "auto" (on the CPU backend "onednn" where its

@@ -19,6 +19,7 @@ OUTPUTS = {
   "pollen_tuned": 1,
   "flowers": 17,
   "flowers_mobilenet": 17,
+  "flowers_mobilenet_tuned": 17,
   "flowers_transfer": 17,
   "covid": 2,
   "imagenet": 1000,

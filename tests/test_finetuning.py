@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import tiny_config
+from flax import nnx
 
 from imgcls import checkpoint as ckpt_lib
 from imgcls import metrics, mix, optim, restore, steps, train
@@ -348,3 +349,26 @@ def test_layer_decay_slows_each_block_below_the_top(tmp_path):
   assert float(scales["head"]["output"]["kernel"][...]) == 1.0
   with pytest.raises(ValueError, match="layer_decay applies to the Keras"):
     optim.update_scales(params, tiny_config(tmp_path, **{"model.layer_decay": 0.5}), None)
+
+
+def test_bn_inference_trains_the_backbone_with_its_moving_statistics_kept(tmp_path):
+  config = tiny_config(
+    tmp_path,
+    **{
+      "model.name": "mobilenet_v2",
+      "model.alpha": 0.35,
+      "data.image_size": (32, 32),
+      "model.pooling": "avg",
+      "model.bn_inference": True,
+      "model.head.dropout": 0.0,
+    },
+  )
+  model = steps.create_model(config, 3)
+  batch_norms = [m for path, m in nnx.iter_modules(model.backbone) if type(m).__name__ == "BatchNorm"]
+  assert batch_norms and all(m.use_running_average for m in batch_norms)
+  start_params, start_stats = jax.tree.map(np.asarray, steps.split_model(model)[2:5:2])
+  state, _ = one_step(config, batch_of(8, size=32), steps.StepConfig(3, 0.5, 0.0, ()))
+  same = jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), b), state.stats, start_stats)
+  assert all(jax.tree.leaves(same))  # Moving statistics untouched...
+  moved = jax.tree.map(lambda a, b: np.abs(np.asarray(a) - b).max(), state.params["backbone"], start_params["backbone"])
+  assert max(jax.tree.leaves(moved)) > 0  # ...while the backbone's weights train.

@@ -179,7 +179,16 @@ def as_floating(images: jax.Array) -> jax.Array:
 class Classifier(nnx.Module):
   """A backbone followed by a head; the backbone's preprocessing is part of the model."""
 
-  def __init__(self, backbone: nnx.Module, head: Head, *, pixel_scale: float = 1.0, frozen=NOTHING, keras_top: str = ""):
+  def __init__(
+    self,
+    backbone: nnx.Module,
+    head: Head,
+    *,
+    pixel_scale: float = 1.0,
+    frozen=NOTHING,
+    keras_top: str = "",
+    bn_inference: bool = False,
+  ):
     self.backbone = backbone
     self.head = head
     self.pixel_scale = float(pixel_scale)
@@ -187,16 +196,19 @@ class Classifier(nnx.Module):
     # With include_top, the Keras layer the head's output layer is (`predictions`, ...): its weights
     # load with the backbone's. "" otherwise.
     self.keras_top = keras_top
+    self.bn_inference = bn_inference  # Every backbone BatchNorm in inference mode, trained or not.
 
   def train(self, **attributes):
     """Training mode, except for frozen BatchNorm layers: like Keras's trainable=False, they normalise
     with their moving statistics and leave them unchanged. A wholly frozen backbone runs in
     inference mode (its dropout and stochastic depth off too), as Keras's transfer-learning
-    recipe calls it: `base_model(inputs, training=False)`."""
+    recipe calls it: `base_model(inputs, training=False)`. With `bn_inference`
+    (`model.bn_inference`) every backbone BatchNorm does so, its scale and offset still trained."""
     super().train(**attributes)
     frozen = {tuple(path) for path, _ in nnx.to_flat_state(nnx.state(self, nnx.All(nnx.Param, self.frozen)))}
     for path, module in nnx.iter_modules(self):
-      if isinstance(module, nnx.BatchNorm) and any(p[: len(path)] == tuple(path) for p in frozen):
+      in_backbone = self.bn_inference and tuple(path)[:1] == ("backbone",)
+      if isinstance(module, nnx.BatchNorm) and (in_backbone or any(p[: len(path)] == tuple(path) for p in frozen)):
         module.use_running_average = True
     if self.backbone_frozen():
       for _, module in nnx.iter_modules(self.backbone):
@@ -328,6 +340,7 @@ def build_model(config: ml_collections.ConfigDict, num_outputs: int, *, rngs: nn
     pixel_scale=config.data.rescale,
     frozen=frozen_filter(config, backbone),
     keras_top=keras_classifier(config) if m.include_top else "",
+    bn_inference=m.bn_inference,
   )
   if m.weights and load_weights:
     load_keras_weights(model, keras_weights_path(config))
