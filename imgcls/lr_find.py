@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 from imgcls import mix as mix_lib
-from imgcls import models, optim, parallel, steps, train
+from imgcls import models, optim, parallel, steps
 from imgcls.data import augment, pipeline, sources
 
 
@@ -55,17 +55,17 @@ def suggestions(lrs: np.ndarray, smoothed: np.ndarray) -> dict[str, float]:
 def lr_find(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs the finder (see the module docstring) and returns what `lr_find.json` holds."""
   finder = config.lr_find
-  config = train.monitor_training_metrics(config)[0]
+  config = steps.monitor_training_metrics(config)[0]
   splits = sources.find_splits(config.data, config.seed)
   train_split = splits["train"]
   num_classes = len(train_split.class_names)
   dp = parallel.DataParallel()
-  batch_size, shard, _ = train.process_batches(config, len(train_split), dp)
+  batch_size, shard, _ = steps.process_batches(config, len(train_split), dp)
   step_cfg = steps.StepConfig(
     num_classes,
     config.train.threshold,
     config.loss.label_smoothing,
-    train.class_weights(config, train_split),
+    steps.class_weights(config, train_split),
     config.dtype,
     mix=mix_lib.from_config(config.train),
     accumulate_steps=config.train.accumulate_steps,

@@ -1,6 +1,6 @@
 """What training and inference share: the state, building and splitting the model, the jitted
 train and eval steps, casting to the compute dtype, and preparing inputs (augmentation on the
-device, normalisation). `train.py` runs the loop on top of it; `restore.py`, `evaluate.py`,
+device, normalisation). `train.py` runs the loop on top of it (and `lr_find.py` a short one); `restore.py`, `evaluate.py`,
 `features.py`, `feature_cache.py` and `bench/` use it without the loop.
 """
 
@@ -13,12 +13,13 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax import nnx
 
-from imgcls import metrics, models
+from imgcls import metrics, models, parallel
 from imgcls import mix as mix_lib
-from imgcls.data import augment
+from imgcls.data import augment, sources
 
 
 @flax.struct.dataclass
@@ -265,3 +266,50 @@ def make_eval_step(
     return forward(compute_cast(prepare(images, None), dtype)).astype(jnp.float32)
 
   return eval_step
+
+
+# ---------------------------------------------------------------------------------------------
+# What a training run derives from its config and data (train.py and lr_find.py).
+
+
+def class_weights(config: ml_collections.ConfigDict, train: sources.Split) -> tuple[float, ...]:
+  num_classes = len(train.class_names)
+  if config.loss.balanced:
+    counts = np.maximum(train.class_counts(), 1)
+    return tuple(float(len(train) / (num_classes * c)) for c in counts)
+  weights = tuple(float(w) for w in config.loss.class_weights)
+  if weights and len(weights) != num_classes:
+    raise ValueError(f"config.loss.class_weights has {len(weights)} values for {num_classes} classes {train.class_names}.")
+  return weights
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop.
+
+
+def process_batches(
+  config: ml_collections.ConfigDict, train_size: int, dp: parallel.DataParallel
+) -> tuple[int, tuple[int, int], int]:
+  """(this process's share of every batch, its shard, steps per epoch). A last partial batch that
+  does not split evenly over the devices is left out."""
+  if config.data.batch_size % dp.devices:
+    raise ValueError(f"config.data.batch_size={config.data.batch_size} must be a multiple of the {dp.devices} devices.")
+  batch_size = config.data.batch_size // dp.processes
+  per_process = train_size // dp.processes
+  last = per_process % batch_size
+  steps_per_epoch = per_process // batch_size + (1 if last and dp.fits(last) else 0)
+  return batch_size, (jax.process_index(), dp.processes), steps_per_epoch
+
+
+def monitor_training_metrics(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, list[str]]:
+  """For a run without a validation split: a copy of `config` whose monitors of val_ metrics
+  watch the train_ ones, and notes saying so."""
+  config, notes = config.copy_and_resolve_references(), []
+  for section in ("checkpoint", "reduce_on_plateau", "early_stopping"):
+    name = config[section].monitor
+    if name.startswith("val_"):
+      with config.unlocked():
+        config[section].monitor = "train_" + name.removeprefix("val_")
+      if config[section].get("enabled", True):
+        notes.append(f"No validation split: {section}.monitor watches {config[section].monitor} instead of {name}.")
+  return config, notes

@@ -150,21 +150,6 @@ class Callbacks:
 # Building the state.
 
 
-def class_weights(config: ml_collections.ConfigDict, train: sources.Split) -> tuple[float, ...]:
-  num_classes = len(train.class_names)
-  if config.loss.balanced:
-    counts = np.maximum(train.class_counts(), 1)
-    return tuple(float(len(train) / (num_classes * c)) for c in counts)
-  weights = tuple(float(w) for w in config.loss.class_weights)
-  if weights and len(weights) != num_classes:
-    raise ValueError(f"config.loss.class_weights has {len(weights)} values for {num_classes} classes {train.class_names}.")
-  return weights
-
-
-# ---------------------------------------------------------------------------------------------
-# The loop.
-
-
 def check_workdir_outside_data(workdir: str, data_config: ml_collections.ConfigDict) -> None:
   """Fails if the run would write into its own image folders (its outputs would be read as classes)."""
   folder = data_config.dir
@@ -231,19 +216,19 @@ def train_stage(
   train_split, val_split = splits["train"], splits.get("val")
   monitor_notes = []
   if val_split is None:
-    config, monitor_notes = monitor_training_metrics(config)
-    run_config = monitor_training_metrics(run_config)[0]
+    config, monitor_notes = steps.monitor_training_metrics(config)
+    run_config = steps.monitor_training_metrics(run_config)[0]
   class_names = train_split.class_names
   num_classes = len(class_names)
   dp = parallel.DataParallel()
-  batch_size, shard, steps_per_epoch = process_batches(config, len(train_split), dp)
+  batch_size, shard, steps_per_epoch = steps.process_batches(config, len(train_split), dp)
   epochs = config.train.epochs
   first_epoch = run_config.train.frozen_epochs if stage else 0  # Where this stage's schedule starts.
   step_cfg = StepConfig(
     num_classes,
     config.train.threshold,
     config.loss.label_smoothing,
-    class_weights(config, train_split),
+    steps.class_weights(config, train_split),
     config.dtype,
     mix=mix_lib.from_config(config.train),
     accumulate_steps=config.train.accumulate_steps,
@@ -408,20 +393,6 @@ def train_stage(
   return summary
 
 
-def process_batches(
-  config: ml_collections.ConfigDict, train_size: int, dp: parallel.DataParallel
-) -> tuple[int, tuple[int, int], int]:
-  """(this process's share of every batch, its shard, steps per epoch). A last partial batch that
-  does not split evenly over the devices is left out."""
-  if config.data.batch_size % dp.devices:
-    raise ValueError(f"config.data.batch_size={config.data.batch_size} must be a multiple of the {dp.devices} devices.")
-  batch_size = config.data.batch_size // dp.processes
-  per_process = train_size // dp.processes
-  last = per_process % batch_size
-  steps_per_epoch = per_process // batch_size + (1 if last and dp.fits(last) else 0)
-  return batch_size, (jax.process_index(), dp.processes), steps_per_epoch
-
-
 def cache_backbone_features(
   config, model, state, eval_graphdef, prepare, train_split, val_split, dp, log
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -465,20 +436,6 @@ def enable_compile_cache(setting: str) -> None:
 
   jax.config.update("jax_compilation_cache_dir", setting or os.path.join(cache_dir(), "jax"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-
-
-def monitor_training_metrics(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, list[str]]:
-  """For a run without a validation split: a copy of `config` whose monitors of val_ metrics
-  watch the train_ ones, and notes saying so."""
-  config, notes = config.copy_and_resolve_references(), []
-  for section in ("checkpoint", "reduce_on_plateau", "early_stopping"):
-    name = config[section].monitor
-    if name.startswith("val_"):
-      with config.unlocked():
-        config[section].monitor = "train_" + name.removeprefix("val_")
-      if config[section].get("enabled", True):
-        notes.append(f"No validation split: {section}.monitor watches {config[section].monitor} instead of {name}.")
-  return config, notes
 
 
 def _monitored(record: dict, name: str) -> float:

@@ -13,7 +13,7 @@ import pytest
 from conftest import POLLEN, needs, tiny_config, write_tree
 
 from imgcls import checkpoint as ckpt_lib
-from imgcls import optim, train
+from imgcls import optim, steps, train
 
 
 @pytest.fixture(scope="session")
@@ -125,13 +125,13 @@ def test_class_weights_balanced_and_checked(tree):
   config = tiny_config(tree)
   split = train.sources.find_splits(config.data, 0)["train"]
   config.loss.balanced = True
-  weights = train.class_weights(config, split)
+  weights = steps.class_weights(config, split)
   counts = split.class_counts()
   np.testing.assert_allclose(np.array(weights) * counts, len(split) / 3)
   config.loss.balanced = False
   config.loss.class_weights = (1.0, 2.0)
   with pytest.raises(ValueError, match="2 values for 3 classes"):
-    train.class_weights(config, split)
+    steps.class_weights(config, split)
 
 
 class _Model:
