@@ -147,7 +147,7 @@ class Callbacks:
 
 
 # ---------------------------------------------------------------------------------------------
-# Building the state.
+# The loop.
 
 
 def check_workdir_outside_data(workdir: str, data_config: ml_collections.ConfigDict) -> None:
