@@ -273,6 +273,7 @@ def make_eval_step(
 
 
 def class_weights(config: ml_collections.ConfigDict, train: sources.Split) -> tuple[float, ...]:
+  """Per-class loss weights: `loss.balanced`'s n / (classes * count), else `loss.class_weights`."""
   num_classes = len(train.class_names)
   if config.loss.balanced:
     counts = np.maximum(train.class_counts(), 1)
@@ -281,10 +282,6 @@ def class_weights(config: ml_collections.ConfigDict, train: sources.Split) -> tu
   if weights and len(weights) != num_classes:
     raise ValueError(f"config.loss.class_weights has {len(weights)} values for {num_classes} classes {train.class_names}.")
   return weights
-
-
-# ---------------------------------------------------------------------------------------------
-# The loop.
 
 
 def process_batches(
