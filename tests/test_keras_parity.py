@@ -262,8 +262,6 @@ VARIANTS = {  # Variants not in CASES with their own block tables or options (be
   # every variant's probabilities, the deepest and widest included): name -> Keras's.
   "resnet101": "ResNet101",
   "resnet101_v2": "ResNet101V2",
-  "efficientnet_b3": "EfficientNetB3",  # Width 1.2, depth 1.4: the roundings of filters and repeats.
-  "efficientnet_v2_s": "EfficientNetV2S",  # S, M and L: a block table each; S's here.
   "mobilenet": "MobileNet",
   "mobilenet_v3_large": "MobileNetV3Large",
   "mobilenet_v3_small_minimalistic": ("MobileNetV3Small", {"minimalistic": True}),
