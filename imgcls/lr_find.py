@@ -12,6 +12,7 @@ The suggestion is fastai's "valley" (the middle of the longest descending stretc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -22,7 +23,6 @@ import ml_collections
 import numpy as np
 import optax
 
-from imgcls import mix as mix_lib
 from imgcls import models, optim, parallel, steps
 from imgcls.data import augment, pipeline, sources
 
@@ -61,15 +61,7 @@ def lr_find(config: ml_collections.ConfigDict, workdir: str) -> dict:
   num_classes = len(train_split.class_names)
   dp = parallel.DataParallel()
   batch_size, shard, _ = steps.process_batches(config, len(train_split), dp)
-  step_cfg = steps.StepConfig(
-    num_classes,
-    config.train.threshold,
-    config.loss.label_smoothing,
-    steps.class_weights(config, train_split),
-    config.dtype,
-    mix=mix_lib.from_config(config.train),
-    accumulate_steps=config.train.accumulate_steps,
-  )
+  step_cfg = dataclasses.replace(steps.step_config(config, train_split), ema_decay=0.0)  # No averages: a throwaway run.
   model = steps.create_model(config, num_classes)
   graphdef, _, params, frozen, stats = steps.split_model(model)
   ratio = (finder.end / finder.start) ** (1 / max(finder.steps - 1, 1))

@@ -272,6 +272,21 @@ def make_eval_step(
 # What a training run derives from its config and data (train.py and lr_find.py).
 
 
+def step_config(config: ml_collections.ConfigDict, train: sources.Split) -> StepConfig:
+  """The train step's settings from the config and the training split."""
+  return StepConfig(
+    len(train.class_names),
+    config.train.threshold,
+    config.loss.label_smoothing,
+    class_weights(config, train),
+    config.dtype,
+    mix=mix_lib.from_config(config.train),
+    accumulate_steps=config.train.accumulate_steps,
+    ema_decay=config.train.ema_decay,
+    ema_warmup=config.train.ema_warmup,
+  )
+
+
 def class_weights(config: ml_collections.ConfigDict, train: sources.Split) -> tuple[float, ...]:
   """Per-class loss weights: `loss.balanced`'s n / (classes * count), else `loss.class_weights`."""
   num_classes = len(train.class_names)

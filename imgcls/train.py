@@ -23,11 +23,10 @@ import numpy as np
 from imgcls import checkpoint as ckpt_lib
 from imgcls import feature_cache, models, optim, parallel, steps
 from imgcls import metrics as metrics_lib
-from imgcls import mix as mix_lib
 from imgcls.data import augment, pipeline, sources
 from imgcls.logs import RunLog
 from imgcls.predict import predict_split
-from imgcls.steps import StepConfig, TrainState
+from imgcls.steps import TrainState
 
 
 class TrainingDiverged(RuntimeError):
@@ -224,17 +223,7 @@ def train_stage(
   batch_size, shard, steps_per_epoch = steps.process_batches(config, len(train_split), dp)
   epochs = config.train.epochs
   first_epoch = run_config.train.frozen_epochs if stage else 0  # Where this stage's schedule starts.
-  step_cfg = StepConfig(
-    num_classes,
-    config.train.threshold,
-    config.loss.label_smoothing,
-    steps.class_weights(config, train_split),
-    config.dtype,
-    mix=mix_lib.from_config(config.train),
-    accumulate_steps=config.train.accumulate_steps,
-    ema_decay=config.train.ema_decay,
-    ema_warmup=config.train.ema_warmup,
-  )
+  step_cfg = steps.step_config(config, train_split)
 
   model = steps.create_model(config, num_classes)
   graphdef, eval_graphdef, params, frozen, stats = steps.split_model(model)
