@@ -1,7 +1,8 @@
 # Two commands set up everything on a fresh machine with only Python 3.11+:
 #   make demo   trains the embedded default (scikit-learn's digits as an image folder)
 #   make test   checks the formatting and lint (ruff), then runs the test suite (with the tf and
-#               export extras, so the tf.data backend and every export format are tested too);
+#               export extras, so the tf.data backend and every export format are tested too;
+#               TEST_WORKERS=0 runs it in one process);
 #               make format fixes what ruff can
 PYTHON ?= python3
 VENV ?= .venv
@@ -33,8 +34,12 @@ lint: install-test
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 
+# The test files run in TEST_WORKERS processes (pytest-xdist), each file's tests in one of them, so
+# module fixtures are built once; on 2 cores two workers halve the suite's time (JAX compiles on one).
+TEST_WORKERS ?= 2
+
 test: install-test browser lint
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist=loadfile $(PYTEST_ARGS)
 
 format: install-test
 	$(BIN)/ruff format .
