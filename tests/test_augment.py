@@ -6,11 +6,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import SHARED, needs, tiny_config
 from keras.src.legacy.preprocessing import image as keras_image
+from PIL import Image, ImageEnhance, ImageOps
 
 from imgcls import train
-from imgcls.data import augment, grain_pipeline, images, pipeline, sources
+from imgcls.data import augment, grain_pipeline, images, pipeline, policies, sources
 
 ALL = "flip_lr|flip_ud|rotate(30)|shift(0.1, 0.2)|shear(10)|zoom(0.2)|brightness(0.8, 1.2)|channel_shift(20)"
 
@@ -144,7 +145,8 @@ def test_normalisation_matches_keras_image_data_generator(tree):
 @pytest.mark.parametrize("where", ["device", "host"])
 def test_training_with_augmentation_is_reproducible(tree, tmp_path, where):
   config = tiny_config(
-    tree, **{"data.augment": ALL, "data.augment_on": where, "train.epochs": 1, "data.featurewise_center": True}
+    tree,
+    **{"data.augment": f"{ALL}|rand_augment(2, 9)", "data.augment_on": where, "train.epochs": 1, "data.featurewise_center": True},
   )
   first = train.train_and_evaluate(config, str(tmp_path / "a"))
   second = train.train_and_evaluate(config, str(tmp_path / "b"))
@@ -213,3 +215,125 @@ def test_random_erasing_sets_one_rectangle_to_the_mean_colour(where):
     np.testing.assert_allclose(y[changed], np.broadcast_to(x.mean(axis=(0, 1)), y[changed].shape), atol=1e-6)
   kept = augment.apply_device(augment.parse("random_erasing(0.0)"), jnp.asarray(x[None]), jax.random.key(2), 1.0)
   np.testing.assert_array_equal(np.asarray(kept)[0], x)
+
+
+# ---------------------------------------------------------------------------------------------
+# RandAugment, TrivialAugment, AutoAugment: each op against PIL, the draws against torchvision's.
+
+PHOTO = SHARED / "data" / "imagenet_samples" / "parrot.jpg"
+PIL_OPS = {
+  "brightness": lambda im, m: ImageEnhance.Brightness(im).enhance(1 + m),
+  "color": lambda im, m: ImageEnhance.Color(im).enhance(1 + m),
+  "contrast": lambda im, m: ImageEnhance.Contrast(im).enhance(1 + m),
+  "sharpness": lambda im, m: ImageEnhance.Sharpness(im).enhance(1 + m),
+  "posterize": lambda im, m: ImageOps.posterize(im, int(m)),
+  "solarize": lambda im, m: ImageOps.solarize(im, m),
+  "autocontrast": lambda im, m: ImageOps.autocontrast(im),
+  "equalize": lambda im, m: ImageOps.equalize(im),
+  "invert": lambda im, m: ImageOps.invert(im),
+  # timm's geometric ops, bilinear here (PIL's edge pixels differ: compared inside the image).
+  "shear_x": lambda im, m: im.transform(im.size, Image.AFFINE, (1, m, 0, 0, 1, 0), Image.BILINEAR),
+  "shear_y": lambda im, m: im.transform(im.size, Image.AFFINE, (1, 0, 0, m, 1, 0), Image.BILINEAR),
+  "translate_x": lambda im, m: im.transform(im.size, Image.AFFINE, (1, 0, m, 0, 1, 0), Image.BILINEAR),
+  "translate_y": lambda im, m: im.transform(im.size, Image.AFFINE, (1, 0, 0, 0, 1, m), Image.BILINEAR),
+  "rotate": lambda im, m: im.rotate(m, Image.BILINEAR),
+}
+PIL_CASES = [
+  *[(op, m) for op in ("brightness", "color", "contrast", "sharpness") for m in (-0.7, 0.9)],
+  ("posterize", 4),
+  ("posterize", 7),
+  ("solarize", 100),
+  ("autocontrast", 0),
+  ("equalize", 0),
+  ("invert", 0),
+  ("shear_x", 0.3),
+  ("shear_y", -0.25),
+  ("translate_x", 5.5),
+  ("translate_y", -7),
+  ("rotate", 25),
+  ("rotate", -130),
+]
+
+
+def policy_params(aug, op: str, magnitude: float, height: int, width: int) -> dict:
+  params = fixed(aug)
+  params.update({"policy_op_0": np.asarray(policies.OPS.index(op)), "policy_magnitude_0": np.asarray(float(magnitude))})
+  return params
+
+
+@needs(PHOTO)
+@pytest.mark.parametrize("op, magnitude", PIL_CASES)
+def test_policy_op_matches_pil(op, magnitude):
+  photo = Image.open(PHOTO).convert("RGB").resize((40, 30))
+  aug = augment.parse("rand_augment(1, 9)", "constant")
+  x = np.asarray(photo, np.float32) / 255.0  # A run rescaled to [0, 1]: the ops work on 0-255 levels.
+  ours = augment.transform_host(aug, x, policy_params(aug, op, magnitude, 30, 40), 1.0) * 255.0
+  theirs = np.asarray(PIL_OPS[op](photo, magnitude), np.float32)
+  inside = np.ones(theirs.shape[:2], bool)
+  if op in policies.GEOMETRIC:
+    matrix = policies.index_matrix(policies.pil_affine(policies.OPS.index(op), float(magnitude), 30, 40))
+    rows, cols = np.meshgrid(np.arange(30), np.arange(40), indexing="ij")
+    src = matrix[:2, :2] @ np.stack([rows.ravel(), cols.ravel()]) + matrix[:2, 2:]
+    inside = ((src[0] >= 0) & (src[0] <= 29) & (src[1] >= 0) & (src[1] <= 39)).reshape(30, 40)
+    assert inside.mean() > 0.25 and not np.allclose(ours, x * 255.0, atol=1)
+    assert np.abs(ours - theirs)[~inside].mean() < 80  # Filled with black (0) as PIL's, up to its edge handling.
+  difference = np.abs(ours - theirs)[inside]
+  # PIL rounds its grey image and bilinear samples to 8 bits and truncates its blends; ours stay float.
+  assert difference.max() <= 2.0 and difference.mean() < 0.6, (difference.max(), difference.mean())
+
+
+def test_policy_ops_on_the_device_equal_the_host():
+  aug = augment.parse("flip_lr|rand_augment(3, 20)|random_erasing(0.5)", "reflect")
+  x = np.random.default_rng(0).random((24, 20, 24, 3)).astype(np.float32)
+  x[:, :4] = 0.2  # Repeated levels, so equalize and autocontrast have something to do.
+  key = jax.random.key(3)
+  device = np.asarray(jax.jit(lambda x: augment.apply_device(aug, x, key, 1.0))(jnp.asarray(x)))
+  params = {k: np.asarray(v) for k, v in augment.sample_device(aug, key, 24, 20, 24).items()}
+  host = np.stack([augment.transform_host(aug, x[i], {k: v[i] for k, v in params.items()}, 1.0) for i in range(24)])
+  np.testing.assert_allclose(device, host, atol=2e-4)
+  assert len({int(params[f"policy_op_{s}"][i]) for s in range(3) for i in range(24)}) >= 10
+
+
+def test_policy_draws_follow_torchvision():
+  n = 14000
+  rand = augment.sample_device(augment.parse("rand_augment(2, 9)"), jax.random.key(0), n, 32, 64)
+  table = policies.magnitudes("rand", 31, 32, 64)
+  for slot in (0, 1):
+    op, magnitude = np.asarray(rand[f"policy_op_{slot}"]), np.asarray(rand[f"policy_magnitude_{slot}"])
+    counts = np.bincount(op, minlength=len(policies.OPS))
+    assert counts[-1] == 0 and np.all(np.abs(counts[:-1] / n - 1 / 14) < 0.012)  # Uniform over all but invert.
+    np.testing.assert_allclose(np.abs(magnitude), table[op, 9], rtol=1e-6)
+    signed = np.isin(op, [policies.OPS.index(o) for o in policies.SIGNED])
+    assert abs((magnitude[signed] < 0).mean() - 0.5) < 0.03 and (magnitude[~signed] >= 0).all()
+  assert table[policies.OPS.index("translate_x"), 30] == pytest.approx(150 / 331 * 64)
+  assert table[policies.OPS.index("posterize"), 9] == 7 and table[policies.OPS.index("solarize"), 0] == 255
+
+  trivial = augment.sample_device(augment.parse("trivial_augment"), jax.random.key(1), n, 32, 32)
+  op, magnitude = np.asarray(trivial["policy_op_0"]), np.abs(np.asarray(trivial["policy_magnitude_0"]))
+  rotate = magnitude[op == policies.OPS.index("rotate")]
+  assert rotate.max() == pytest.approx(135.0) and len(np.unique(rotate.round(3))) == 31  # Every bin of 31 drawn.
+
+  auto = augment.sample_device(augment.parse("auto_augment(imagenet)"), jax.random.key(2), n, 32, 32)
+  names = lambda slot: [policies.OPS[i] for i in np.asarray(auto[f"policy_op_{slot}"])]  # noqa: E731
+  allowed = {(a[0], b[0]) for a, b in policies.IMAGENET_POLICY}
+  pairs = list(zip(names(0), names(1), strict=True))
+  assert all((a, b) in allowed or "identity" in (a, b) for a, b in pairs)
+  first_applied = np.mean([a != "identity" for a, _ in pairs])
+  expected = np.mean([a[1] for a, _ in policies.IMAGENET_POLICY])
+  assert abs(first_applied - expected) < 0.02
+
+
+def test_policy_specs_are_checked():
+  assert augment.parse("rand_augment").policy == policies.Policy("rand", 2, 9, 31)
+  assert augment.parse("flip_lr|rand_augment(1, 5)|random_erasing(0.25)").policy.num_ops == 1
+  assert augment.parse("auto_augment(imagenet)").policy.kind == "auto"
+  for bad, message in [
+    ("rand_augment(2, 40)", "0 <= m < bins"),
+    ("rand_augment(1.5, 3)", "whole numbers"),
+    ("auto_augment(cifar)", "policies are imagenet"),
+    ("trivial_augment(3)", "no arguments"),
+    ("trivial_augment|rand_augment", "One of rand_augment"),
+    ("one_of(rand_augment, none)", "one_of takes ops"),
+  ]:
+    with pytest.raises(ValueError, match=message):
+      augment.parse(bad)

@@ -18,6 +18,10 @@
                            torchvision's RandomErasing: with probability p a rectangle of area
                            fraction [s0, s1] (0.02, 1/3) and ratio [r0, r1] (0.3, 3.3) is set to
                            the image's mean colour (0 after normalisation, as torchvision's value=0)
+  rand_augment(n, m), trivial_augment, auto_augment(imagenet)
+                           torchvision's RandAugment, TrivialAugmentWide and AutoAugment (see
+                           imgcls/data/policies.py), after the ops above and before random_erasing,
+                           as in timm's and torchvision's ImageNet recipes
   one_of(op, op, ...)      one of the ops per image, uniformly (`none`: unchanged; flips always
                            flip), e.g. the cats-vs-dogs tutorial's "one_of(flip_lr, flip_ud, rotate(30), none, none)";
                            the only op of its spec
@@ -39,6 +43,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from imgcls.data import policies
+
 OPS = (
   "flip_lr",
   "flip_ud",
@@ -50,6 +56,9 @@ OPS = (
   "channel_shift",
   "random_resized_crop",
   "random_erasing",
+  "rand_augment",
+  "trivial_augment",
+  "auto_augment",
   "one_of",
 )
 _ATTEMPTS = 10  # torchvision's tries at a crop or erased box that fits, before its fallback.
@@ -70,6 +79,7 @@ class Augment:
   channel_shift: float = 0.0
   resized_crop: tuple[float, float, float, float] | None = None  # Area fraction and aspect ratio ranges.
   erasing: tuple[float, float, float, float, float] | None = None  # Probability, area and ratio ranges.
+  policy: policies.Policy | None = None  # RandAugment, TrivialAugment or AutoAugment.
   fill_mode: str = "nearest"
   fill_value: float = 0.0
   flip_probability: float = 0.5
@@ -111,7 +121,7 @@ def parse(spec: str, fill_mode: str = "nearest", fill_value: float = 0.0) -> Aug
       if len(parts) > 1 or not rest.endswith(")"):
         raise ValueError(f"one_of(...) must be the only op of data.augment={spec!r} (put the others inside it).")
       choices = _split_top_level(rest[:-1], ",")
-      if "" in choices or any(c.startswith("one_of") or "|" in c for c in choices):
+      if "" in choices or any(c.startswith(("one_of", *policies_ops)) or "|" in c for c in choices):
         raise ValueError(f"one_of takes ops or `none` separated by commas, not {part!r}.")
       fields[name] = tuple(
         Augment(fill_mode=fill_mode, fill_value=float(fill_value))
@@ -119,6 +129,11 @@ def parse(spec: str, fill_mode: str = "nearest", fill_value: float = 0.0) -> Aug
         else dataclasses.replace(parse(c, fill_mode, fill_value), flip_probability=1.0)
         for c in choices
       )
+      continue
+    if name in policies_ops:
+      if "policy" in fields or not (rest.endswith(")") or not rest):
+        raise ValueError(f"One of rand_augment, trivial_augment, auto_augment per data.augment, not {spec!r}.")
+      fields["policy"] = policies.parse(name, rest[:-1])
       continue
     try:
       args = ast.literal_eval(f"({rest[:-1]},)") if rest else ()
@@ -144,6 +159,9 @@ def parse(spec: str, fill_mode: str = "nearest", fill_value: float = 0.0) -> Aug
   return Augment(**fields)
 
 
+policies_ops = ("rand_augment", "trivial_augment", "auto_augment")
+
+
 def from_config(data_config) -> Augment:
   return parse(data_config.augment, data_config.fill_mode, data_config.fill_value)
 
@@ -152,9 +170,10 @@ def from_config(data_config) -> Augment:
 # Random parameters and the affine map (numpy or jax: `xp`).
 
 
-def sample(aug: Augment, uniform, height: int, width: int, xp=np, boxes=None) -> dict:
+def sample(aug: Augment, uniform, height: int, width: int, xp=np, boxes=None, policy_draws=None) -> dict:
   """Transform parameters from `uniform(low, high)` (np or jax, `xp`), one value per image; the
-  random crop and erased rectangle from `boxes` (another such function; default `uniform`)."""
+  random crop and erased rectangle from `boxes`, the policy's ops from `policy_draws` (other such
+  functions; default `uniform`)."""
   if aug.one_of:
     choice = xp.floor(uniform(0.0, float(len(aug.one_of))))
     drawn = [sample(a, uniform, height, width, xp, boxes) for a in aug.one_of]
@@ -187,6 +206,8 @@ def sample(aug: Augment, uniform, height: int, width: int, xp=np, boxes=None) ->
     erase = {k: xp.where(erase_on, v, 0.0) for k, v in _box(boxes, height, width, *aug.erasing[1:], xp, fits=_erase_fits).items()}
   params.update({f"crop_{k}": v for k, v in crop.items()})
   params.update({f"erase_{k}": v for k, v in erase.items()})
+  if aug.policy:
+    params.update(policies.sample(aug.policy, policy_draws or boxes, height, width, xp))
   return params
 
 
@@ -260,7 +281,11 @@ def _photometric(x, p, pixel_max, xp):
   x = xp.clip(x + p["channel_shift"] * (pixel_max / 255.0), low, high)
   x = xp.where(p["flip_lr"], x[:, ::-1], x)
   x = xp.where(p["flip_ud"], x[::-1], x)
-  x = xp.clip(x * p["brightness"], 0.0, pixel_max)
+  return xp.clip(x * p["brightness"], 0.0, pixel_max)
+
+
+def _erase(x, p, xp):
+  """The random erasing box (if any) set to the image's mean colour."""
   if "erase_height" not in p:
     return x
   rows = xp.arange(x.shape[0])[:, None, None]
@@ -295,25 +320,35 @@ def sample_device(aug: Augment, key: jax.Array, n: int, height: int, width: int)
   def boxes(low, high):
     return jax.random.uniform(next(box_keys), (n,), minval=low, maxval=high)
 
-  return sample(aug, uniform, height, width, jnp, boxes)
+  policy_keys = iter(jax.random.split(jax.random.fold_in(key, 11), 3 * (aug.policy.slots + 1) if aug.policy else 1))
+
+  def policy_draws(low, high):
+    return jax.random.uniform(next(policy_keys), (n,), minval=low, maxval=high)
+
+  return sample(aug, uniform, height, width, jnp, boxes, policy_draws)
 
 
 def transform_device(aug: Augment, x: jax.Array, p: dict, pixel_max: float) -> jax.Array:
   """One image HxWxC with the given parameters."""
-  height, width, _ = x.shape
   if aug.geometric:
-    matrix = affine_matrix(p, height, width, jnp)
-    rows, cols = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32), jnp.arange(width, dtype=jnp.float32), indexing="ij")
-    src = matrix[:2, :2] @ jnp.stack([rows.ravel(), cols.ravel()]) + matrix[:2, 2:]
-    coords = [src[0].reshape(height, width), src[1].reshape(height, width)]
-    mode = "wrap" if aug.fill_mode == "wrap" else aug.fill_mode
-    x = jnp.stack(
-      [
-        jax.scipy.ndimage.map_coordinates(x[:, :, c], coords, order=1, mode=mode, cval=aug.fill_value) for c in range(x.shape[-1])
-      ],
-      axis=-1,
-    )
-  return _photometric(x, p, pixel_max, jnp)
+    x = _resample_device(x, affine_matrix(p, *x.shape[:2], jnp), aug.fill_mode, aug.fill_value)
+  x = _photometric(x, p, pixel_max, jnp)
+  if aug.policy:
+    cval = aug.fill_value * 255.0 / pixel_max  # The policy's ops work on the 0-255 scale.
+    x = policies.apply(aug.policy, x, p, pixel_max, lambda y, m: _resample_device(y, m, aug.fill_mode, cval), jnp)
+  return _erase(x, p, jnp)
+
+
+def _resample_device(x: jax.Array, matrix: jax.Array, fill_mode: str, fill_value: float) -> jax.Array:
+  """HxWxC sampled bilinearly at `matrix` @ (row, col, 1) of each output pixel."""
+  height, width, _ = x.shape
+  rows, cols = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32), jnp.arange(width, dtype=jnp.float32), indexing="ij")
+  src = matrix[:2, :2] @ jnp.stack([rows.ravel(), cols.ravel()]) + matrix[:2, 2:]
+  coords = [src[0].reshape(height, width), src[1].reshape(height, width)]
+  return jnp.stack(
+    [jax.scipy.ndimage.map_coordinates(x[:, :, c], coords, order=1, mode=fill_mode, cval=fill_value) for c in range(x.shape[-1])],
+    axis=-1,
+  )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,20 +365,25 @@ def apply_host(aug: Augment, x: np.ndarray, rng: np.random.Generator, pixel_max:
 
 
 def transform_host(aug: Augment, x: np.ndarray, p: dict, pixel_max: float) -> np.ndarray:
+  if aug.geometric:
+    x = _resample_host(x, affine_matrix(p, *x.shape[:2]), aug.fill_mode, aug.fill_value)
+  x = _photometric(x, p, pixel_max, np)
+  if aug.policy:
+    cval = aug.fill_value * 255.0 / pixel_max
+    x = policies.apply(aug.policy, x, p, pixel_max, lambda y, m: _resample_host(y, m, aug.fill_mode, cval), np)
+  return _erase(x, p, np).astype(np.float32)
+
+
+def _resample_host(x: np.ndarray, matrix: np.ndarray, fill_mode: str, fill_value: float) -> np.ndarray:
   from scipy import ndimage
 
-  if aug.geometric:
-    matrix = affine_matrix(p, *x.shape[:2])
-    x = np.stack(
-      [
-        ndimage.affine_transform(
-          x[:, :, c], matrix[:2, :2], matrix[:2, 2], order=1, mode=_SCIPY_MODES[aug.fill_mode], cval=aug.fill_value
-        )
-        for c in range(x.shape[-1])
-      ],
-      axis=-1,
-    )
-  return _photometric(x, p, pixel_max, np).astype(np.float32)
+  return np.stack(
+    [
+      ndimage.affine_transform(x[:, :, c], matrix[:2, :2], matrix[:2, 2], order=1, mode=_SCIPY_MODES[fill_mode], cval=fill_value)
+      for c in range(x.shape[-1])
+    ],
+    axis=-1,
+  )
 
 
 # ---------------------------------------------------------------------------------------------
