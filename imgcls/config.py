@@ -50,6 +50,10 @@ def default_config() -> ml_collections.ConfigDict:
   # imgcls/data/augment.py for the ops); run on the device in the train step or on the host.
   c.data.augment = ""
   c.data.augment_on = "device"  # device | host.
+  # Progressive resizing: ((first_epoch, (height, width)), ...), epochs counted from 1: the training
+  # images take that size from that epoch on, e.g. ((1, (128, 128)), (5, (176, 176)), (9, (224, 224)));
+  # epochs before the first entry, validation and evaluation use image_size. One compile per size.
+  c.data.progressive_sizes = ()
   c.data.fill_mode = "nearest"  # nearest | constant | reflect | wrap: pixels from outside the image.
   c.data.fill_value = 0.0  # The constant of fill_mode="constant" (in rescaled pixel units).
   # Normalisation as Keras's ImageDataGenerator (feature-wise stats from the training set).
@@ -249,6 +253,22 @@ def check_overrides(config: ml_collections.ConfigDict, argv: Iterable[str], flag
       raise ValueError(f"Unknown config key '{key}' in {arg!r}.{hint}")
 
 
+def check_progressive_sizes(entries) -> None:
+  """Fails unless `entries` is ((first_epoch, (height, width)), ...) with rising epochs from 1."""
+  epochs = []
+  for entry in entries:
+    ok = isinstance(entry, (tuple, list)) and len(entry) == 2 and isinstance(entry[0], int) and entry[0] >= 1
+    ok = ok and isinstance(entry[1], (tuple, list)) and len(entry[1]) == 2
+    if not ok or not all(isinstance(s, int) and s > 0 for s in entry[1]):
+      raise ValueError(
+        f"config.data.progressive_sizes={entries!r}: each entry is (first_epoch, (height, width)) with epochs "
+        "counted from 1, e.g. ((1, (128, 128)), (5, (224, 224)))."
+      )
+    epochs.append(entry[0])
+  if epochs != sorted(set(epochs)):
+    raise ValueError(f"config.data.progressive_sizes={entries!r}: the first epochs must rise.")
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Fails if a config (from any recipe) has keys the defaults do not know, or bad values: every
   check that needs no data, in one flat list (long on purpose), so they all run before the scan."""
@@ -352,6 +372,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   augment.parse(config.data.augment, config.data.fill_mode, config.data.fill_value)
   if config.data.batch_size < 1:
     raise ValueError(f"config.data.batch_size={config.data.batch_size} must be at least 1.")
+  check_progressive_sizes(config.data.progressive_sizes)
   if config.model.include_top and (config.model.cut_at or config.model.pooling):
     raise ValueError("config.model.include_top keeps Keras's classifier: leave model.cut_at and model.pooling empty.")
   if not 0.0 <= config.model.layer_decay <= 1.0:

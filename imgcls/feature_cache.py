@@ -49,6 +49,8 @@ def config_reasons_not_to_cache(config: ml_collections.ConfigDict) -> list[str]:
     reasons.append("flips are drawn on the host (data.augment_on='host')")
   if config.train.mixup_alpha > 0 or config.train.cutmix_alpha > 0:
     reasons.append("mixup and CutMix mix the images themselves")
+  if config.data.progressive_sizes:
+    reasons.append("progressive resizing changes the images' size between epochs")
   return reasons
 
 

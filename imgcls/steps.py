@@ -107,6 +107,24 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int, load_weigh
   return models.build_model(config, outputs, rngs=rngs, load_weights=load_weights)
 
 
+def check_image_sizes(model: models.Classifier, sizes: list[tuple[int, int]], config: ml_collections.ConfigDict) -> None:
+  """Fails naming the size if the model cannot take training images of one of `sizes`
+  (progressive resizing needs a model whose head pools globally)."""
+  graphdef, state = nnx.split(model)
+  channels = 1 if config.data.color_mode == "grayscale" else 3
+  for height, width in sizes:
+    try:
+      jax.eval_shape(
+        lambda s, x: nnx.merge(graphdef, s)(x), state, jax.ShapeDtypeStruct((1, height, width, channels), jnp.float32)
+      )
+    except Exception as e:  # noqa: BLE001  (any shape error of any model)
+      raise ValueError(
+        f"data.progressive_sizes: {config.model.name} cannot take {height}x{width} images ({type(e).__name__}: "
+        f"{str(e)[:200]}). Progressive resizing needs a head that pools globally: set model.pooling (Keras "
+        "backbones) or model.head.pooling to 'avg' or 'max'."
+      ) from e
+
+
 def split_model(model: models.Classifier) -> tuple[nnx.GraphDef, nnx.GraphDef, nnx.State, nnx.State, nnx.State]:
   """(train graphdef, eval graphdef, trained params, frozen params, other variables)."""
   trainable = nnx.All(nnx.Param, nnx.Not(model.frozen))

@@ -226,6 +226,9 @@ def train_stage(
   step_cfg = steps.step_config(config, train_split)
 
   model = steps.create_model(config, num_classes)
+  train_sizes = sorted({pipeline.train_image_size(config.data, e) for e in range(first_epoch, epochs)})
+  if train_sizes != [tuple(config.data.image_size)]:
+    steps.check_image_sizes(model, train_sizes, config)
   graphdef, eval_graphdef, params, frozen, stats = steps.split_model(model)
   schedule = optim.learning_rate_schedule(config.optimizer, steps_per_epoch, epochs - first_epoch)
   tx = optim.make_optimizer(config.optimizer, schedule)
@@ -301,6 +304,10 @@ def train_stage(
   for epoch in range(start_epoch, epochs):
     resume_state = start_data_state if start_data_state and epoch == start_epoch else None
     epoch_start = time.time()
+    size = pipeline.train_image_size(data, epoch)
+    if data.progressive_sizes and (epoch == start_epoch or size != pipeline.train_image_size(data, epoch - 1)):
+      evaluated = "x".join(map(str, data.image_size))
+      log.message(f"Epoch {epoch + 1}: training on {size[0]}x{size[1]} images (progressive resizing; validation at {evaluated}).")
     iterator = pipeline.train_batches(
       train_split,
       data,

@@ -364,3 +364,37 @@ def test_bn_inference_trains_the_backbone_with_its_moving_statistics_kept(tmp_pa
   assert all(jax.tree.leaves(same))  # The backbone's moving statistics untouched (the head's BatchNorm learns)...
   moved = jax.tree.map(lambda a, b: np.abs(np.asarray(a) - b).max(), state.params["backbone"], start_params["backbone"])
   assert max(jax.tree.leaves(moved)) > 0  # ...while the backbone's weights train.
+
+
+def test_progressive_resizing_trains_each_epoch_at_its_size_and_validates_at_the_last(tree, tmp_path, capsys):
+  sizes = ((1, (12, 12)), (2, (20, 20)))
+  config = tiny_config(
+    tree, **{"data.progressive_sizes": sizes, "data.validation_split": 0.25, "model.head.pooling": "avg", "train.epochs": 3}
+  )
+  shapes = []
+  make_step = steps.make_train_step
+
+  def recording(*args, **kwargs):  # The real step, its image shapes noted per call.
+    step = make_step(*args, **kwargs)
+    return lambda state, batch, *rest: (shapes.append(batch["image"].shape[1:3]), step(state, batch, *rest))[1]
+
+  steps.make_train_step = recording
+  try:
+    summary = train.train_and_evaluate(config, str(tmp_path))
+  finally:
+    steps.make_train_step = make_step
+  assert sorted(set(shapes)) == [(12, 12), (20, 20)] and shapes[0] == (12, 12) and shapes[-1] == (20, 20)
+  printed = capsys.readouterr().out
+  assert "Epoch 1: training on 12x12 images (progressive resizing; validation at 16x16)." in printed
+  assert "Epoch 2: training on 20x20 images" in printed and "Epoch 3: training" not in printed
+  assert summary["epochs"] == 3 and np.isfinite(summary["final"]["val_loss"])
+
+  flatten = tiny_config(tree, **{"data.progressive_sizes": sizes})  # The insects CNN's Flatten head.
+  with pytest.raises(ValueError, match="cannot take 12x12 images.*model.head.pooling"):
+    train.train_and_evaluate(flatten, str(tmp_path / "flatten"))
+  from imgcls.config import check_config
+
+  with pytest.raises(ValueError, match="first epochs must rise"):
+    check_config(tiny_config(tree, **{"data.progressive_sizes": ((3, (12, 12)), (2, (20, 20)))}))
+  with pytest.raises(ValueError, match=r"\(first_epoch, \(height, width\)\)"):
+    check_config(tiny_config(tree, **{"data.progressive_sizes": ((0, 12),)}))

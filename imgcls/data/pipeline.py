@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,6 +33,16 @@ def _tf_pipeline():
   return tf_pipeline
 
 
+def train_image_size(data_config, epoch: int) -> tuple[int, int]:
+  """The training images' (height, width) in `epoch` (from 0): `data.progressive_sizes`' entry
+  for it, else `data.image_size`."""
+  size = tuple(data_config.image_size)
+  for first_epoch, entry_size in data_config.get("progressive_sizes", ()):
+    if epoch + 1 >= first_epoch:
+      size = tuple(entry_size)
+  return size
+
+
 def train_batches(
   split: Split,
   data_config,
@@ -48,8 +59,9 @@ def train_batches(
 
   The iterator's `get_state()` is `{"next_index": batches read}`, for either backend. With
   `features` (cached backbone features in place of the images) grain reads them, whatever the backend.
+  Images take the epoch's size (`train_image_size`: progressive resizing).
   """
-  spec = ImageSpec.from_config(data_config)
+  spec = dataclasses.replace(ImageSpec.from_config(data_config), image_size=train_image_size(data_config, epoch))
   batch_size = batch_size or data_config.batch_size
   threads, prefetch = data_config.num_threads, data_config.prefetch
   if data_config.backend == "tf" and features is None:
