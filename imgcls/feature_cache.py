@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 from imgcls import models
-from imgcls.data import augment
+from imgcls.data import augment, pipeline
 from imgcls.steps import compute_cast
 
 MAX_BYTES = 4 << 30  # Features larger than this stay uncached (auto) or fail (on).
@@ -49,8 +49,8 @@ def config_reasons_not_to_cache(config: ml_collections.ConfigDict) -> list[str]:
     reasons.append("flips are drawn on the host (data.augment_on='host')")
   if config.train.mixup_alpha > 0 or config.train.cutmix_alpha > 0:
     reasons.append("mixup and CutMix mix the images themselves")
-  if config.data.progressive_sizes:
-    reasons.append("progressive resizing changes the images' size between epochs")
+  if {pipeline.train_image_size(config.data, e) for e in range(config.train.epochs)} != {tuple(config.data.image_size)}:
+    reasons.append("progressive resizing gives the training images other sizes than data.image_size")
   return reasons
 
 

@@ -50,7 +50,7 @@ def test_recipe_loads_checks_and_builds(name, arg):
   assert logits.shape == (2, outputs)
 
 
-def test_tuned_pollen_is_the_seed_recipe_plus_three_changes():
+def test_tuned_pollen_is_the_seed_recipe_plus_the_changes_its_docstring_lists():
   def flat(config, prefix=""):
     out = {}
     for key, value in config.items():
@@ -59,7 +59,12 @@ def test_tuned_pollen_is_the_seed_recipe_plus_three_changes():
 
   seed, tuned = flat(load_recipe("pollen")), flat(load_recipe("pollen_tuned"))
   changed = {k: tuned[k] for k in seed if seed[k] != tuned[k]}
-  assert changed == {"data.augment": "flip_lr|flip_ud", "model.bn_momentum": 0.99, "optimizer.schedule": "cosine"}
+  assert changed == {
+    "data.augment": "flip_lr|flip_ud|rand_augment(2, 9)",
+    "model.bn_momentum": 0.99,
+    "optimizer.schedule": "cosine",
+    "train.ema_decay": 0.99,
+  }
 
 
 def test_every_config_file_is_tested():

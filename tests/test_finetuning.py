@@ -12,7 +12,7 @@ from conftest import tiny_config
 from flax import nnx
 
 from imgcls import checkpoint as ckpt_lib
-from imgcls import metrics, mix, optim, restore, steps, train
+from imgcls import feature_cache, metrics, mix, optim, restore, steps, train
 
 
 def batch_of(n: int, rows: int | None = None, size: int = 16, seed: int = 0) -> dict:
@@ -398,3 +398,8 @@ def test_progressive_resizing_trains_each_epoch_at_its_size_and_validates_at_the
     check_config(tiny_config(tree, **{"data.progressive_sizes": ((3, (12, 12)), (2, (20, 20)))}))
   with pytest.raises(ValueError, match=r"\(first_epoch, \(height, width\)\)"):
     check_config(tiny_config(tree, **{"data.progressive_sizes": ((0, 12),)}))
+  # A frozen stage all at data.image_size still trains on cached features.
+  frozen = tiny_config(tree, **{"model.freeze": "all", "data.progressive_sizes": sizes})
+  assert any("progressive resizing" in r for r in feature_cache.config_reasons_not_to_cache(frozen))
+  frozen.data.progressive_sizes = ((3, (20, 20)),)
+  assert feature_cache.config_reasons_not_to_cache(frozen) == []
