@@ -110,7 +110,9 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int, load_weigh
 def check_image_sizes(model: models.Classifier, sizes: list[tuple[int, int]], config: ml_collections.ConfigDict) -> None:
   """Fails naming the size if the model cannot take training images of one of `sizes`
   (progressive resizing needs a model whose head pools globally)."""
+  model.eval()  # As inference runs it (dropout off, BatchNorm statistics kept).
   graphdef, state = nnx.split(model)
+  model.train()
   channels = 1 if config.data.color_mode == "grayscale" else 3
   for height, width in sizes:
     try:

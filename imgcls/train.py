@@ -226,7 +226,8 @@ def train_stage(
   step_cfg = steps.step_config(config, train_split)
 
   model = steps.create_model(config, num_classes)
-  train_sizes = sorted({pipeline.train_image_size(config.data, e) for e in range(first_epoch, epochs)})
+  # Every stage's sizes, checked before the first stage trains.
+  train_sizes = sorted({pipeline.train_image_size(config.data, e) for e in range(run_config.train.epochs)})
   if train_sizes != [tuple(config.data.image_size)]:
     steps.check_image_sizes(model, train_sizes, config)
   graphdef, eval_graphdef, params, frozen, stats = steps.split_model(model)

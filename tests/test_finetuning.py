@@ -369,7 +369,14 @@ def test_bn_inference_trains_the_backbone_with_its_moving_statistics_kept(tmp_pa
 def test_progressive_resizing_trains_each_epoch_at_its_size_and_validates_at_the_last(tree, tmp_path, capsys):
   sizes = ((1, (12, 12)), (2, (20, 20)))
   config = tiny_config(
-    tree, **{"data.progressive_sizes": sizes, "data.validation_split": 0.25, "model.head.pooling": "avg", "train.epochs": 3}
+    tree,
+    **{
+      "data.progressive_sizes": sizes,
+      "data.validation_split": 0.25,
+      "model.head.pooling": "avg",
+      "model.head.dropout": 0.2,
+      "train.epochs": 3,
+    },
   )
   shapes = []
   make_step = steps.make_train_step
