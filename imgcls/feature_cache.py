@@ -49,7 +49,7 @@ def config_reasons_not_to_cache(config: ml_collections.ConfigDict) -> list[str]:
     reasons.append("flips are drawn on the host (data.augment_on='host')")
   if config.train.mixup_alpha > 0 or config.train.cutmix_alpha > 0:
     reasons.append("mixup and CutMix mix the images themselves")
-  if {pipeline.train_image_size(config.data, e) for e in range(config.train.epochs)} != {tuple(config.data.image_size)}:
+  if pipeline.train_image_sizes(config.data, config.train.epochs) != [tuple(config.data.image_size)]:
     reasons.append("progressive resizing gives the training images other sizes than data.image_size")
   return reasons
 

@@ -107,17 +107,16 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int, load_weigh
   return models.build_model(config, outputs, rngs=rngs, load_weights=load_weights)
 
 
-def check_image_sizes(model: models.Classifier, sizes: list[tuple[int, int]], config: ml_collections.ConfigDict) -> None:
-  """Fails naming the size if the model cannot take training images of one of `sizes`
-  (progressive resizing needs a model whose head pools globally)."""
-  model.eval()  # As inference runs it (dropout off, BatchNorm statistics kept).
-  graphdef, state = nnx.split(model)
-  model.train()
+def check_image_sizes(
+  eval_graphdef: nnx.GraphDef, variables: tuple[nnx.State, ...], sizes: list[tuple[int, int]], config: ml_collections.ConfigDict
+) -> None:
+  """Fails naming the size if the model (`split_model`'s inference graph and its variables) cannot
+  take training images of one of `sizes` (progressive resizing needs a head that pools globally)."""
   channels = 1 if config.data.color_mode == "grayscale" else 3
   for height, width in sizes:
     try:
       jax.eval_shape(
-        lambda s, x: nnx.merge(graphdef, s)(x), state, jax.ShapeDtypeStruct((1, height, width, channels), jnp.float32)
+        lambda v, x: nnx.merge(eval_graphdef, *v)(x), variables, jax.ShapeDtypeStruct((1, height, width, channels), jnp.float32)
       )
     except Exception as e:  # noqa: BLE001  (any shape error of any model)
       raise ValueError(

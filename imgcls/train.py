@@ -226,11 +226,11 @@ def train_stage(
   step_cfg = steps.step_config(config, train_split)
 
   model = steps.create_model(config, num_classes)
-  # Every stage's sizes, checked before the first stage trains.
-  train_sizes = sorted({pipeline.train_image_size(config.data, e) for e in range(run_config.train.epochs)})
-  if train_sizes != [tuple(config.data.image_size)]:
-    steps.check_image_sizes(model, train_sizes, config)
   graphdef, eval_graphdef, params, frozen, stats = steps.split_model(model)
+  # Every stage's sizes, checked before the first stage trains.
+  train_sizes = pipeline.train_image_sizes(config.data, run_config.train.epochs)
+  if train_sizes != [tuple(config.data.image_size)]:
+    steps.check_image_sizes(eval_graphdef, (params, frozen, stats), train_sizes, config)
   schedule = optim.learning_rate_schedule(config.optimizer, steps_per_epoch, epochs - first_epoch)
   tx = optim.make_optimizer(config.optimizer, schedule)
   use_ema = config.train.ema_decay > 0

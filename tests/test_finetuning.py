@@ -366,7 +366,7 @@ def test_bn_inference_trains_the_backbone_with_its_moving_statistics_kept(tmp_pa
   assert max(jax.tree.leaves(moved)) > 0  # ...while the backbone's weights train.
 
 
-def test_progressive_resizing_trains_each_epoch_at_its_size_and_validates_at_the_last(tree, tmp_path, capsys):
+def test_progressive_resizing_trains_each_epoch_at_its_size_and_validates_at_the_last(tree, tmp_path, capsys, monkeypatch):
   sizes = ((1, (12, 12)), (2, (20, 20)))
   config = tiny_config(
     tree,
@@ -385,11 +385,9 @@ def test_progressive_resizing_trains_each_epoch_at_its_size_and_validates_at_the
     step = make_step(*args, **kwargs)
     return lambda state, batch, *rest: (shapes.append(batch["image"].shape[1:3]), step(state, batch, *rest))[1]
 
-  steps.make_train_step = recording
-  try:
-    summary = train.train_and_evaluate(config, str(tmp_path))
-  finally:
-    steps.make_train_step = make_step
+  monkeypatch.setattr(steps, "make_train_step", recording)
+  summary = train.train_and_evaluate(config, str(tmp_path))
+  monkeypatch.undo()
   assert sorted(set(shapes)) == [(12, 12), (20, 20)] and shapes[0] == (12, 12) and shapes[-1] == (20, 20)
   printed = capsys.readouterr().out
   assert "Epoch 1: training on 12x12 images (progressive resizing; validation at 16x16)." in printed

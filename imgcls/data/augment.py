@@ -61,6 +61,7 @@ OPS = (
   "auto_augment",
   "one_of",
 )
+policies_ops = ("rand_augment", "trivial_augment", "auto_augment")  # imgcls/data/policies.py's.
 _ATTEMPTS = 10  # torchvision's tries at a crop or erased box that fits, before its fallback.
 _SCIPY_MODES = {"nearest": "nearest", "constant": "grid-constant", "reflect": "reflect", "wrap": "grid-wrap"}
 
@@ -157,9 +158,6 @@ def parse(spec: str, fill_mode: str = "nearest", fill_value: float = 0.0) -> Aug
     else:
       raise ValueError(f"Wrong arguments for {part!r} in data.augment; see imgcls/data/augment.py.")
   return Augment(**fields)
-
-
-policies_ops = ("rand_augment", "trivial_augment", "auto_augment")
 
 
 def from_config(data_config) -> Augment:

@@ -43,6 +43,12 @@ def train_image_size(data_config, epoch: int) -> tuple[int, int]:
   return size
 
 
+def train_image_sizes(data_config, epochs: int) -> list[tuple[int, int]]:
+  """Every size the training images take in epochs 0..epochs-1 (just `data.image_size` without
+  progressive resizing)."""
+  return sorted({train_image_size(data_config, epoch) for epoch in range(epochs)})
+
+
 def train_batches(
   split: Split,
   data_config,
