@@ -10,7 +10,7 @@ from flax import nnx
 
 from imgcls.models.batch_norm import BatchNorm
 from imgcls.models.convs import Conv, DepthwiseConv, PointwiseConv
-from imgcls.models.pooling import max_pool
+from imgcls.models.pooling import avg_pool, max_pool
 
 
 def _outputs_and_grads(module: nnx.Module, x: jax.Array, **call) -> tuple:
@@ -122,28 +122,42 @@ def test_portable_convs_pick_the_cpu_kernels_on_cpu_and_xla_elsewhere(module):
     ((2, 8, 8, 3), (2, 2), (2, 2), "VALID"),
     ((2, 9, 7, 3), (2, 2), (2, 2), "VALID"),  # odd sizes: the last row and column are left out
     ((1, 9, 9, 2), (3, 3), (3, 3), "VALID"),
-    ((2, 8, 8, 3), (3, 3), (2, 2), "VALID"),  # overlapping windows: nnx.max_pool
+    ((2, 8, 8, 3), (3, 3), (2, 2), "VALID"),  # overlapping windows (InceptionV3's stem)
+    ((2, 9, 8, 3), (3, 3), (2, 2), "SAME"),  # Xception's, odd and even sizes
     ((2, 7, 7, 3), (2, 2), (2, 2), "SAME"),
+    ((1, 6, 5, 2), (3, 3), (1, 1), "SAME"),
+    ((1, 6, 7, 2), (3, 2), (2, 1), "VALID"),
+    ((1, 2, 2, 2), (3, 3), (2, 2), "SAME"),  # smaller than the window
   ],
 )
-def test_max_pool_matches_nnx_forward_and_backward(shape, window, strides, padding):
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_pooling_matches_nnx_forward_and_backward(kind, shape, window, strides, padding):
   x = jnp.asarray(np.random.default_rng(0).standard_normal(shape, np.float32))  # No ties.
-  weights = jnp.asarray(np.random.default_rng(1).standard_normal(nnx.max_pool(x, window, strides, padding).shape, np.float32))
+  if kind == "max":
+    ours, theirs = max_pool, lambda x, *args: nnx.max_pool(x, *args)
+  else:  # Keras averages over each window's real pixels
+    ours, theirs = avg_pool, lambda x, *args: nnx.avg_pool(x, *args, count_include_pad=False)
+  expected = theirs(x, window, strides, padding)
+  weights = jnp.asarray(np.random.default_rng(1).standard_normal(expected.shape, np.float32))
 
   def run(pool):
-    return jax.value_and_grad(lambda x: jnp.sum(pool(x) * weights))(x)
+    return jax.jit(jax.value_and_grad(lambda x: jnp.sum(pool(x, window, strides, padding) * weights)))(x)
 
-  ours = run(lambda x: max_pool(x, window, strides, padding))
-  theirs = run(lambda x: nnx.max_pool(x, window, strides=strides, padding=padding))
-  np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-6)
-  np.testing.assert_array_equal(ours[1], theirs[1])
-  assert max_pool(x, window, strides, padding).shape == nnx.max_pool(x, window, strides, padding).shape
+  assert ours(x, window, strides, padding).shape == expected.shape
+  np.testing.assert_allclose(ours(x, window, strides, padding), expected, rtol=1e-6, atol=1e-6)
+  (value, grad), (expected_value, expected_grad) = run(ours), run(theirs)
+  np.testing.assert_allclose(value, expected_value, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-6)
 
 
 def test_max_pool_splits_the_gradient_between_equal_maxima():
   x = jnp.asarray([[1.0, 3.0], [3.0, 0.0]]).reshape(1, 2, 2, 1)
   grad = jax.grad(lambda x: jnp.sum(max_pool(x, (2, 2), (2, 2))))(x)
   np.testing.assert_array_equal(grad.reshape(2, 2), [[0.0, 0.5], [0.5, 0.0]])
+  # Overlapping windows: each window splits its own gradient; a pixel gathers from every window it wins.
+  x = jnp.asarray([[2.0, 2.0, 0.0], [0.0, 1.0, 0.0]]).reshape(1, 2, 3, 1)
+  grad = jax.grad(lambda x: jnp.sum(max_pool(x, (2, 2), (1, 1))))(x)
+  np.testing.assert_array_equal(grad.reshape(2, 3), [[0.5, 1.5, 0.0], [0.0, 0.0, 0.0]])
 
 
 @pytest.mark.parametrize("use_scale", [True, False])

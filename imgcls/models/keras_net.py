@@ -22,7 +22,7 @@ from flax import nnx
 
 from imgcls.models.batch_norm import BatchNorm
 from imgcls.models.convs import Conv, DepthwiseConv, PointwiseConv, as_pair
-from imgcls.models.pooling import max_pool
+from imgcls.models.pooling import avg_pool, max_pool
 
 # Keras's default initialisers, so a randomly initialised network starts as it does in Keras.
 _KERNEL_INIT = nnx.initializers.glorot_uniform()
@@ -460,9 +460,7 @@ def _apply(layer: Layer, module: nnx.Module | None, xs: list[jax.Array]) -> jax.
   if op == "max_pool":
     return max_pool(x, layer.kernel, layer.strides, layer.padding)
   if op == "avg_pool":  # Keras (TensorFlow) averages over the window's real pixels only.
-    return nnx.avg_pool(
-      x, window_shape=layer.kernel, strides=layer.strides, padding=layer.padding.upper(), count_include_pad=False
-    ).astype(x.dtype)  # its window counts are float32
+    return avg_pool(x, layer.kernel, layer.strides, layer.padding)
   if op == "concat":
     return jnp.concatenate(xs, axis=-1)
   if op == "add":

@@ -1,12 +1,13 @@
-"""Max pooling whose gradient is elementwise work instead of XLA's select-and-scatter.
+"""Max and average pooling written as elementwise work on the window's strided slices (its taps).
 
-For windows that tile the image (window == strides, 'valid' padding: every 2x2/2 pooling of VGG
-and the seed CNNs), the pool is the maximum of the window's strided slices (its taps); its
-gradient is `dy * (x == max)`, split evenly between equal maxima, written as elementwise work on
-the taps (`_tiled_max`'s backward). XLA's `reduce_window` and `select_and_scatter` were half of
-the insects CNN's training step on CPU, and autodiff of a max over reshaped window axes a third
-of the dropout CNN's at 224x224 (bench/compare_keras.py). Other windows (overlapping, 'same') use
-`nnx.max_pool`.
+The pool is the maximum (or mean) of the window's wh*ww strided slices of the input; the max's
+gradient is `dy * (x == max)`, split evenly between equal maxima, put back in place by padding
+each tap's share (`_window_max`'s backward); a stride-1 mean's gradient is again a window sum
+(`_stride_one_mean`). XLA fuses all of it into a few loops, where its CPU `reduce_window` and
+`select_and_scatter` were half of the insects CNN's training step, and InceptionV3's 3x3 pools
+(strided max, 'same' average) run 1.8-5.8x faster forward and backward (bench/conv_ops.py).
+'same' padding is TensorFlow's (Keras's): the odd row and column at the end, averages over the
+window's real pixels only. Equal maxima split the gradient where XLA gives it to the first.
 """
 
 from __future__ import annotations
@@ -15,55 +16,143 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+import numpy as np
 from jax import lax
 
+Pair = tuple[int, int]
 
-def _taps(x: jax.Array, window: tuple[int, int]) -> list[tuple[int, int, jax.Array]]:
-  """(i, j, x[:, i::wh, j::ww]) for each position (i, j) of a tiling window."""
-  wh, ww = window
+
+def _out_size(size: int, window: int, stride: int) -> int:
+  return (size - window) // stride + 1
+
+
+def _taps(x: jax.Array, window: Pair, strides: Pair) -> list[tuple[int, int, jax.Array]]:
+  """(i, j, the window's (i, j) pixel for every output position) over x's 'valid' windows."""
+  (wh, ww), (sh, sw) = window, strides
   n, height, width, channels = x.shape
-  return [(i, j, lax.slice(x, (0, i, j, 0), (n, height, width, channels), (1, wh, ww, 1))) for i in range(wh) for j in range(ww)]
+  out_h, out_w = _out_size(height, wh, sh), _out_size(width, ww, sw)
+  return [
+    (i, j, lax.slice(x, (0, i, j, 0), (n, i + (out_h - 1) * sh + 1, j + (out_w - 1) * sw + 1, channels), (1, sh, sw, 1)))
+    for i in range(wh)
+    for j in range(ww)
+  ]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _tiled_max(x: jax.Array, window: tuple[int, int]) -> jax.Array:
-  """Max over the windows that tile x (NHWC, its height and width multiples of the window)."""
-  return functools.reduce(jnp.maximum, [tap for _, _, tap in _taps(x, window)])
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _window_max(x: jax.Array, window: Pair, strides: Pair) -> jax.Array:
+  """Max over x's 'valid' windows (NHWC, at least one window each way)."""
+  return functools.reduce(jnp.maximum, [tap for _, _, tap in _taps(x, window, strides)])
 
 
-def _tiled_max_fwd(x, window):
-  y = _tiled_max(x, window)
+def _window_max_fwd(x, window, strides):
+  y = _window_max(x, window, strides)
   return y, (x, y)
 
 
-def _tiled_max_bwd(window, residuals, dy):
+def _window_max_bwd(window, strides, residuals, dy):
   x, y = residuals
-  wh, ww = window
-  taps = _taps(x, window)
+  (sh, sw), (_, height, width, _) = strides, x.shape
+  taps = _taps(x, window, strides)
   hits = [tap == y for _, _, tap in taps]
   share = dy / sum(hit.astype(dy.dtype) for hit in hits)  # equal maxima split the gradient
   zero = jnp.zeros((), dy.dtype)
-  # Each tap's share, put back in place: interior padding spreads it to every wh-th row, ww-th column.
-  dx = sum(
-    lax.pad(jnp.where(hit, share, zero), zero, ((0, 0, 0), (i, wh - 1 - i, wh - 1), (j, ww - 1 - j, ww - 1), (0, 0, 0)))
-    for (i, j, _), hit in zip(taps, hits)
-  )
+  out_h, out_w = y.shape[1:3]
+
+  def back_in_place(i, j, values):  # interior padding spreads a tap to every sh-th row, sw-th column
+    span_h, span_w = (out_h - 1) * sh + 1, (out_w - 1) * sw + 1
+    return lax.pad(values, zero, ((0, 0, 0), (i, height - i - span_h, sh - 1), (j, width - j - span_w, sw - 1), (0, 0, 0)))
+
+  dx = sum(back_in_place(i, j, jnp.where(hit, share, zero)) for (i, j, _), hit in zip(taps, hits))
   return (dx,)
 
 
-_tiled_max.defvjp(_tiled_max_fwd, _tiled_max_bwd)
+_window_max.defvjp(_window_max_fwd, _window_max_bwd)
 
 
-def max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int], padding: str = "VALID") -> jax.Array:
+def _same_pads(size: int, window: int, stride: int) -> tuple[int, int]:
+  """TensorFlow's 'SAME' padding: ceil(size / stride) outputs, the odd pixel at the end."""
+  total = max((-(-size // stride) - 1) * stride + window - size, 0)
+  return total // 2, total - total // 2
+
+
+def _padded(x: jax.Array, window: Pair, strides: Pair, padding: str, value: float) -> jax.Array:
+  if padding.upper() == "VALID":
+    return x
+  if padding.upper() != "SAME":
+    raise ValueError(f"Pooling padding must be 'valid' or 'same', not {padding!r}.")
+  pads = [_same_pads(x.shape[axis], window[axis - 1], strides[axis - 1]) for axis in (1, 2)]
+  return jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=value) if any(sum(p) for p in pads) else x
+
+
+def _empty(x: jax.Array, window: Pair, strides: Pair) -> jax.Array | None:
+  """Zeros of the output's shape when the image is smaller than the window (nothing to pool), else None."""
+  out_h, out_w = (max(_out_size(x.shape[axis], window[axis - 1], strides[axis - 1]), 0) for axis in (1, 2))
+  return jnp.zeros((x.shape[0], out_h, out_w, x.shape[3]), x.dtype) if out_h == 0 or out_w == 0 else None
+
+
+def max_pool(x: jax.Array, window: Pair, strides: Pair | None = None, padding: str = "VALID") -> jax.Array:
   """NHWC max pooling, as `nnx.max_pool(x, window, strides=strides, padding=padding)`."""
-  (wh, ww), (sh, sw) = tuple(window), tuple(strides)
-  if (wh, ww) != (sh, sw) or padding.upper() != "VALID":
-    return nnx.max_pool(x, window_shape=(wh, ww), strides=(sh, sw), padding=padding.upper())
+  window = tuple(window)
+  strides = tuple(strides or window)
+  x = _padded(x, window, strides, padding, -jnp.inf)
+  empty = _empty(x, window, strides)
+  return empty if empty is not None else _window_max(x, window, strides)
+
+
+def _window_sum(x: jax.Array, window: Pair, strides: Pair) -> jax.Array:
+  """Sum over x's 'valid' windows, rows first then columns (2 * (wh + ww) strided slices, not wh * ww)."""
+  (wh, ww), (sh, sw) = window, strides
   n, height, width, channels = x.shape
-  out_h, out_w = height // wh, width // ww
-  if out_h == 0 or out_w == 0:  # an image smaller than the window: nothing to pool
-    return jnp.zeros((n, out_h, out_w, channels), x.dtype)
-  if (out_h * wh, out_w * ww) != (height, width):  # lax.slice, not indexing: a gather for a symbolic (exported) batch
-    x = lax.slice(x, (0, 0, 0, 0), (n, out_h * wh, out_w * ww, channels))
-  return _tiled_max(x, (wh, ww))
+  out_h, out_w = _out_size(height, wh, sh), _out_size(width, ww, sw)
+  rows = sum(lax.slice(x, (0, i, 0, 0), (n, i + (out_h - 1) * sh + 1, width, channels), (1, sh, 1, 1)) for i in range(wh))
+  return sum(lax.slice(rows, (0, 0, j, 0), (n, out_h, j + (out_w - 1) * sw + 1, channels), (1, 1, sw, 1)) for j in range(ww))
+
+
+def _inverse_counts(shape: Pair, window: Pair, strides: Pair, padding: str) -> np.ndarray:
+  """1 / (how many real pixels each output's window holds), as (1, out_h, out_w, 1) float32."""
+  pads = [_same_pads(shape[axis], window[axis], strides[axis]) if padding.upper() == "SAME" else (0, 0) for axis in (0, 1)]
+  ones = np.pad(np.ones(shape, np.float32), pads)
+  (wh, ww), (sh, sw) = window, strides
+  out_h, out_w = _out_size(ones.shape[0], wh, sh), _out_size(ones.shape[1], ww, sw)
+  counts = sum(ones[i : i + (out_h - 1) * sh + 1 : sh, j : j + (out_w - 1) * sw + 1 : sw] for i in range(wh) for j in range(ww))
+  return (1.0 / counts)[None, :, :, None]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _stride_one_mean(x: jax.Array, window: Pair, padding: str) -> jax.Array:
+  """Stride-1 average pooling; its gradient is again a window sum (of dy / counts), not wh * ww pads."""
+  padded = _padded(x, window, (1, 1), padding, 0.0)
+  return _window_sum(padded, window, (1, 1)) * _inverse_counts(x.shape[1:3], window, (1, 1), padding)
+
+
+def _stride_one_mean_fwd(x, window, padding):
+  return _stride_one_mean(x, window, padding), None
+
+
+def _stride_one_mean_bwd(window, padding, _, dy):
+  same = padding.upper() == "SAME"
+  image = dy.shape[1:3] if same else (dy.shape[1] + window[0] - 1, dy.shape[2] + window[1] - 1)
+  share = dy * _inverse_counts(image, window, (1, 1), padding).astype(dy.dtype)
+  # Input pixel p is in the windows of outputs p - hi .. p + lo (per axis): pad the shares the other way round.
+  pads = [
+    _same_pads(dy.shape[axis], window[axis - 1], 1)[::-1] if same else (w - 1, w - 1)
+    for axis, w in ((1, window[0]), (2, window[1]))
+  ]
+  return (_window_sum(jnp.pad(share, ((0, 0), *pads, (0, 0))), window, (1, 1)),)
+
+
+_stride_one_mean.defvjp(_stride_one_mean_fwd, _stride_one_mean_bwd)
+
+
+def avg_pool(x: jax.Array, window: Pair, strides: Pair | None = None, padding: str = "VALID") -> jax.Array:
+  """NHWC average pooling over each window's real pixels (Keras's; `count_include_pad=False`)."""
+  window = tuple(window)
+  strides = tuple(strides or window)
+  padded = _padded(x, window, strides, padding, 0.0)
+  empty = _empty(padded, window, strides)
+  if empty is not None:
+    return empty
+  if strides == (1, 1):
+    return _stride_one_mean(x.astype(jnp.float32), window, padding).astype(x.dtype)
+  total = _window_sum(padded.astype(jnp.float32), window, strides)
+  return (total * _inverse_counts(x.shape[1:3], window, strides, padding)).astype(x.dtype)
