@@ -46,7 +46,7 @@ def onednn_extension() -> list[Extension]:
       sources=["imgcls/models/onednn_conv.cc"],
       include_dirs=[up(ffi_header, 4), up(dnnl_header, 3)],  # .../include
       library_dirs=[library_dir],
-      libraries=["dnnl"],
+      libraries=["dnnl", "dl"],  # dl: dlsym finds OpenMP's thread-count calls in oneDNN's libgomp
       extra_compile_args=["-std=c++17", "-O2", "-fvisibility=hidden", "-Wno-return-type"],
       language="c++",
       optional=True,  # A failed compile warns and installs imgcls without it.

@@ -249,6 +249,31 @@ def test_fused_bias_and_relu_match_their_separate_ops():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(b))))
 
 
+@pytest.mark.parametrize("batch", [1, 2, 5])
+def test_split_batches_equal_the_whole_team(batch):
+  """Halves of the batch on two threads (the default) give the whole-team convolution's output and
+  gradients; the kernel's and bias's gradients are the two halves' sums (odd batches too)."""
+  rng = np.random.default_rng(batch)
+  x = jnp.asarray(rng.standard_normal((batch, 11, 10, 6)), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal((3, 3, 6, 8)), jnp.float32)
+  bias = jnp.asarray(rng.standard_normal(8), jnp.float32)
+
+  def loss(x, kernel, bias):
+    y = onednn.conv(x, kernel, bias, strides=(2, 1), padding="SAME", relu=True)
+    return jnp.sum(y * jnp.cos(y)), y
+
+  step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))
+  results = {}
+  try:
+    for split in (True, False):
+      onednn.set_split(split)
+      results[split] = jax.block_until_ready(step(x, kernel, bias))
+  finally:
+    onednn.set_split(True)
+  for a, b in zip(jax.tree.leaves(results[True]), jax.tree.leaves(results[False])):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+
+
 def test_auto_picks_onednn_on_the_cpu():
   assert convs.resolve("auto") == "onednn"
   assert convs.resolve("cpu") == "cpu"

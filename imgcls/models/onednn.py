@@ -97,6 +97,15 @@ def version() -> str | None:
   return _load()[0]
 
 
+def set_split(split: bool) -> None:
+  """Whether convolutions of two or more images run as two halves of the batch, each single-threaded
+  on one of XLA's threads (True, the default: they then share the cores with the XLA work running
+  beside them), or on oneDNN's OpenMP team of every core (False). `IMGCLS_ONEDNN_SPLIT=0` too."""
+  if not available():
+    raise RuntimeError(unavailable_reason())
+  _LIBRARY[0].imgcls_onednn_set_split(int(bool(split)))
+
+
 @functools.cache
 def supports_bfloat16() -> bool:
   """Whether this CPU runs oneDNN's bfloat16 convolutions (AVX-512 and newer do)."""

@@ -10,10 +10,17 @@
 // (`any`), reordered here each call: kernels are small beside activations. The activations stay
 // NHWC (IMGCLS_ONEDNN_LAYOUT=blocked takes oneDNN's blocked layout, reordered on each call; =auto
 // whichever ran faster on a convolution's first call, see `Choose`). Primitives are
-// built once per convolution and kept (`Cache`); one scratchpad and one set of reorder buffers.
-// Convolutions run one at a time, each on oneDNN's OpenMP team of every core (`Run`).
+// built once per convolution and kept (`Cache`); scratchpad and reorder buffers per thread.
+// A batch of two or more runs as two halves, each on one thread with oneDNN single-threaded: the
+// caller's, and one of XLA's pool if it is free, else the caller again (`Convolve`), so that the
+// convolutions share the cores with XLA's fusions instead of oversubscribing them. Otherwise
+// (one image, the blocked layouts) a convolution runs on oneDNN's OpenMP team of every core, one
+// at a time (`Run`).
+#include <dlfcn.h>
+
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
@@ -163,9 +170,10 @@ Cache<Entry>& Primitives() {
   return cache;
 }
 
-// The scratchpad and the slots' reorder buffers, shared: convolutions run one at a time.
+// The scratchpad and the slots' reorder buffers, one set per thread (split convolutions run
+// their halves on two threads at once).
 constexpr int kMaxSlots = 4;
-Buffer scratch_buffer, slot_buffers[kMaxSlots];
+thread_local Buffer scratch_buffer, slot_buffers[kMaxSlots], partial_buffer;
 
 // One convolution at a time: each runs on every core (oneDNN's OpenMP team), and XLA would
 // otherwise start independent ones together (a layer's two gradients), oversubscribing the cores;
@@ -175,9 +183,15 @@ std::mutex& RunMutex() {
   return mutex;
 }
 
-// Runs the primitive on the caller's buffers (one per slot), reordering where its layouts differ.
+// Runs the primitive on the caller's buffers (one per slot), reordering where its layouts differ,
+// on oneDNN's OpenMP team of every core, one convolution at a time.
+void RunUnlocked(const Entry& entry, void* const* data);
 void Run(const Entry& entry, void* const* data) {
   std::lock_guard<std::mutex> lock(RunMutex());
+  RunUnlocked(entry, data);
+}
+
+void RunUnlocked(const Entry& entry, void* const* data) {
   auto& engine = Engine();
   dnnl::stream stream(engine);
   std::unordered_map<int, memory> args;
@@ -285,18 +299,124 @@ ffi::Error MakeGeometry(ffi::AnyBuffer::Dimensions x, ffi::AnyBuffer::Dimensions
   return ffi::Error::Success();
 }
 
-// Runs the convolution `make` builds (once, see `Choose`) on the call's buffers.
+// OpenMP's team size for the calling thread, from the libgomp oneDNN loaded (null: not found).
+using SetThreads = void (*)(int);
+using GetThreads = int (*)();
+SetThreads omp_set_threads = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "omp_set_num_threads"));
+GetThreads omp_get_threads = reinterpret_cast<GetThreads>(dlsym(RTLD_DEFAULT, "omp_get_max_threads"));
+
+// Runs `work` with oneDNN on this thread alone (a primitive built so also runs single-threaded).
+template <typename Work>
+auto Alone(Work work) {
+  int threads = omp_get_threads();
+  omp_set_threads(1);
+  struct Restore {
+    int threads;
+    ~Restore() { omp_set_threads(threads); }
+  } restore{threads};
+  return work();
+}
+
+// Whether convolutions run as two halves of the batch on XLA's own threads (the default; off
+// with IMGCLS_ONEDNN_SPLIT=0): oneDNN's OpenMP team of every core otherwise shares the cores with
+// the XLA fusions that run beside the convolution (InceptionV3's branches), and a team waits for
+// its slowest thread.
+std::atomic<int> split_choice{-1};
+
+bool SplitEnabled() {
+  if (omp_set_threads == nullptr || omp_get_threads == nullptr) return false;
+  int choice = split_choice.load();
+  if (choice < 0) {
+    const char* env = std::getenv("IMGCLS_ONEDNN_SPLIT");
+    choice = env && std::string(env) == "0" ? 0 : 1;
+    split_choice.store(choice);
+  }
+  return choice == 1;
+}
+
+// The second half of a split convolution, run by whichever thread claims it first: a thread of
+// XLA's pool, or the caller once its own half is done.
+struct SecondHalf {
+  std::shared_ptr<const Entry> entry;
+  void* data[kMaxSlots];
+  std::atomic<bool> claimed{false};
+  std::mutex mutex;
+  std::condition_variable finished;
+  bool done = false;
+  std::string error;
+
+  void RunIfUnclaimed(bool notify) {
+    if (claimed.exchange(true)) return;
+    try {
+      Alone([&] { RunUnlocked(*entry, data); });
+    } catch (const dnnl::error& e) {
+      error = e.what();
+    }
+    if (notify) {
+      std::lock_guard<std::mutex> lock(mutex);
+      done = true;
+      finished.notify_all();
+    } else {
+      done = true;
+    }
+  }
+};
+
+// Runs the convolution `make(geometry, blocked)` builds (once, see `Choose`) on the call's
+// buffers. `image_elements[i]`: elements per image of slot i (0 for the kernel and bias). Split
+// in halves of the batch where `SplitEnabled`; `partial_sums` (the kernel gradient) then takes
+// the second half's kernel and bias gradients in a buffer of its own and adds them.
 template <typename Make>
-ffi::Error Convolve(const Geometry& g, const char* op, void* const* data, Make make) {
+ffi::Error Convolve(ffi::ThreadPool& pool, const Geometry& g, const char* op, void* const* data,
+                    const int64_t* image_elements, size_t slots, bool partial_sums, Make make) {
   try {
-    Run(*Choose(g, op, data, make), data);
+    bool split = SplitEnabled() && ChosenLayout() == Layout::kNhwc && g.n >= 2 &&
+                 !(partial_sums && g.dtype != memory::data_type::f32);
+    if (!split) {
+      Run(*Choose(g, op, data, [&](bool blocked) { return make(g, blocked); }), data);
+      return ffi::Error::Success();
+    }
+    Geometry first = g, second = g;
+    first.n = (g.n + 1) / 2;
+    second.n = g.n - first.n;
+    auto alone = [&](const Geometry& half) {
+      return Primitives().Get(half.Key(op) + ",alone", [&] { return Alone([&] { return make(half, false); }); });
+    };
+    auto first_entry = alone(first);
+    auto task = std::make_shared<SecondHalf>();
+    task->entry = alone(second);
+    size_t element = g.dtype == memory::data_type::f32 ? 4 : 2;
+    for (size_t i = 0; i < slots; ++i) {
+      task->data[i] = static_cast<char*>(data[i]) + first.n * image_elements[i] * element;
+    }
+    int64_t kernel_elements = g.kh * g.kw * (g.c / g.groups) * g.o, bias_elements = g.bias ? g.o : 0;
+    if (partial_sums) {  // slots 2 and 3: the kernel's and the bias's gradients
+      float* partial = static_cast<float*>(partial_buffer.Get((kernel_elements + bias_elements) * sizeof(float)));
+      task->data[2] = partial;
+      task->data[3] = partial + kernel_elements;
+    }
+    pool.Schedule([task] { task->RunIfUnclaimed(true); });
+    Alone([&] { RunUnlocked(*first_entry, data); });
+    if (!task->claimed.load()) task->RunIfUnclaimed(false);
+    {
+      std::unique_lock<std::mutex> lock(task->mutex);
+      task->finished.wait(lock, [&] { return task->done; });
+    }
+    if (!task->error.empty()) return Fail(task->error);
+    if (partial_sums) {
+      const float* partial = static_cast<const float*>(task->data[2]);
+      float* kernel_grad = static_cast<float*>(data[2]);
+      for (int64_t i = 0; i < kernel_elements; ++i) kernel_grad[i] += partial[i];
+      float* bias_grad = static_cast<float*>(data[3]);
+      for (int64_t i = 0; i < bias_elements; ++i) bias_grad[i] += partial[kernel_elements + i];
+    }
   } catch (const dnnl::error& e) {
     return Fail(e.what());
   }
   return ffi::Error::Success();
 }
 
-ffi::Error ConvForward(ffi::AnyBuffer x, ffi::AnyBuffer kernel, ffi::AnyBuffer bias,
+ffi::Error ConvForward(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer kernel, ffi::AnyBuffer bias,
                        ffi::Result<ffi::AnyBuffer> y, ffi::Span<const int64_t> strides,
                        ffi::Span<const int64_t> padding, ffi::Span<const int64_t> dilation,
                        int64_t groups, bool relu) {
@@ -309,7 +429,8 @@ ffi::Error ConvForward(ffi::AnyBuffer x, ffi::AnyBuffer kernel, ffi::AnyBuffer b
   }
   if (y->element_count() == 0) return ffi::Error::Success();
   void* data[] = {x.untyped_data(), kernel.untyped_data(), y->untyped_data(), bias.untyped_data()};
-  return Convolve(g, "fwd", data, [&](bool blocked) {
+  const int64_t per_image[] = {g.h * g.w * g.c, 0, g.oh * g.ow * g.o, 0};
+  return Convolve(pool, g, "fwd", data, per_image, 4, false, [](const Geometry& g, bool blocked) {
     auto pd = g.Forward(Activations(g, false, blocked), Activations(g, true, blocked));
     std::vector<Slot> slots{MakeSlot(DNNL_ARG_SRC, g.Src(), pd.src_desc(), false),
                             MakeSlot(DNNL_ARG_WEIGHTS, g.UserWeights(), pd.weights_desc(), false),
@@ -319,7 +440,7 @@ ffi::Error ConvForward(ffi::AnyBuffer x, ffi::AnyBuffer kernel, ffi::AnyBuffer b
   });
 }
 
-ffi::Error ConvBackwardData(ffi::AnyBuffer dy, ffi::AnyBuffer kernel, ffi::Result<ffi::AnyBuffer> dx,
+ffi::Error ConvBackwardData(ffi::ThreadPool pool, ffi::AnyBuffer dy, ffi::AnyBuffer kernel, ffi::Result<ffi::AnyBuffer> dx,
                             ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
                             ffi::Span<const int64_t> dilation, int64_t groups) {
   Geometry g;
@@ -334,7 +455,8 @@ ffi::Error ConvBackwardData(ffi::AnyBuffer dy, ffi::AnyBuffer kernel, ffi::Resul
     return ffi::Error::Success();
   }
   void* data[] = {dy.untyped_data(), kernel.untyped_data(), dx->untyped_data()};
-  return Convolve(g, "bwd_data", data, [&](bool blocked) {
+  const int64_t per_image[] = {g.oh * g.ow * g.o, 0, g.h * g.w * g.c};
+  return Convolve(pool, g, "bwd_data", data, per_image, 3, false, [](const Geometry& g, bool blocked) {
     auto src = Activations(g, false, blocked), dst = Activations(g, true, blocked);
     auto pd = dnnl::convolution_backward_data::primitive_desc(
         Engine(), dnnl::algorithm::convolution_direct, src, g.AnyWeights(), dst, g.Strides(),
@@ -346,7 +468,7 @@ ffi::Error ConvBackwardData(ffi::AnyBuffer dy, ffi::AnyBuffer kernel, ffi::Resul
   });
 }
 
-ffi::Error ConvBackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dkernel,
+ffi::Error ConvBackwardWeights(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dkernel,
                                ffi::Result<ffi::AnyBuffer> dbias, ffi::Span<const int64_t> strides,
                                ffi::Span<const int64_t> padding, ffi::Span<const int64_t> dilation,
                                int64_t groups) {
@@ -364,7 +486,8 @@ ffi::Error ConvBackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<
     return ffi::Error::Success();
   }
   void* data[] = {x.untyped_data(), dy.untyped_data(), dkernel->untyped_data(), dbias->untyped_data()};
-  return Convolve(g, "bwd_w", data, [&](bool blocked) {
+  const int64_t per_image[] = {g.h * g.w * g.c, g.oh * g.ow * g.o, 0, 0};
+  return Convolve(pool, g, "bwd_w", data, per_image, 4, true, [](const Geometry& g, bool blocked) {
     auto src = Activations(g, false, blocked), dst = Activations(g, true, blocked);
     auto pd = dnnl::convolution_backward_weights::primitive_desc(
         Engine(), dnnl::algorithm::convolution_direct, src, g.AnyWeights(), g.Bias(), dst,
@@ -384,6 +507,7 @@ ffi::Error ConvBackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(imgcls_onednn_conv_fwd, ConvForward,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
@@ -396,6 +520,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(imgcls_onednn_conv_fwd, ConvForward,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(imgcls_onednn_conv_bwd_data, ConvBackwardData,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
@@ -406,6 +531,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(imgcls_onednn_conv_bwd_data, ConvBackwardData,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(imgcls_onednn_conv_bwd_w, ConvBackwardWeights,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
@@ -417,6 +543,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(imgcls_onednn_conv_bwd_w, ConvBackwardWeights,
 
 // The activations' layout for convolutions met from now on: 0 by measurement, 1 NHWC, 2 blocked.
 extern "C" void imgcls_onednn_set_layout(int layout) { layout_choice.store(layout); }
+
+// 1: split batches in halves on XLA's threads (the default), 0: oneDNN's team of every core.
+extern "C" void imgcls_onednn_set_split(int split) { split_choice.store(split ? 1 : 0); }
 
 // 1 where this CPU runs oneDNN's bfloat16 convolutions (AVX-512 or newer), else 0.
 extern "C" int imgcls_onednn_supports_bfloat16() {
