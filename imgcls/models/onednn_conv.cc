@@ -345,20 +345,16 @@ struct SecondHalf {
   bool done = false;
   std::string error;
 
-  void RunIfUnclaimed(bool notify) {
+  void RunIfUnclaimed() {
     if (claimed.exchange(true)) return;
     try {
       Alone([&] { RunUnlocked(*entry, data); });
     } catch (const dnnl::error& e) {
       error = e.what();
     }
-    if (notify) {
-      std::lock_guard<std::mutex> lock(mutex);
-      done = true;
-      finished.notify_all();
-    } else {
-      done = true;
-    }
+    std::lock_guard<std::mutex> lock(mutex);
+    done = true;
+    finished.notify_all();
   }
 };
 
@@ -395,9 +391,9 @@ ffi::Error Convolve(ffi::ThreadPool& pool, const Geometry& g, const char* op, vo
       task->data[2] = partial;
       task->data[3] = partial + kernel_elements;
     }
-    pool.Schedule([task] { task->RunIfUnclaimed(true); });
+    pool.Schedule([task] { task->RunIfUnclaimed(); });
     Alone([&] { RunUnlocked(*first_entry, data); });
-    if (!task->claimed.load()) task->RunIfUnclaimed(false);
+    task->RunIfUnclaimed();  // a no-op where a pool thread has taken it
     {
       std::unique_lock<std::mutex> lock(task->mutex);
       task->finished.wait(lock, [&] { return task->done; });

@@ -75,18 +75,24 @@ def _same_pads(size: int, window: int, stride: int) -> tuple[int, int]:
   return total // 2, total - total // 2
 
 
-def _padded(x: jax.Array, window: Pair, strides: Pair, padding: str, value: float) -> jax.Array:
-  if padding.upper() == "VALID":
-    return x
-  if padding.upper() != "SAME":
+def _pads(image: Pair, window: Pair, strides: Pair, padding: str) -> list[tuple[int, int]]:
+  """(before, after) pads of the image's height and width for 'valid' or 'same' padding."""
+  if padding.upper() not in ("VALID", "SAME"):
     raise ValueError(f"Pooling padding must be 'valid' or 'same', not {padding!r}.")
-  pads = [_same_pads(x.shape[axis], window[axis - 1], strides[axis - 1]) for axis in (1, 2)]
+  if padding.upper() == "VALID":
+    return [(0, 0), (0, 0)]
+  return [_same_pads(image[axis], window[axis], strides[axis]) for axis in (0, 1)]
+
+
+def _padded(x: jax.Array, window: Pair, strides: Pair, padding: str, value: float) -> jax.Array:
+  pads = _pads(x.shape[1:3], window, strides, padding)
   return jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=value) if any(sum(p) for p in pads) else x
 
 
-def _empty(x: jax.Array, window: Pair, strides: Pair) -> jax.Array | None:
+def _empty(x: jax.Array, window: Pair, strides: Pair, padding: str) -> jax.Array | None:
   """Zeros of the output's shape when the image is smaller than the window (nothing to pool), else None."""
-  out_h, out_w = (max(_out_size(x.shape[axis], window[axis - 1], strides[axis - 1]), 0) for axis in (1, 2))
+  pads = _pads(x.shape[1:3], window, strides, padding)
+  out_h, out_w = (max(_out_size(x.shape[a + 1] + sum(pads[a]), window[a], strides[a]), 0) for a in (0, 1))
   return jnp.zeros((x.shape[0], out_h, out_w, x.shape[3]), x.dtype) if out_h == 0 or out_w == 0 else None
 
 
@@ -94,9 +100,8 @@ def max_pool(x: jax.Array, window: Pair, strides: Pair | None = None, padding: s
   """NHWC max pooling, as `nnx.max_pool(x, window, strides=strides, padding=padding)`."""
   window = tuple(window)
   strides = tuple(strides or window)
-  x = _padded(x, window, strides, padding, -jnp.inf)
-  empty = _empty(x, window, strides)
-  return empty if empty is not None else _window_max(x, window, strides)
+  empty = _empty(x, window, strides, padding)
+  return empty if empty is not None else _window_max(_padded(x, window, strides, padding, -jnp.inf), window, strides)
 
 
 def _window_sum(x: jax.Array, window: Pair, strides: Pair) -> jax.Array:
@@ -110,8 +115,7 @@ def _window_sum(x: jax.Array, window: Pair, strides: Pair) -> jax.Array:
 
 def _inverse_counts(shape: Pair, window: Pair, strides: Pair, padding: str) -> np.ndarray:
   """1 / (how many real pixels each output's window holds), as (1, out_h, out_w, 1) float32."""
-  pads = [_same_pads(shape[axis], window[axis], strides[axis]) if padding.upper() == "SAME" else (0, 0) for axis in (0, 1)]
-  ones = np.pad(np.ones(shape, np.float32), pads)
+  ones = np.pad(np.ones(shape, np.float32), _pads(shape, window, strides, padding))
   (wh, ww), (sh, sw) = window, strides
   out_h, out_w = _out_size(ones.shape[0], wh, sh), _out_size(ones.shape[1], ww, sw)
   counts = sum(ones[i : i + (out_h - 1) * sh + 1 : sh, j : j + (out_w - 1) * sw + 1 : sw] for i in range(wh) for j in range(ww))
@@ -134,10 +138,7 @@ def _stride_one_mean_bwd(window, padding, _, dy):
   image = dy.shape[1:3] if same else (dy.shape[1] + window[0] - 1, dy.shape[2] + window[1] - 1)
   share = dy * _inverse_counts(image, window, (1, 1), padding).astype(dy.dtype)
   # Input pixel p is in the windows of outputs p - hi .. p + lo (per axis): pad the shares the other way round.
-  pads = [
-    _same_pads(dy.shape[axis], window[axis - 1], 1)[::-1] if same else (w - 1, w - 1)
-    for axis, w in ((1, window[0]), (2, window[1]))
-  ]
+  pads = [(hi, lo) if same else (w - 1, w - 1) for (lo, hi), w in zip(_pads(image, window, (1, 1), padding), window)]
   return (_window_sum(jnp.pad(share, ((0, 0), *pads, (0, 0))), window, (1, 1)),)
 
 
@@ -148,11 +149,10 @@ def avg_pool(x: jax.Array, window: Pair, strides: Pair | None = None, padding: s
   """NHWC average pooling over each window's real pixels (Keras's; `count_include_pad=False`)."""
   window = tuple(window)
   strides = tuple(strides or window)
-  padded = _padded(x, window, strides, padding, 0.0)
-  empty = _empty(padded, window, strides)
+  empty = _empty(x, window, strides, padding)
   if empty is not None:
     return empty
   if strides == (1, 1):
     return _stride_one_mean(x.astype(jnp.float32), window, padding).astype(x.dtype)
-  total = _window_sum(padded.astype(jnp.float32), window, strides)
+  total = _window_sum(_padded(x, window, strides, padding, 0.0).astype(jnp.float32), window, strides)
   return (total * _inverse_counts(x.shape[1:3], window, strides, padding)).astype(x.dtype)
