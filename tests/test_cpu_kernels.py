@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
+from imgcls.models import onednn
 from imgcls.models.batch_norm import BatchNorm
 from imgcls.models.convs import Conv, DepthwiseConv, PointwiseConv
 from imgcls.models.pooling import avg_pool, max_pool
@@ -130,11 +133,13 @@ def test_portable_convs_pick_the_cpu_kernels_on_cpu_and_xla_elsewhere(module):
     ((1, 2, 2, 2), (3, 3), (2, 2), "SAME"),  # smaller than the window
   ],
 )
-@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("kind", ["max", "max_onednn", "avg"])
 def test_pooling_matches_nnx_forward_and_backward(kind, shape, window, strides, padding):
   x = jnp.asarray(np.random.default_rng(0).standard_normal(shape, np.float32))  # No ties.
-  if kind == "max":
-    ours, theirs = max_pool, lambda x, *args: nnx.max_pool(x, *args)
+  if kind.startswith("max"):
+    implementation = "onednn" if kind == "max_onednn" else "cpu"
+    ours = functools.partial(max_pool, implementation=implementation)
+    theirs = lambda x, *args: nnx.max_pool(x, *args)  # noqa: E731
   else:  # Keras averages over each window's real pixels
     ours, theirs = avg_pool, lambda x, *args: nnx.avg_pool(x, *args, count_include_pad=False)
   expected = theirs(x, window, strides, padding)
@@ -158,6 +163,32 @@ def test_max_pool_splits_the_gradient_between_equal_maxima():
   x = jnp.asarray([[2.0, 2.0, 0.0], [0.0, 1.0, 0.0]]).reshape(1, 2, 3, 1)
   grad = jax.grad(lambda x: jnp.sum(max_pool(x, (2, 2), (1, 1))))(x)
   np.testing.assert_array_equal(grad.reshape(2, 3), [[0.5, 1.5, 0.0], [0.0, 0.0, 0.0]])
+
+
+def test_onednn_max_pool_gives_the_gradient_to_the_first_of_equal_maxima_as_xla():
+  x = jnp.asarray([[2.0, 2.0, 0.0], [0.0, 2.0, 0.0]]).reshape(1, 2, 3, 1)
+  for strides in ((1, 1), (2, 2)):
+    grad = jax.grad(lambda x, s=strides: jnp.sum(max_pool(x, (2, 2), s, implementation="onednn")))(x)
+    expected = jax.grad(lambda x, s=strides: jnp.sum(nnx.max_pool(x, (2, 2), s)))(x)
+    np.testing.assert_array_equal(grad, expected)
+    assert float(grad[0, 0, 0, 0]) >= 1.0 and float(grad[0, 1, 1, 0]) == 0.0
+
+
+def test_onednn_max_pool_of_a_split_batch_equals_the_whole_team():
+  x = jnp.asarray(np.random.default_rng(2).standard_normal((5, 13, 12, 24), np.float32))
+  dy = jnp.asarray(np.random.default_rng(3).standard_normal((5, 7, 6, 24), np.float32))
+
+  def run(split):
+    onednn.set_split(split)
+    try:
+      y, vjp = jax.vjp(lambda x: max_pool(x, (3, 3), (2, 2), "SAME", implementation="onednn"), x)
+      return y, vjp(dy)[0]
+    finally:
+      onednn.set_split(True)
+
+  (y, dx), (team_y, team_dx) = run(True), run(False)
+  np.testing.assert_array_equal(y, team_y)
+  np.testing.assert_allclose(dx, team_dx, rtol=1e-6)  # overlapping windows: sums in another order
 
 
 @pytest.mark.parametrize("use_scale", [True, False])

@@ -20,8 +20,15 @@ def _conv(cin: int, cout: int, kernel: int, rngs: nnx.Rngs, convs: str, *, strid
   )
 
 
-def _max_pool(x: jax.Array) -> jax.Array:
-  return max_pool(x, (2, 2), (2, 2))
+def _max_pool(x: jax.Array, conv: Conv) -> jax.Array:
+  """Keras's MaxPooling2D(), through oneDNN where the convolution before it runs there."""
+  return max_pool(x, (2, 2), (2, 2), implementation=conv.implementation)
+
+
+def _conv_relu_pool(conv: Conv, x: jax.Array) -> jax.Array:
+  """max_pool(relu(conv(x))) as relu(max_pool(conv(x))), the same values and gradients: the ReLU
+  and its gradient's mask then see the pooled map, a quarter of the convolution's output."""
+  return nnx.relu(_max_pool(conv(x), conv))
 
 
 class SimpleBackbone(nnx.Module):
@@ -47,7 +54,7 @@ class InsectsCNN(SimpleBackbone):
 
   def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
     for conv in (self.conv1, self.conv2, self.conv3):
-      x = _max_pool(conv(x, relu=True))
+      x = _conv_relu_pool(conv, x)
     return x
 
 
@@ -75,7 +82,7 @@ class BatchNormCNN(SimpleBackbone):
 
   def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
     for conv, norm in zip((self.conv1, self.conv2, self.conv3), self.norms):
-      x = _max_pool(norm(conv(x, relu=True)))
+      x = _max_pool(norm(conv(x, relu=True)), conv)
     return x
 
 
@@ -95,7 +102,6 @@ class DropoutCNN(SimpleBackbone):
     self.drop2 = nnx.Dropout(0.25)
 
   def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
-    x = self.conv2(self.conv1(x, relu=True), relu=True)
-    x = dropout(self.drop1, _max_pool(x), rngs)
-    x = dropout(self.drop2, _max_pool(self.conv3(x, relu=True)), rngs)
+    x = dropout(self.drop1, _conv_relu_pool(self.conv2, self.conv1(x, relu=True)), rngs)
+    x = dropout(self.drop2, _conv_relu_pool(self.conv3, x), rngs)
     return x

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from imgcls.models.batch_norm import BatchNorm
-from imgcls.models.convs import Conv, DepthwiseConv, PointwiseConv, as_pair
+from imgcls.models.convs import Conv, DepthwiseConv, PointwiseConv, as_pair, resolve
 from imgcls.models.pooling import avg_pool, max_pool
 
 # Keras's default initialisers, so a randomly initialised network starts as it does in Keras.
@@ -428,7 +428,7 @@ def _module(layer: Layer, in_shape: tuple[int, ...], momentum: float, epsilon: f
   raise ValueError(f"Layer type {layer.op!r} has no parameters.")
 
 
-def _apply(layer: Layer, module: nnx.Module | None, xs: list[jax.Array]) -> jax.Array:
+def _apply(layer: Layer, module: nnx.Module | None, xs: list[jax.Array], convs: str) -> jax.Array:
   x = xs[0]
   op = layer.op
   if op in ("conv", "depthwise", "separable"):
@@ -458,7 +458,7 @@ def _apply(layer: Layer, module: nnx.Module | None, xs: list[jax.Array]) -> jax.
     (top, bottom), (left, right) = layer.pads or correct_pad(x.shape[1], x.shape[2], layer.kernel[0])
     return jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
   if op == "max_pool":
-    return max_pool(x, layer.kernel, layer.strides, layer.padding)
+    return max_pool(x, layer.kernel, layer.strides, layer.padding, implementation=convs)
   if op == "avg_pool":  # Keras (TensorFlow) averages over the window's real pixels only.
     return avg_pool(x, layer.kernel, layer.strides, layer.padding)
   if op == "concat":
@@ -517,6 +517,7 @@ class KerasNet(nnx.Module):
     self.output_name = output
     self.output_shape = by_name[output].shape
     self.preprocessing = preprocessing
+    self.convs = resolve(convs)  # max pooling follows it (oneDNN's or imgcls's own)
     # Every weighted layer of the full network (those past `output` too), to check a weights file.
     self.all_weighted = tuple(layer.name for layer in graph.layers if layer.op in WEIGHTED)
     self.auto_named = tuple(layer.name for layer in graph.layers if layer.auto_named and layer.op in WEIGHTED)
@@ -578,7 +579,7 @@ class KerasNet(nnx.Module):
         if layer.op == "dropout":
           values[layer.name] = self.dropouts[layer.name](values[layer.inputs[0]], rngs=rngs)
         else:
-          values[layer.name] = _apply(layer, module, [values[name] for name in layer.inputs])
+          values[layer.name] = _apply(layer, module, [values[name] for name in layer.inputs], self.convs)
       if layer.name == output:
         return values[output]
       for name in frees:  # Let go of activations no later layer reads.

@@ -28,7 +28,13 @@ import numpy as np
 from jax import lax
 
 LIBRARY_NAME = "_onednn_conv"
-TARGETS = ("imgcls_onednn_conv_fwd", "imgcls_onednn_conv_bwd_data", "imgcls_onednn_conv_bwd_w")
+TARGETS = (
+  "imgcls_onednn_conv_fwd",
+  "imgcls_onednn_conv_bwd_data",
+  "imgcls_onednn_conv_bwd_w",
+  "imgcls_onednn_max_pool_fwd",
+  "imgcls_onednn_max_pool_bwd",
+)
 DNNL_DISTRIBUTION = "onednn-cpu-gomp"
 
 
@@ -219,3 +225,46 @@ def conv(
   kernel = kernel.astype(x.dtype)
   bias = jnp.zeros((0,), x.dtype) if bias is None else bias.astype(x.dtype)
   return _conv(x, kernel, bias, strides, pads, dilation, int(groups), bool(relu))
+
+
+def _pool_attrs(window, strides, pads: Pads) -> dict:
+  return dict(
+    window=np.asarray(window, np.int64), strides=np.asarray(strides, np.int64), padding=np.asarray([*pads[0], *pads[1]], np.int64)
+  )
+
+
+def _max_pool_forward(x, window, strides, pads):
+  out_hw = _out_hw(x.shape[1:3], window, strides, pads, (1, 1))
+  out = jax.ShapeDtypeStruct((x.shape[0], *out_hw, x.shape[3]), x.dtype)
+  workspace = jax.ShapeDtypeStruct(out.shape, jnp.int32)  # where each window's maximum was
+  return jax.ffi.ffi_call("imgcls_onednn_max_pool_fwd", (out, workspace))(x, **_pool_attrs(window, strides, pads))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool(x, window, strides, pads):
+  return _max_pool_forward(x, window, strides, pads)[0]
+
+
+def _max_pool_fwd(x, window, strides, pads):
+  y, workspace = _max_pool_forward(x, window, strides, pads)
+  return y, (workspace, x.shape)
+
+
+def _max_pool_bwd(window, strides, pads, residuals, grad):
+  workspace, shape = residuals
+  dx = jax.ShapeDtypeStruct(shape, grad.dtype)
+  return (jax.ffi.ffi_call("imgcls_onednn_max_pool_bwd", dx)(grad, workspace, **_pool_attrs(window, strides, pads)),)
+
+
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+def max_pool(x: jax.Array, window: Sequence[int], strides: Sequence[int], pads: Sequence[Sequence[int]]) -> jax.Array:
+  """Float32 NHWC max pooling by oneDNN over windows of x padded by `pads` ((top, bottom), (left,
+  right); padded pixels never win). Its gradient goes to each window's first maximum, as
+  TensorFlow's and XLA's. Raises RuntimeError where oneDNN is not `available()`."""
+  if not available():
+    raise RuntimeError(unavailable_reason())
+  (top, bottom), (left, right) = pads
+  pads = (int(top), int(bottom)), (int(left), int(right))
+  return _max_pool(x, tuple(int(w) for w in window), tuple(int(s) for s in strides), pads)

@@ -496,6 +496,86 @@ ffi::Error ConvBackwardWeights(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyB
   });
 }
 
+
+// Max pooling: a pooling "geometry" is a convolution's with the window as the kernel, the same
+// channels out as in, no dilation, no groups. Float32 only (the workspace halves assume 4-byte
+// elements). The workspace (where each window's maximum was) goes from the forward to the backward
+// pass in an int32 buffer of the output's shape, enough for oneDNN's (u8, or s32 per output).
+ffi::Error PoolGeometry(ffi::AnyBuffer::Dimensions x, ffi::AnyBuffer::Dimensions y, ffi::DataType dtype,
+                        ffi::Span<const int64_t> window, ffi::Span<const int64_t> strides,
+                        ffi::Span<const int64_t> padding, Geometry* g) {
+  if (x.size() != 4 || y.size() != 4 || window.size() != 2 || strides.size() != 2 || padding.size() != 4) {
+    return Fail("max pooling expects NHWC tensors, 2 window sizes, 2 strides, 4 pads");
+  }
+  if (dtype != ffi::DataType::F32) return Fail("max pooling runs in float32 only");
+  *g = Geometry{x[0], x[1], x[2], x[3], window[0], window[1], x[3], y[1], y[2],
+                strides[0], strides[1], padding[0], padding[1], padding[2], padding[3],
+                1, 1, 1, memory::data_type::f32, false, false};
+  if (y[0] != g->n || y[3] != g->c) return Fail("max pooling's output must have the input's batch and channels");
+  return ffi::Error::Success();
+}
+
+dnnl::pooling_forward::primitive_desc PoolForward(const Geometry& g) {
+  return dnnl::pooling_forward::primitive_desc(
+      Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::pooling_max, g.Src(), g.Dst(),
+      g.Strides(), {g.kh, g.kw}, {0, 0}, g.PadL(), g.PadR(), UserScratchpadAttr());
+}
+
+memory::desc Workspace(const dnnl::pooling_forward::primitive_desc& pd, const Geometry& g) {
+  memory::desc workspace = pd.workspace_desc();
+  if (workspace.get_size() > size_t(g.n * g.oh * g.ow * g.o) * 4) {
+    throw dnnl::error(dnnl_runtime_error, "oneDNN's pooling workspace is larger than the buffer for it");
+  }
+  return workspace;
+}
+
+ffi::Error MaxPoolForward(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y,
+                          ffi::Result<ffi::AnyBuffer> workspace, ffi::Span<const int64_t> window,
+                          ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding) {
+  Geometry g;
+  if (auto error = PoolGeometry(x.dimensions(), y->dimensions(), x.element_type(), window, strides, padding, &g);
+      error.failure()) {
+    return error;
+  }
+  if (y->element_count() == 0) return ffi::Error::Success();
+  void* data[] = {x.untyped_data(), y->untyped_data(), workspace->untyped_data()};
+  const int64_t per_image[] = {g.h * g.w * g.c, g.oh * g.ow * g.c, g.oh * g.ow * g.c};
+  return Convolve(pool, g, "max_pool_fwd", data, per_image, 3, false, [](const Geometry& g, bool) {
+    auto pd = PoolForward(g);
+    return Entry{dnnl::pooling_forward(pd), pd.scratchpad_desc(),
+                 {MakeSlot(DNNL_ARG_SRC, g.Src(), pd.src_desc(), false),
+                  MakeSlot(DNNL_ARG_DST, g.Dst(), pd.dst_desc(), true),
+                  MakeSlot(DNNL_ARG_WORKSPACE, Workspace(pd, g), pd.workspace_desc(), true)}};
+  });
+}
+
+ffi::Error MaxPoolBackward(ffi::ThreadPool pool, ffi::AnyBuffer dy, ffi::AnyBuffer workspace,
+                           ffi::Result<ffi::AnyBuffer> dx, ffi::Span<const int64_t> window,
+                           ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding) {
+  Geometry g;
+  if (auto error = PoolGeometry(dx->dimensions(), dy.dimensions(), dy.element_type(), window, strides, padding, &g);
+      error.failure()) {
+    return error;
+  }
+  if (dx->element_count() == 0) return ffi::Error::Success();
+  if (dy.element_count() == 0) {
+    std::memset(dx->untyped_data(), 0, dx->size_bytes());
+    return ffi::Error::Success();
+  }
+  void* data[] = {dy.untyped_data(), workspace.untyped_data(), dx->untyped_data()};
+  const int64_t per_image[] = {g.oh * g.ow * g.c, g.oh * g.ow * g.c, g.h * g.w * g.c};
+  return Convolve(pool, g, "max_pool_bwd", data, per_image, 3, false, [](const Geometry& g, bool) {
+    auto forward = PoolForward(g);
+    auto pd = dnnl::pooling_backward::primitive_desc(
+        Engine(), dnnl::algorithm::pooling_max, g.Src(), g.Dst(), g.Strides(), {g.kh, g.kw}, {0, 0},
+        g.PadL(), g.PadR(), forward, UserScratchpadAttr());
+    return Entry{dnnl::pooling_backward(pd), pd.scratchpad_desc(),
+                 {MakeSlot(DNNL_ARG_DIFF_DST, g.Dst(), pd.diff_dst_desc(), false),
+                  MakeSlot(DNNL_ARG_WORKSPACE, Workspace(forward, g), pd.workspace_desc(), false),
+                  MakeSlot(DNNL_ARG_DIFF_SRC, g.Src(), pd.diff_src_desc(), true)}};
+  });
+}
+
 }  // namespace
 
 // The handlers are the library's interface: visible however it is compiled.
@@ -536,6 +616,26 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(imgcls_onednn_conv_bwd_w, ConvBackwardWeights,
                                   .Attr<ffi::Span<const int64_t>>("padding")
                                   .Attr<ffi::Span<const int64_t>>("dilation")
                                   .Attr<int64_t>("groups"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(imgcls_onednn_max_pool_fwd, MaxPoolForward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<ffi::Span<const int64_t>>("window")
+                                  .Attr<ffi::Span<const int64_t>>("strides")
+                                  .Attr<ffi::Span<const int64_t>>("padding"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(imgcls_onednn_max_pool_bwd, MaxPoolBackward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<ffi::Span<const int64_t>>("window")
+                                  .Attr<ffi::Span<const int64_t>>("strides")
+                                  .Attr<ffi::Span<const int64_t>>("padding"));
 
 // The activations' layout for convolutions met from now on: 0 by measurement, 1 NHWC, 2 blocked.
 extern "C" void imgcls_onednn_set_layout(int layout) { layout_choice.store(layout); }
