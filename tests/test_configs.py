@@ -62,6 +62,7 @@ def test_tuned_pollen_is_the_seed_recipe_plus_the_changes_its_docstring_lists():
   assert changed == {
     "data.augment": "flip_lr|flip_ud|rand_augment(2, 9)",
     "model.bn_momentum": 0.99,
+    "model.cut_at": "block_13_expand_relu",
     "optimizer.schedule": "cosine",
     "train.ema_decay": 0.99,
   }
