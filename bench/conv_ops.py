@@ -6,8 +6,8 @@ For each layer shape: a training step's worth of work (output, gradients w.r.t. 
 weights) with each `implementation`, each one's speedup over `"xla"` and the largest difference
 of its outputs and gradients from XLA's, relative to the largest value of each. MobileNetV2's
 layers at the pollen recipe's 90x90 input, the tutorials' CNN layers, VGG's and InceptionV3's;
-batch 32 (8 for VGG and InceptionV3's convolutions, 16 for its pools: `cpu` and `onednn` are
-imgcls's pooling there, `xla` nnx's). Prints one JSON object.
+batch 32 (8 for VGG and InceptionV3's convolutions, 16 for its pools: `cpu` is imgcls's pooling,
+`onednn` oneDNN's max pooling, `xla` nnx's). Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -28,14 +28,17 @@ from imgcls.models.pooling import avg_pool, max_pool
 
 
 class Pool(nnx.Module):
-  """imgcls's max or average pooling ("xla": nnx.max_pool / nnx.avg_pool, XLA's reduce_window)."""
+  """imgcls's max or average pooling ("xla": nnx.max_pool / nnx.avg_pool, XLA's reduce_window;
+  "onednn": oneDNN's max pooling, imgcls's own average)."""
 
   def __init__(self, kind: str, window, strides, padding: str, implementation: str):
-    self.kind, self.window, self.strides, self.padding, self.xla = kind, window, strides, padding, implementation == "xla"
+    self.kind, self.window, self.strides, self.padding, self.implementation = kind, window, strides, padding, implementation
 
   def __call__(self, x):
-    if not self.xla:
-      return (max_pool if self.kind == "max" else avg_pool)(x, self.window, self.strides, self.padding)
+    if self.implementation != "xla" and self.kind == "max":
+      return max_pool(x, self.window, self.strides, self.padding, implementation=self.implementation)
+    if self.implementation != "xla":
+      return avg_pool(x, self.window, self.strides, self.padding)
     if self.kind == "max":
       return nnx.max_pool(x, self.window, strides=self.strides, padding=self.padding)
     return nnx.avg_pool(x, self.window, strides=self.strides, padding=self.padding, count_include_pad=False)
@@ -78,6 +81,8 @@ CASES = {
     (8, 35, 35, 288),
     lambda impl: Conv(288, 384, (3, 3), strides=2, padding="VALID", use_bias=False, implementation=impl, rngs=nnx.Rngs(0)),
   ),
+  "insects_max_pool_2x2_180x180x16": ((32, 180, 180, 16), lambda impl: Pool("max", (2, 2), (2, 2), "VALID", impl)),
+  "insects_max_pool_2x2_90x90x32": ((32, 90, 90, 32), lambda impl: Pool("max", (2, 2), (2, 2), "VALID", impl)),
   "inception_max_pool_3x3_s2_147x147x64": ((16, 147, 147, 64), lambda impl: Pool("max", (3, 3), (2, 2), "VALID", impl)),
   "inception_max_pool_3x3_s2_35x35x288": ((16, 35, 35, 288), lambda impl: Pool("max", (3, 3), (2, 2), "VALID", impl)),
   "inception_avg_pool_3x3_same_35x35x256": ((16, 35, 35, 256), lambda impl: Pool("avg", (3, 3), (1, 1), "SAME", impl)),

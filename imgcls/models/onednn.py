@@ -5,6 +5,7 @@
 input's and kernel's gradients through `jax.custom_vjp`. NHWC activations and HWIO kernels, as
 `lax.conv_general_dilated` takes them with flax's dimension numbers; any stride, padding,
 dilation and feature groups; float32 and bfloat16; bias and ReLU fused into the forward pass.
+`max_pool` is oneDNN's float32 max pooling, its backward pass from the forward's workspace.
 
 `available()` says whether the library loaded; where it cannot (not Linux x86-64, no compiler at
 install time, a broken libdnnl), `unavailable_reason()` says why and imgcls keeps its other kernels.

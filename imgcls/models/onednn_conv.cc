@@ -5,6 +5,9 @@
 //   imgcls_onednn_conv_fwd      y  = conv(x, w) [+ b] [relu]
 //   imgcls_onednn_conv_bwd_data dx = conv_transpose(dy, w)
 //   imgcls_onednn_conv_bwd_w    dw [, db] from x and dy
+// and two for max pooling (float32): imgcls_onednn_max_pool_fwd (y and oneDNN's workspace, where
+// each window's maximum was) and imgcls_onednn_max_pool_bwd (dx from dy and that workspace), split
+// in halves of the batch as the convolutions are.
 // Activations are NHWC and kernels HWIO (XLA's layouts for flax's convolutions; a grouped kernel
 // is HW(I/G)O, oneDNN's hwigo) at the call boundary. oneDNN picks the kernel's inner layout
 // (`any`), reordered here each call: kernels are small beside activations. The activations stay
