@@ -293,8 +293,8 @@ def test_an_op_a_format_lacks_is_named_with_its_layer_and_line(runs, tmp_path, m
 
   apply = keras_net._apply
 
-  def apply_with_cholesky(layer, module, inputs):
-    out = apply(layer, module, inputs)
+  def apply_with_cholesky(layer, module, inputs, convs):
+    out = apply(layer, module, inputs, convs)
     if layer.name != "block_1_project":
       return out
     gram = jnp.eye(2)[None] * (1.0 + jnp.mean(out, (1, 2, 3)) ** 2)[:, None, None]
