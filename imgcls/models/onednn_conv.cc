@@ -302,6 +302,14 @@ ffi::Error MakeGeometry(ffi::AnyBuffer::Dimensions x, ffi::AnyBuffer::Dimensions
   return ffi::Error::Success();
 }
 
+// Whether an input gradient `dx` is already done: it is empty, or `dy` is (then it is zeros).
+bool NothingToCompute(const ffi::AnyBuffer& dy, ffi::Result<ffi::AnyBuffer>& dx) {
+  if (dx->element_count() == 0) return true;
+  if (dy.element_count() > 0) return false;
+  std::memset(dx->untyped_data(), 0, dx->size_bytes());
+  return true;
+}
+
 // OpenMP's team size for the calling thread, from the libgomp oneDNN loaded (null: not found).
 using SetThreads = void (*)(int);
 using GetThreads = int (*)();
@@ -448,11 +456,7 @@ ffi::Error ConvBackwardData(ffi::ThreadPool pool, ffi::AnyBuffer dy, ffi::AnyBuf
       error.failure()) {
     return error;
   }
-  if (dx->element_count() == 0) return ffi::Error::Success();
-  if (dy.element_count() == 0) {
-    std::memset(dx->untyped_data(), 0, dx->size_bytes());
-    return ffi::Error::Success();
-  }
+  if (NothingToCompute(dy, dx)) return ffi::Error::Success();
   void* data[] = {dy.untyped_data(), kernel.untyped_data(), dx->untyped_data()};
   const int64_t per_image[] = {g.oh * g.ow * g.o, 0, g.h * g.w * g.c};
   return Convolve(pool, g, "bwd_data", data, per_image, 3, false, [](const Geometry& g, bool blocked) {
@@ -560,11 +564,7 @@ ffi::Error MaxPoolBackward(ffi::ThreadPool pool, ffi::AnyBuffer dy, ffi::AnyBuff
       error.failure()) {
     return error;
   }
-  if (dx->element_count() == 0) return ffi::Error::Success();
-  if (dy.element_count() == 0) {
-    std::memset(dx->untyped_data(), 0, dx->size_bytes());
-    return ffi::Error::Success();
-  }
+  if (NothingToCompute(dy, dx)) return ffi::Error::Success();
   void* data[] = {dy.untyped_data(), workspace.untyped_data(), dx->untyped_data()};
   const int64_t per_image[] = {g.oh * g.ow * g.c, g.oh * g.ow * g.c, g.h * g.w * g.c};
   return Convolve(pool, g, "max_pool_bwd", data, per_image, 3, false, [](const Geometry& g, bool) {

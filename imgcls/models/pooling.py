@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from imgcls.models import onednn
+import imgcls.models.onednn as onednn
 
 Pair = tuple[int, int]
 
