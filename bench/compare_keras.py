@@ -19,8 +19,9 @@ memory at its highest while the side built, compiled and ran (`peak_rss_mb`), an
 the process's memory after its imports (`added_rss_mb`). Needs the `bench` extra
 (`pip install -e '.[bench]'`: TensorFlow and PyTorch). Random weights: speed does not depend on them. Prints one JSON line per case, then one JSON object.
 
-`insects_fit` times the insects tutorial end to end on flowers17: `configs/insects.py` against
-the tutorial's Keras script, `--fit_epochs` epochs each, from the image files to the last epoch.
+`insects_fit` times the insects tutorial end to end on flowers17, each side's command from launch
+to exit: `python -m imgcls.main --config=configs/insects.py` against the tutorial's Keras script
+(`bench/insects_keras.py`), `--fit_epochs` epochs each, in turns `--fit_repeats` times; medians.
 
 `flowers_vgg19_epochs` times whole epochs of the flowers tutorial's recipe (frozen VGG19, random
 flips) on `--images` flowers17 training images: Keras's `fit` on the decoded images in memory, and
@@ -36,6 +37,7 @@ import multiprocessing
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -54,7 +56,8 @@ from imgcls.data import grain_pipeline, images, pipeline, sources  # noqa: E402
 from imgcls.models import onednn  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(REPO, "..", "shared", "data")
 SIDES = ("imgcls", "keras_tf", "torch_eager", "torch_compile")
 IMGCLS_CONVS = ("onednn", "cpu", "xla")  # sides imgcls_onednn, imgcls_cpu, imgcls_xla: one implementation forced
 
@@ -518,58 +521,49 @@ def time_epochs(epochs: int, images: int) -> dict:
   return results
 
 
+def _timed_command(command: list[str]) -> tuple[float, str]:
+  """Wall seconds of `command` from launch to exit, and its output."""
+  start = time.perf_counter()
+  done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+  seconds = time.perf_counter() - start
+  if done.returncode:
+    raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+  return round(seconds, 1), done.stdout
+
+
 def _insects_fit_imgcls(epochs: int) -> dict:
-  import runpy
   import tempfile
 
-  config = runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "configs", "insects.py"))["get_config"]()
-  config.data.dir = os.path.join(SHARED, "flowers17")
-  config.train.update(epochs=epochs, progress=False)
-  config.compile_cache = "off"
-  start = time.perf_counter()
-  summary = train.train_and_evaluate(config, tempfile.mkdtemp(prefix="imgcls_insects_"))
-  return {"total_s": round(time.perf_counter() - start, 1), "final_val_accuracy": round(summary["final"]["val_accuracy"], 3)}
+  workdir = tempfile.mkdtemp(prefix="imgcls_insects_")
+  flags = [f"--config.data.dir={os.path.join(SHARED, 'flowers17')}", f"--config.train.epochs={epochs}"]
+  flags += ["--config.train.progress=False", "--config.compile_cache=off", f"--workdir={workdir}"]
+  seconds, _ = _timed_command(
+    [sys.executable, "-m", "imgcls.main", f"--config={os.path.join(REPO, 'configs', 'insects.py')}", *flags]
+  )
+  with open(os.path.join(workdir, "summary.json")) as f:
+    return {"total_s": seconds, "final_val_accuracy": round(json.load(f)["final"]["val_accuracy"], 3)}
 
 
 def _insects_fit_keras(epochs: int) -> dict:
-  import keras
-  import tensorflow as tf
-  from keras import layers
-
-  root = os.path.join(SHARED, "flowers17")
-  start = time.perf_counter()
-  load = lambda folder: keras.utils.image_dataset_from_directory(  # noqa: E731
-    os.path.join(root, folder), image_size=(180, 180), batch_size=32, verbose=False
-  )
-  train_ds = load("train").cache().shuffle(1000).prefetch(tf.data.AUTOTUNE)
-  test_ds = load("test").cache().prefetch(tf.data.AUTOTUNE)
-  model = keras.Sequential(
-    [
-      keras.Input((180, 180, 3)),
-      layers.Rescaling(1.0 / 255),
-      layers.Conv2D(16, 3, padding="same", activation="relu"),
-      layers.MaxPooling2D(),
-      layers.Conv2D(32, 3, padding="same", activation="relu"),
-      layers.MaxPooling2D(),
-      layers.Conv2D(64, 3, padding="same", activation="relu"),
-      layers.MaxPooling2D(),
-      layers.Flatten(),
-      layers.Dense(128, activation="relu"),
-      layers.Dense(17),
-    ]
-  )
-  model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-  history = model.fit(train_ds, validation_data=test_ds, epochs=epochs, verbose=0)
-  return {"total_s": round(time.perf_counter() - start, 1), "final_val_accuracy": round(history.history["val_accuracy"][-1], 3)}
+  script = os.path.join(REPO, "bench", "insects_keras.py")
+  seconds, output = _timed_command([sys.executable, script, os.path.join(SHARED, "flowers17"), str(epochs)])
+  return {"total_s": seconds, **json.loads(output.strip().splitlines()[-1])}
 
 
-def time_insects_fit(epochs: int) -> dict:
-  """Wall seconds of the insects tutorial end to end on flowers17 (17 classes at 180x180): imgcls's
-  `configs/insects.py` against the tutorial's own Keras script (image_dataset_from_directory,
-  cache, shuffle, prefetch, `fit` validating on test/), each from its files to the last epoch,
-  each in a process of its own."""
-  results = {"imgcls": in_child(_insects_fit_imgcls, epochs), "keras_tf": in_child(_insects_fit_keras, epochs), "epochs": epochs}
-  results["speedup"] = round(results["keras_tf"]["total_s"] / results["imgcls"]["total_s"], 2)
+def time_insects_fit(epochs: int, repeats: int) -> dict:
+  """Wall seconds of the insects tutorial end to end on flowers17 (17 classes at 180x180), each
+  side's command from launch to exit: `python -m imgcls.main --config=configs/insects.py` against
+  the tutorial's own Keras script (`bench/insects_keras.py`: image_dataset_from_directory, cache,
+  shuffle, prefetch, `fit` validating on test/). The sides run in turns, `repeats` times each, so
+  the machine's drift reaches both; medians."""
+  runs = {"imgcls": [], "keras_tf": []}
+  for _ in range(repeats):
+    runs["imgcls"].append(_insects_fit_imgcls(epochs))
+    runs["keras_tf"].append(_insects_fit_keras(epochs))
+  results = {"epochs": epochs, "runs": runs}
+  for side, side_runs in runs.items():
+    results[f"{side}_s"] = statistics.median(r["total_s"] for r in side_runs)
+  results["speedup"] = round(results["keras_tf_s"] / results["imgcls_s"], 2)
   return results
 
 
@@ -590,6 +584,7 @@ def main() -> None:
   parser.add_argument("--epochs", type=int, default=3, help="flowers_vgg19_epochs: epochs per run")
   parser.add_argument("--images", type=int, default=256, help="flowers_vgg19_epochs: training images")
   parser.add_argument("--fit_epochs", type=int, default=10, help="insects_fit: epochs (the tutorial's 10)")
+  parser.add_argument("--fit_repeats", type=int, default=2, help="insects_fit: runs of each side, in turns")
   ARGS = parser.parse_args()
   sides = ARGS.sides.split(",")
   unknown = set(sides) - set(SIDES) - {f"imgcls_{convs}" for convs in IMGCLS_CONVS}
@@ -600,7 +595,7 @@ def main() -> None:
     if case == "flowers_vgg19_epochs":
       results[case] = time_epochs(ARGS.epochs, ARGS.images)
     elif case == "insects_fit":
-      results[case] = time_insects_fit(ARGS.fit_epochs)
+      results[case] = time_insects_fit(ARGS.fit_epochs, ARGS.fit_repeats)
     elif case.removesuffix("_eval") in CASES:
       results[case] = compare(case, sides)
     else:

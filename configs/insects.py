@@ -9,6 +9,7 @@ def get_config():
   c.data.validation_split = 0.0  # As the seed: train on all of train/, validate on test/.
   c.data.image_size = (180, 180)
   c.data.rescale = 1 / 255
+  c.data.cache = "memory"  # As the tutorial's .cache(): images decoded once, in the first epoch.
   c.model.name = "insects_cnn"
   c.optimizer.name = "adam"
   c.optimizer.learning_rate = 1e-3

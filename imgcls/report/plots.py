@@ -11,7 +11,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
 
 def _save(fig, path: str) -> str:
@@ -86,6 +85,8 @@ def confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: str, 
   """Counts, or fractions `normalized` by "true" class (rows) or of "all" examples."""
   size = max(4.0, 0.45 * len(class_names) + 2)
   fig, ax = plt.subplots(figsize=(size + 1, size))
+  from sklearn.metrics import ConfusionMatrixDisplay  # Here: the training report needs no sklearn (1 s to import).
+
   ConfusionMatrixDisplay(np.asarray(matrix), display_labels=list(class_names)).plot(
     ax=ax,
     cmap="Blues",
