@@ -89,6 +89,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.head.pooling = ""  # flatten | avg | max; empty: the model's own default.
   c.model.head.hidden = (-1,)  # Dense sizes before the output; (-1,): the model's own default.
   c.model.head.dropout = -1.0  # Dropout before the output layer; -1: the model's default.
+  c.model.head.input_dropout = -1.0  # Dropout on the backbone's features (the BatchNorm CNN's 0.3); -1: the default.
   c.model.head.batch_norm = False  # BatchNorm after each hidden Dense.
   # Keras application models (`python -m imgcls.models` lists them: mobilenet_v2, resnet50, densenet121, ...):
   c.model.weights = ""  # "": random init; "imagenet": Keras's file (Keras cache, else downloaded); or a path.

@@ -156,3 +156,27 @@ def test_head_dense_layers_start_as_keras_dense():
     assert kernel.shape == shape and np.abs(kernel).max() <= limit and np.abs(keras_kernel).max() <= limit
     np.testing.assert_allclose(kernel.std(), keras_kernel.std(), rtol=0.2)
     np.testing.assert_array_equal(np.asarray(layer.bias[...]), 0.0)
+
+
+def test_dropout_in_training_masks_at_its_rate_and_scales_the_rest():
+  """heads.dropout (XLA's Threefry bits on the CPU): about `rate` of the values zeroed, the rest
+  scaled by 1 / (1 - rate), the gradient through the same mask; a new mask for each key, the same
+  for the same key, one draw per image with broadcast_dims, and nothing dropped in inference."""
+  from imgcls.models.heads import dropout
+
+  layer = nnx.Dropout(0.25, deterministic=True)
+  x = jnp.ones((8, 40, 40, 16))
+  assert bool(jnp.all(dropout(layer, x, None) == x)) and bool(jnp.all(dropout(layer, x, nnx.Rngs(0)) == x))  # inference
+  layer.deterministic = False
+  y = jax.jit(lambda x: dropout(layer, x, nnx.Rngs(dropout=0)))(x)
+  values = np.unique(np.asarray(y))
+  np.testing.assert_allclose(values, [0.0, 1 / 0.75], rtol=1e-6)
+  assert float(jnp.mean(y == 0)) == pytest.approx(0.25, abs=0.005)
+  again = dropout(layer, x, nnx.Rngs(dropout=0))
+  other = dropout(layer, x, nnx.Rngs(dropout=1))
+  assert bool(jnp.all(again == y)) and float(jnp.mean((other == 0) == (y == 0))) < 0.7
+  grad = jax.grad(lambda x: jnp.sum(dropout(layer, x, nnx.Rngs(dropout=0))))(x)
+  np.testing.assert_array_equal(np.asarray(grad), np.asarray(y))
+  per_image = nnx.Dropout(0.5, broadcast_dims=(1, 2, 3))
+  z = np.asarray(dropout(per_image, x, nnx.Rngs(dropout=2))).reshape(8, -1)
+  assert np.all(z == z[:, :1]) and set(np.unique(z[:, 0])) <= {0.0, 2.0}

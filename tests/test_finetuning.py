@@ -353,9 +353,12 @@ def test_layer_decay_slows_each_block_below_the_top(tmp_path):
 
 def test_bn_inference_trains_the_backbone_with_its_moving_statistics_kept(tmp_path):
   config = tiny_config(
-    tmp_path, **{"model.name": "bn_cnn", "data.image_size": (48, 48), "model.bn_inference": True, "model.head.dropout": 0.0}
+    tmp_path,
+    **{"model.name": "bn_cnn", "data.image_size": (48, 48), "model.bn_inference": True}
+    | {"model.head.dropout": 0.0, "model.head.input_dropout": 0.0},  # At 48x48 dropout can zero every feature.
   )
   model = steps.create_model(config, 3)
+  assert model.head.input_dropout is None
   batch_norms = [m for _, m in nnx.iter_modules(model.backbone) if isinstance(m, nnx.BatchNorm)]
   assert batch_norms and all(m.use_running_average for m in batch_norms)
   start_params, start_stats = jax.tree.map(np.asarray, steps.split_model(model)[2:5:2])

@@ -248,6 +248,8 @@ def head_options(config: ml_collections.ConfigDict, backbone: nnx.Module) -> dic
     options["hidden"] = tuple(int(h) for h in hc.hidden)
   if hc.dropout >= 0:
     options["dropout"] = float(hc.dropout)
+  if hc.input_dropout >= 0:
+    options["input_dropout"] = float(hc.input_dropout)
   if hc.batch_norm:
     options["batch_norm"] = True
   return options

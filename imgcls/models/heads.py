@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax import lax
 
 from imgcls.models.batch_norm import BatchNorm
 
@@ -14,8 +16,30 @@ _KERNEL_INIT = nnx.initializers.glorot_uniform()  # Keras's Dense default, so re
 
 
 def dropout(layer: nnx.Dropout, x: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
-  """`layer(x, rngs=rngs)`; without `rngs` (inference) `layer(x)`, the call jax2onnx's Dropout translation takes."""
-  return layer(x) if rngs is None else layer(x, rngs=rngs)
+  """`layer(x, rngs=rngs)`; without `rngs` (inference) `layer(x)`, the call jax2onnx's Dropout translation takes.
+
+  In training on the CPU, the mask's bits come from XLA's own Threefry generator
+  (`lax.rng_bit_generator`), 4x faster there than `jax.random`'s (a 32x110x110x64 mask, the
+  X-ray CNN's: 62 against 257 ms on 2 cores); other platforms keep `jax.random.bernoulli`.
+  """
+  if rngs is None:
+    return layer(x)
+  if layer.deterministic is not False or layer.rate in (0.0, 1.0):
+    return layer(x, rngs=rngs)
+  key = rngs[layer.rng_collection]()
+  keep = 1.0 - layer.rate
+  shape = tuple(1 if axis in layer.broadcast_dims else size for axis, size in enumerate(x.shape))
+  mask = lax.platform_dependent(
+    key, cpu=functools.partial(_cpu_keep_mask, keep=keep, shape=shape), default=lambda k: jax.random.bernoulli(k, keep, shape)
+  )
+  return lax.select(jnp.broadcast_to(mask, x.shape), x / keep, jnp.zeros_like(x))
+
+
+def _cpu_keep_mask(key: jax.Array, *, keep: float, shape: tuple[int, ...]) -> jax.Array:
+  """True with probability `keep` (to 2^-32), from XLA's Threefry bits seeded by `key`."""
+  state = jax.random.bits(key, (4,), jnp.uint32)
+  bits = lax.rng_bit_generator(state, shape, jnp.uint32, algorithm=lax.RandomAlgorithm.RNG_THREE_FRY)[1]
+  return bits < jnp.uint32(min(round(keep * 2**32), 2**32 - 1))
 
 
 class Head(nnx.Module):

@@ -22,6 +22,7 @@ from flax import nnx
 
 from imgcls.models.batch_norm import BatchNorm
 from imgcls.models.convs import Conv, DepthwiseConv, PointwiseConv, as_pair, resolve
+from imgcls.models.heads import dropout
 from imgcls.models.pooling import avg_pool, max_pool
 
 # Keras's default initialisers, so a randomly initialised network starts as it does in Keras.
@@ -577,7 +578,7 @@ class KerasNet(nnx.Module):
       module = self.layers[layer.name] if layer.op in WEIGHTED else None
       with jax.named_scope(layer.name):  # Names the layer in traces, profiles and export errors.
         if layer.op == "dropout":
-          values[layer.name] = self.dropouts[layer.name](values[layer.inputs[0]], rngs=rngs)
+          values[layer.name] = dropout(self.dropouts[layer.name], values[layer.inputs[0]], rngs)
         else:
           values[layer.name] = _apply(layer, module, [values[name] for name in layer.inputs], self.convs)
       if layer.name == output:
