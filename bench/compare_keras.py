@@ -137,20 +137,9 @@ def keras_model(case: str, num_classes: int, image_size: tuple[int, int]):
     model = keras.Sequential([cut, layers.Flatten(), layers.Dense(64, activation="relu"), layers.Dense(1, activation="sigmoid")])
     loss = "binary_crossentropy"
   elif case == "insects":
-    model = keras.Sequential(
-      [
-        keras.Input(shape),
-        layers.Conv2D(16, 3, padding="same", activation="relu"),
-        layers.MaxPooling2D(),
-        layers.Conv2D(32, 3, padding="same", activation="relu"),
-        layers.MaxPooling2D(),
-        layers.Conv2D(64, 3, padding="same", activation="relu"),
-        layers.MaxPooling2D(),
-        layers.Flatten(),
-        layers.Dense(128, activation="relu"),
-        layers.Dense(num_classes),
-      ]
-    )
+    from insects_keras import insects_cnn
+
+    model = insects_cnn(num_classes, shape, rescale=False)
   elif case == "bn_cnn":
     bn = lambda: layers.BatchNormalization(momentum=0.1, epsilon=1e-5)  # noqa: E731
     model = keras.Sequential(

@@ -18,18 +18,12 @@ import tensorflow as tf  # noqa: E402
 from keras import layers  # noqa: E402
 
 
-def main(root: str, epochs: int) -> None:
-  load = lambda folder: keras.utils.image_dataset_from_directory(  # noqa: E731
-    os.path.join(root, folder), image_size=(180, 180), batch_size=32, verbose=False
-  )
-  train_ds, test_ds = load("train"), load("test")
-  num_classes = len(train_ds.class_names)
-  train_ds = train_ds.cache().shuffle(1000).prefetch(tf.data.AUTOTUNE)
-  test_ds = test_ds.cache().prefetch(tf.data.AUTOTUNE)
-  model = keras.Sequential(
+def insects_cnn(num_classes: int, shape=(180, 180, 3), rescale: bool = True) -> keras.Model:
+  """The tutorial's CNN (its Rescaling layer left out where the images come already rescaled)."""
+  return keras.Sequential(
     [
-      keras.Input((180, 180, 3)),
-      layers.Rescaling(1.0 / 255),
+      keras.Input(shape),
+      *([layers.Rescaling(1.0 / 255)] if rescale else []),
       layers.Conv2D(16, 3, padding="same", activation="relu"),
       layers.MaxPooling2D(),
       layers.Conv2D(32, 3, padding="same", activation="relu"),
@@ -41,6 +35,17 @@ def main(root: str, epochs: int) -> None:
       layers.Dense(num_classes),
     ]
   )
+
+
+def main(root: str, epochs: int) -> None:
+  load = lambda folder: keras.utils.image_dataset_from_directory(  # noqa: E731
+    os.path.join(root, folder), image_size=(180, 180), batch_size=32, verbose=False
+  )
+  train_ds, test_ds = load("train"), load("test")
+  num_classes = len(train_ds.class_names)
+  train_ds = train_ds.cache().shuffle(1000).prefetch(tf.data.AUTOTUNE)
+  test_ds = test_ds.cache().prefetch(tf.data.AUTOTUNE)
+  model = insects_cnn(num_classes)
   model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
   history = model.fit(train_ds, validation_data=test_ds, epochs=epochs, verbose=0)
   print(json.dumps({"final_val_accuracy": round(history.history["val_accuracy"][-1], 3)}))
