@@ -304,7 +304,11 @@ def test_a_library_that_will_not_load_falls_back_with_one_line():
 
 
 def test_training_with_onednn_gives_xla_s_epoch_metrics(tree, tmp_path):
-  """Two epochs of the tutorials' BatchNorm CNN (7x7/2 'valid', BatchNorm, head BatchNorm) on real images."""
+  """Two epochs of the tutorials' BatchNorm CNN (7x7/2 'valid', BatchNorm, head BatchNorm) on real images.
+
+  The head's input dropout is off: its masks are the same on both sides, but on these 36 images they
+  turn the rounding of the two convolution implementations into loss differences of 2e-4 by epoch 2.
+  """
   from conftest import tiny_config
 
   metrics = {}
@@ -317,6 +321,7 @@ def test_training_with_onednn_gives_xla_s_epoch_metrics(tree, tmp_path):
         "data.image_size": (64, 64),
         "data.validation_split": 0.25,
         "train.epochs": 2,
+        "model.head.input_dropout": 0.0,
       },
     )
     workdir = tmp_path / implementation
