@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -55,6 +57,28 @@ def test_run_writes_summary_metrics_tensorboard_and_checkpoints(run):
   assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
   assert ckpt_lib.resolve(str(workdir)).endswith(f"best/{summary['best']['step']}")
   assert sorted(os.listdir(workdir / "checkpoints" / "latest")) == ["12", "8"]  # max_to_keep=2
+
+
+def test_the_tensorboard_writer_leaves_torch_unimported(tmp_path):
+  """tensorboardX would import PyTorch where installed (seconds at each start); a stand-in torch
+  package records whether it was imported, and stays importable afterwards."""
+  (tmp_path / "torch").mkdir()
+  (tmp_path / "torch" / "__init__.py").write_text("import os\nopen(os.environ['MARKER'], 'w').close()\n")
+  script = (
+    "import os, sys\n"
+    "from imgcls import logs\n"
+    "writer = logs._summary_writer()(os.environ['EVENTS'])\n"
+    "writer.add_scalar('loss', 1.0, 1)\n"
+    "writer.close()\n"
+    "assert not os.path.exists(os.environ['MARKER']), 'torch imported'\n"
+    "import torch\n"
+    "assert os.path.exists(os.environ['MARKER'])\n"
+  )
+  env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+  env.update(MARKER=str(tmp_path / "imported"), EVENTS=str(tmp_path / "events"))
+  result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr
+  assert list((tmp_path / "events").glob("events.out.tfevents.*"))
 
 
 def test_training_learns(run):
