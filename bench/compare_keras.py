@@ -556,11 +556,14 @@ def time_insects_fit(epochs: int, repeats: int) -> dict:
   return results
 
 
-def _installed(distribution: str) -> str | None:
-  try:
-    return importlib.metadata.version(distribution)
-  except importlib.metadata.PackageNotFoundError:
-    return None
+def _installed(*distributions: str) -> str | None:
+  """The version of the first of `distributions` installed (TensorFlow's CPU build is another name)."""
+  for distribution in distributions:
+    try:
+      return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+      pass
+  return None
 
 
 def main() -> None:
@@ -594,7 +597,9 @@ def main() -> None:
   results["versions"] = {
     "jax": jax.__version__,
     "onednn": onednn.version(),
-    **{name: _installed(name) for name in ("tensorflow", "keras", "torch")},
+    "tensorflow": _installed("tensorflow", "tensorflow-cpu"),
+    "keras": _installed("keras"),
+    "torch": _installed("torch"),
   }
   print(json.dumps(results, indent=2))
 
