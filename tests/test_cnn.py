@@ -180,3 +180,23 @@ def test_dropout_in_training_masks_at_its_rate_and_scales_the_rest():
   per_image = nnx.Dropout(0.5, broadcast_dims=(1, 2, 3))
   z = np.asarray(dropout(per_image, x, nnx.Rngs(dropout=2))).reshape(8, -1)
   assert np.all(z == z[:, :1]) and set(np.unique(z[:, 0])) <= {0.0, 2.0}
+
+
+@pytest.mark.parametrize("name", ["bn_cnn", "dropout_cnn"])
+def test_the_jitted_init_draws_the_eager_build_s_model(name, tree):
+  """`create_model` draws a random init in one jitted program: the same parameters, BatchNorm
+  statistics, dropout keys and graph as building the model eagerly."""
+  from imgcls import steps
+
+  config = tiny_config(tree, **{"model.name": name, "data.image_size": (64, 64)})
+  jitted = steps.create_model(config, 3)
+  eager = build_model(config, 3, rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1))
+  assert nnx.graphdef(jitted) == nnx.graphdef(eager)
+
+  def values(x):
+    return np.asarray(jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
+
+  ours, theirs = jax.tree.leaves(nnx.state(jitted)), jax.tree.leaves(nnx.state(eager))
+  assert len(ours) == len(theirs) >= 10
+  for a, b in zip(ours, theirs):
+    np.testing.assert_array_equal(values(a), values(b))
