@@ -4,7 +4,8 @@ For predicting the 1000 ImageNet classes of images (`--mode=predict`); no traini
 Any Keras application model imgcls has (`python -m imgcls.models` lists them): mobilenet,
 mobilenet_v2, mobilenet_v3_small/large[_minimalistic] (set --config.model.alpha), vgg16, vgg19,
 inception_v3, inception_resnet_v2, xception, resnet50/101/152, resnet50_v2/101_v2/152_v2, densenet121/169/201,
-efficientnet_b0..efficientnet_b7, efficientnet_v2_b0..b3/s/m/l, convnext_tiny/small/base/large/xlarge.
+efficientnet_b0..efficientnet_b7, efficientnet_v2_b0..b3/s/m/l, convnext_tiny/small/base/large/xlarge,
+nasnet_mobile, nasnet_large.
 """
 
 from imgcls.config import default_config

@@ -164,6 +164,15 @@ CASES = {
     "activation_17",
     alpha=0.75,
   ),
+  # Odd and non-square: the cells' correct_pad paddings and the adjust blocks' shifted, halved
+  # previous path (ZeroPadding2D, Cropping2D, 1x1 average pooling), 'same' average pools.
+  "nasnet_mobile": Case(
+    "nasnet_mobile",
+    (35, 33),
+    lambda: keras.applications.NASNetMobile(weights=None, input_shape=(35, 33, 3)),
+    keras.applications.nasnet.preprocess_input,
+    "activation_187",
+  ),
   # Odd and non-square: every stride-2 depthwise block pads by correct_pad; normalises inside.
   "efficientnet_b0": Case(
     "efficientnet_b0",
@@ -266,6 +275,7 @@ VARIANTS = {  # Variants not in CASES with their own block tables or options (be
   "mobilenet_v3_large": "MobileNetV3Large",
   "mobilenet_v3_small_minimalistic": ("MobileNetV3Small", {"minimalistic": True}),
   "mobilenet_v3_large_minimalistic": ("MobileNetV3Large", {"minimalistic": True}),
+  "nasnet_large": "NASNetLarge",
 }
 
 
@@ -328,6 +338,9 @@ FEATURE_CASES = [
   ("mobilenet_v3_small_0.75", "", "max"),
   ("mobilenet_v3_small_0.75", "re_lu_1", ""),  # Inside the hard sigmoid: relu6(x + 3).
   ("mobilenet_v3_small_0.75", "expanded_conv_5_add", ""),
+  ("nasnet_mobile", "", "max"),
+  ("nasnet_mobile", "normal_concat_5", ""),  # The first normal cell after a reduction.
+  ("nasnet_mobile", "cropping2d_1", ""),  # Counter-named: inside stem_2's adjust block.
   ("efficientnet_b0", "", "avg"),
   ("efficientnet_b0", "block6c_add", ""),  # After a stochastic depth Dropout (identity in inference).
   ("efficientnet_b0", "normalization", ""),  # The stem's normalisation of the pixels.

@@ -13,7 +13,7 @@ from flax import nnx
 from paths import shared
 
 from imgcls.config import default_config
-from imgcls.models import build_model, keras_weights, mobilenet_v2, vgg
+from imgcls.models import build_model, keras_weights, mobilenet_v2, nasnet, vgg
 
 
 def write_legacy(path, layers: dict[str, dict[str, np.ndarray]], *, wrap: bool = False) -> None:
@@ -143,6 +143,18 @@ def test_imagenet_file_names_follow_keras():
   )
   with pytest.raises(ValueError, match="alpha"):
     mobilenet_v2.imagenet_file((224, 224, 3), alpha=0.6, include_top=True)
+  base = "https://storage.googleapis.com/tensorflow/keras-applications/nasnet/"
+  assert nasnet.imagenet_file((224, 224, 3), include_top=True) == (
+    "nasnet_mobile.h5",
+    base + "NASNet-mobile.h5",
+    "020fb642bf7360b370c678b08e0adf61",
+  )
+  assert nasnet.imagenet_file((150, 170, 3), include_top=False, variant="large")[:2] == (
+    "nasnet_large_no_top.h5",
+    base + "NASNet-large-no-top.h5",
+  )
+  with pytest.raises(ValueError, match="331x331"):  # Keras's top takes its own size only.
+    nasnet.imagenet_file((224, 224, 3), include_top=True, variant="large")
 
 
 def test_keras_legacy_file_of_the_real_weights_reads_flat():

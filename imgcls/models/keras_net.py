@@ -59,6 +59,7 @@ _AUTO_PREFIX = {
   "multiply": "multiply",
   "dropout": "dropout",
   "pad": "zero_padding2d",
+  "crop": "cropping2d",
   "max_pool": "max_pooling2d",
   "avg_pool": "average_pooling2d",
   "concat": "concatenate",
@@ -80,7 +81,7 @@ class Layer:
   shape: tuple[int, ...]
   units: int = 0  # Output channels of conv and dense.
   kernel: tuple[int, int] = (1, 1)  # Also the pooling window.
-  pads: tuple[tuple[int, int], tuple[int, int]] | None = None  # pad: fixed ((top, bottom), (left, right)); None: correct_pad.
+  pads: tuple[tuple[int, int], tuple[int, int]] | None = None  # pad, crop: ((top, bottom), (left, right)); None: correct_pad.
   strides: tuple[int, int] = (1, 1)
   padding: str = "valid"  # valid | same (Keras's, i.e. TensorFlow's, padding).
   use_bias: bool = True
@@ -277,6 +278,12 @@ class Graph:
     h, w, c = self.shape(x)
     return self._append(name, "pad", (x,), (h + top + bottom, w + left + right, c), pads=pads)
 
+  def crop(self, name, x, crops):
+    """Cropping2D(cropping=((top, bottom), (left, right)))."""
+    (top, bottom), (left, right) = crops = tuple(tuple(c) for c in crops)
+    h, w, c = self.shape(x)
+    return self._append(name, "crop", (x,), (h - top - bottom, w - left - right, c), pads=crops)
+
   def activation(self, name, x, kind):
     if kind not in ACTIVATIONS:
       raise ValueError(f"Unknown activation {kind!r}; known: {', '.join(ACTIVATIONS)}.")
@@ -458,6 +465,9 @@ def _apply(layer: Layer, module: nnx.Module | None, xs: list[jax.Array], convs: 
   if op == "pad":
     (top, bottom), (left, right) = layer.pads or correct_pad(x.shape[1], x.shape[2], layer.kernel[0])
     return jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+  if op == "crop":
+    (top, bottom), (left, right) = layer.pads
+    return x[:, top : x.shape[1] - bottom, left : x.shape[2] - right]
   if op == "max_pool":
     return max_pool(x, layer.kernel, layer.strides, layer.padding, implementation=convs)
   if op == "avg_pool":  # Keras (TensorFlow) averages over the window's real pixels only.
