@@ -551,7 +551,7 @@ def time_insects_fit(epochs: int, repeats: int) -> dict:
     runs["keras_tf"].append(_insects_fit_keras(epochs))
   results = {"epochs": epochs, "runs": runs}
   for side, side_runs in runs.items():
-    results[f"{side}_s"] = statistics.median(r["total_s"] for r in side_runs)
+    results[f"{side}_s"] = round(statistics.median(r["total_s"] for r in side_runs), 1)
   results["speedup"] = round(results["keras_tf_s"] / results["imgcls_s"], 2)
   return results
 
