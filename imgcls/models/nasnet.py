@@ -4,19 +4,35 @@ taking the cell before the last (`p`), adjusted to its input's size and channels
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from flax import nnx
 
 from imgcls.models.keras_net import Graph, KerasNet
 
 PREPROCESSING = "tf"  # nasnet.preprocess_input: x / 127.5 - 1.
 _BASE = "https://storage.googleapis.com/tensorflow/keras-applications/nasnet/"
-# variant -> (penultimate filters, normal cells per stage, stem filters, skip_reduction, default size,
-# Keras constructor, file stem, (top, no top) md5).
+
+
+class Variant(NamedTuple):
+  """One of Keras's NASNet constructors: its architecture arguments and ImageNet files."""
+
+  penultimate_filters: int
+  normal_cells: int  # per stage
+  stem_filters: int
+  skip_reduction: bool  # the normal cell after a reduction takes the reduction's `p`, not its input
+  size: int  # Keras's default input size
+  keras_name: str
+  file_stem: str  # of the cached ImageNet file
+  url_stem: str  # of the published one
+  hashes: tuple[str, str]  # md5 (top, no top)
+
+
 VARIANTS = {
-  "mobile": (1056, 4, 32, False, 224, "NASNetMobile", "nasnet_mobile", "NASNet-mobile",
-             ("020fb642bf7360b370c678b08e0adf61", "1ed92395b5b598bdda52abe5c0dbfd63")),
-  "large": (4032, 6, 96, True, 331, "NASNetLarge", "nasnet_large", "NASNet-large",
-            ("11577c9a518f0070763c2b964a382f17", "d81d89dc07e6e56530c4e77faddd61b5")),
+  "mobile": Variant(1056, 4, 32, False, 224, "NASNetMobile", "nasnet_mobile", "NASNet-mobile",
+                    ("020fb642bf7360b370c678b08e0adf61", "1ed92395b5b598bdda52abe5c0dbfd63")),
+  "large": Variant(4032, 6, 96, True, 331, "NASNetLarge", "nasnet_large", "NASNet-large",
+                   ("11577c9a518f0070763c2b964a382f17", "d81d89dc07e6e56530c4e77faddd61b5")),
 }  # fmt: skip
 _BN = dict(momentum=0.9997, epsilon=1e-3)
 _FILTER_MULTIPLIER = 2
@@ -24,7 +40,7 @@ _FILTER_MULTIPLIER = 2
 
 def default_size(*, variant: str = "mobile") -> int:
   """Keras's input size of the variant (its only one with ImageNet weights and the top)."""
-  return VARIANTS[variant][4]
+  return VARIANTS[variant].size
 
 
 def _separable_block(g: Graph, x: str, filters: int, kernel: int, block: str, *, strides: int = 1) -> str:
@@ -107,17 +123,17 @@ def graph(
   """The Keras NASNet; `predictions` returns logits (Keras applies a softmax)."""
   if variant not in VARIANTS:
     raise ValueError(f"Unknown NASNet variant {variant!r}; known: {', '.join(VARIANTS)}.")
-  penultimate, blocks, stem, skip_reduction, *_ = VARIANTS[variant]
-  filters, m = penultimate // 24, _FILTER_MULTIPLIER
+  v = VARIANTS[variant]
+  filters, m, blocks = v.penultimate_filters // 24, _FILTER_MULTIPLIER, v.normal_cells
   g = Graph(f"nasnet_{variant}", input_shape, min_size=32)
-  x = g.conv("stem_conv1", g.output, stem, 3, strides=2, use_bias=False)
+  x = g.conv("stem_conv1", g.output, v.stem_filters, 3, strides=2, use_bias=False)
   x = g.bn("stem_bn1", x, **_BN)
   x, p = _reduction_cell(g, x, None, filters // m**2, "stem_1")
   x, p = _reduction_cell(g, x, p, filters // m, "stem_2")
   for stage in range(3):
     if stage:
       x, reduced = _reduction_cell(g, x, p, filters * m**stage, f"reduce_{stage * blocks}")
-      p = p if skip_reduction else reduced
+      p = p if v.skip_reduction else reduced
     for i in range(blocks):
       x, p = _normal_cell(g, x, p, filters * m**stage, f"{stage * blocks + i + (stage > 0)}")
   x = g.relu(None, x)
@@ -130,16 +146,16 @@ def graph(
 
 def keras_application(*, variant: str = "mobile") -> tuple[str, dict]:
   """The `keras.applications` constructor of this network and its arguments (for the Keras export)."""
-  return VARIANTS[variant][5], {}
+  return VARIANTS[variant].keras_name, {}
 
 
 def imagenet_file(input_shape: tuple[int, ...], *, include_top: bool, variant: str = "mobile") -> tuple[str, str, str]:
   """(file name, URL, md5) of Keras's ImageNet weights: with the top, at the variant's size only."""
-  *_, size, _, stem, url_stem, hashes = VARIANTS[variant]
-  if include_top and input_shape and tuple(input_shape[:2]) != (size, size):
-    raise ValueError(f"Keras's NASNet{variant.title()} ImageNet weights with the top take {size}x{size} images only.")
+  v = VARIANTS[variant]
+  if include_top and input_shape and tuple(input_shape[:2]) != (v.size, v.size):
+    raise ValueError(f"Keras's {v.keras_name} ImageNet weights with the top take {v.size}x{v.size} images only.")
   suffix = "" if include_top else "_no_top"
-  return f"{stem}{suffix}.h5", f"{_BASE}{url_stem}{suffix.replace('_', '-')}.h5", hashes[0 if include_top else 1]
+  return f"{v.file_stem}{suffix}.h5", f"{_BASE}{v.url_stem}{suffix.replace('_', '-')}.h5", v.hashes[0 if include_top else 1]
 
 
 def nasnet(
