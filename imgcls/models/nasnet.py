@@ -6,9 +6,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from flax import nnx
-
-from imgcls.models.keras_net import Graph, KerasNet
+from imgcls.models.keras_net import Graph
 
 PREPROCESSING = "tf"  # nasnet.preprocess_input: x / 127.5 - 1.
 _BASE = "https://storage.googleapis.com/tensorflow/keras-applications/nasnet/"
@@ -156,18 +154,3 @@ def imagenet_file(input_shape: tuple[int, ...], *, include_top: bool, variant: s
     raise ValueError(f"Keras's {v.keras_name} ImageNet weights with the top take {v.size}x{v.size} images only.")
   suffix = "" if include_top else "_no_top"
   return f"{v.file_stem}{suffix}.h5", f"{_BASE}{v.url_stem}{suffix.replace('_', '-')}.h5", v.hashes[0 if include_top else 1]
-
-
-def nasnet(
-  input_shape: tuple[int, int, int] = (224, 224, 3),
-  *,
-  variant: str = "mobile",
-  include_top: bool = True,
-  pooling: str = "",
-  classes: int = 1000,
-  cut_at: str = "",
-  rngs: nnx.Rngs,
-) -> KerasNet:
-  """keras.applications.NASNet{Mobile,Large}(weights=None, ...) up to the layer `cut_at` ("": the last)."""
-  g = graph(input_shape, variant=variant, include_top=include_top, pooling=pooling, classes=classes)
-  return KerasNet(g, output=cut_at, preprocessing=PREPROCESSING, rngs=rngs)
